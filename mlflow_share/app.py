@@ -1,0 +1,102 @@
+"""``create_app``: the single ``mlflow.app`` factory; composes every part of mlflow-share.
+
+MLflow calls it in each server worker. Under uvicorn it returns an ASGI app (MLflow's FastAPI
+app wrapped by the decision point); under gunicorn or waitress it returns the Flask app with
+the decision point around its WSGI callable. Either way every request meets one interceptor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from mlflow_share import config, db
+from mlflow_share.directory import Directory, generate_password
+from mlflow_share.errors import Conflict
+
+_logger = logging.getLogger(__name__)
+
+
+def bootstrap_admin(directory: Directory) -> str | None:
+    """Create the first org admin if there is none; returns a generated password, if any.
+
+    The password comes from ``MLFLOW_SHARE_ADMIN_PASSWORD``; without it one is generated and
+    returned to be printed once. Concurrent workers race on the user's primary key: exactly
+    one wins, so exactly one credential ever exists and is shown.
+    """
+    if directory.has_admin():
+        return None
+    username = os.environ.get(config.ADMIN_USERNAME_ENV) or "admin"
+    password = os.environ.get(config.ADMIN_PASSWORD_ENV)
+    generated = None if password else generate_password()
+    try:
+        directory.create_user(username, password or generated, admin=True)
+    except Conflict:  # another worker created it first
+        return None
+    return generated
+
+
+def announce_generated_admin(username: str, password: str) -> None:
+    print(
+        "\n" + "=" * 72 + "\n"
+        f"mlflow-share created the org admin {username!r} with this one-time password:\n\n"
+        f"    {password}\n\n"
+        "It is shown only now. Log in, create an API token (`mlflow-share token create "
+        f"{username}`) and change it, or set {config.ADMIN_PASSWORD_ENV} before the first start.\n"
+        + "=" * 72 + "\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def create_app(flask_app: Any = None) -> Any:
+    """Build the mlflow-share server app around MLflow's own Flask app."""
+    from mlflow.server import app as mlflow_flask_app
+    from mlflow.server import handlers
+
+    from mlflow_share.admin.api import create_blueprint
+    from mlflow_share.auth.graphql import make_graphql_view
+    from mlflow_share.auth.interceptor import Interceptor
+    from mlflow_share.auth.middleware import ShareASGIMiddleware, ShareWSGIMiddleware
+    from mlflow_share.auth.resolvers import MlflowLookups
+    from mlflow_share.policy.enforcer import PolicyEngine
+    from mlflow_share.policy.routes import RouteTable
+    from mlflow_share.stores import install_scoped_stores
+
+    settings = config.Settings.from_env()
+    flask_app = flask_app or mlflow_flask_app
+
+    install_scoped_stores()
+    # Build MLflow's stores now: this runs MLflow's migrations before our tables are read.
+    handlers._get_tracking_store()
+    handlers._get_model_registry_store()
+
+    engine = db.get_engine(settings.backend_store_uri)
+    db.create_schema(engine)
+    directory = Directory(engine)
+    generated = bootstrap_admin(directory)
+    if generated is not None:
+        announce_generated_admin(os.environ.get(config.ADMIN_USERNAME_ENV) or "admin", generated)
+
+    policy = PolicyEngine(engine, settings.password_cache_seconds)
+    lookups = MlflowLookups(engine)
+
+    if "mlflow_share_api" not in flask_app.blueprints:
+        flask_app.register_blueprint(create_blueprint(policy, directory))
+
+    if settings.server_kind in ("gunicorn", "waitress"):
+        routes = RouteTable(flask_app)
+        interceptor = Interceptor(routes, policy, directory, lookups)
+        flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
+        flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor)
+        return flask_app
+
+    from mlflow.server.fastapi_app import create_fastapi_app
+
+    fastapi_app = create_fastapi_app(flask_app)
+    routes = RouteTable(flask_app, fastapi_app)
+    interceptor = Interceptor(routes, policy, directory, lookups)
+    flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
+    return ShareASGIMiddleware(fastapi_app, interceptor)

@@ -1,0 +1,492 @@
+"""The single policy decision point: identify the caller, find the resource, ask the policy.
+
+``Interceptor.decide`` is independent of the server: the ASGI and WSGI adapters in
+``auth/middleware.py`` turn a request into an ``IncomingRequest`` and act on the ``Decision``.
+Parameters are read exactly the way MLflow's handlers read them (query string for GET with a
+query, else the JSON body; ``run_id`` before ``run_uuid``; path parameters first), so what is
+authorised is what MLflow then acts on.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import MethodNotAllowed
+
+from mlflow_share import directory as directory_module
+from mlflow_share.auth.identity import Principal, parse_authorization
+from mlflow_share.auth.resolvers import MlflowLookups, validate_artifact_path
+from mlflow_share.directory import Directory
+from mlflow_share.errors import (
+    InvalidInput,
+    MlflowShareError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from mlflow_share.policy.enforcer import PolicyEngine, validate_identifier
+from mlflow_share.policy.routes import Match, Rule, RouteTable
+
+TEAM_HEADER = "x-mlflow-share-team"
+TEAM_TAG = "mlflow-share.team"
+MAX_JSON_BODY = 64 * 1024 * 1024
+_METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+_BODYLESS_RESOLVERS = frozenset({"public", "authenticated", "admin", "search", "graphql", "artifact"})
+
+
+@dataclass(frozen=True)
+class SearchScope:
+    """Restricts store searches of one request to what the caller may read."""
+
+    principal: str
+    teams: tuple[str, ...]
+
+
+# Set for the duration of one request; read by the scoped stores and mlflow-share's views.
+SEARCH_SCOPE: contextvars.ContextVar[SearchScope | None] = contextvars.ContextVar(
+    "mlflow_share_search_scope", default=None
+)
+CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "mlflow_share_principal", default=None
+)
+
+
+@dataclass
+class IncomingRequest:
+    method: str
+    path: str  # percent-decoded, as the app routes it
+    raw_path: str  # as sent, for spelling checks
+    query: MultiDict[str, str]
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes | None = None
+    client: str = ""
+
+
+@dataclass
+class Decision:
+    allowed: bool
+    status: int = 200
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    principal: Principal | None = None
+    rule: Rule | None = None
+    scope: SearchScope | None = None
+    after: Callable[[int, bytes], None] | None = None
+
+
+def _error(exc: MlflowException, *, authenticate: bool = False) -> Decision:
+    headers = [("Content-Type", "application/json")]
+    if authenticate:
+        headers.append(("WWW-Authenticate", 'Basic realm="mlflow-share"'))
+    return Decision(False, exc.get_http_status_code(), exc.serialize_as_json().encode(), headers)
+
+
+def _plain_error(status: int, code: str, message: str) -> Decision:
+    body = json.dumps({"error_code": code, "message": message}).encode()
+    return Decision(False, status, body, [("Content-Type", "application/json")])
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class Interceptor:
+    """Decides every request of the app: allow (possibly with a search scope) or deny."""
+
+    def __init__(
+        self, routes: RouteTable, policy: PolicyEngine, directory: Directory,
+        lookups: MlflowLookups,
+    ) -> None:
+        self.routes = routes
+        self.policy = policy
+        self.directory = directory
+        self.lookups = lookups
+
+    # -- entry point -----------------------------------------------------------------
+    def match(self, request: IncomingRequest) -> Match | Decision:
+        """Route the request; a ``Decision`` here is a refusal before any identity work."""
+        if "//" in request.raw_path or "//" in request.path:
+            return _plain_error(404, "ENDPOINT_NOT_FOUND", "No such endpoint.")
+        if any(h in request.headers for h in _METHOD_OVERRIDE_HEADERS):
+            return _error(InvalidInput("HTTP method-override headers are not accepted."))
+        method = "GET" if request.method == "OPTIONS" else request.method
+        try:
+            match = self.routes.match(request.path, method)
+        except MethodNotAllowed:
+            return _plain_error(405, "METHOD_NOT_ALLOWED", "Method not allowed for this endpoint.")
+        if match is None:
+            return _plain_error(404, "ENDPOINT_NOT_FOUND", "No such endpoint.")
+        return match
+
+    def needs_body(self, match: Match, request: IncomingRequest) -> bool:
+        """Whether deciding needs the JSON body (so the adapter must buffer it)."""
+        rule = match.rule
+        if rule is None or rule.source == "query" or rule.resolver in _BODYLESS_RESOLVERS:
+            return False
+        if request.method == "GET" and request.query:
+            return False
+        return not (rule.fields and all(f in match.path_args for f in rule.fields))
+
+    def decide(self, request: IncomingRequest, match: Match) -> Decision:
+        try:
+            return self._decide(request, match)
+        except MlflowShareError as exc:
+            return _error(exc, authenticate=isinstance(exc, Unauthenticated))
+        except MlflowException as exc:
+            return _error(exc)
+
+    def _decide(self, request: IncomingRequest, match: Match) -> Decision:
+        rule = match.rule
+        if rule is None:
+            raise PermissionDenied("This endpoint has no mlflow-share policy and is denied.")
+        if rule.resolver == "public":
+            return Decision(True, rule=rule)
+        self.policy.refresh()
+        credentials = parse_authorization(request.headers.get("authorization"))
+        if credentials is None:
+            raise Unauthenticated("Authentication required: send a token or username/password.")
+        principal = self.policy.authenticate(credentials, int(time.time() * 1000))
+        if principal is None:
+            raise Unauthenticated("Invalid, expired or revoked credentials.")
+        decision = Decision(True, principal=principal, rule=rule)
+        if request.method == "OPTIONS" or rule.resolver == "authenticated":
+            return decision
+        if rule.resolver == "admin":
+            if not principal.is_admin:
+                raise PermissionDenied("This endpoint is restricted to org administrators.")
+            return decision
+        params = _Params(request, match, rule)
+        resolve = getattr(self, f"_resolve_{rule.resolver}")
+        resolve(principal, rule, params, decision)
+        return decision
+
+    # -- helpers ---------------------------------------------------------------------
+    def _check(self, principal: Principal, kind: str, resource_id: str | None,
+               owner: str | None, action: str, label: str) -> None:
+        if not self.policy.is_allowed(principal, kind, resource_id, owner, action):
+            raise PermissionDenied(
+                f"Permission denied: {principal.name!r} may not {action} {label}."
+            )
+
+    def _check_experiment(self, principal: Principal, experiment_id: str, action: str) -> None:
+        owner = self.policy.owner_of(directory_module.EXPERIMENT, experiment_id)
+        if owner is None and not principal.is_admin and not self.lookups.experiment_exists(
+            experiment_id
+        ):
+            raise NotFound(f"Experiment {experiment_id!r} does not exist.")
+        self._check(principal, directory_module.EXPERIMENT, experiment_id, owner, action,
+                    f"experiment {experiment_id!r}")
+
+    def _check_model(self, principal: Principal, name: str, action: str) -> None:
+        model_id = self.policy.model_id(name)
+        owner = (
+            self.policy.owner_of(directory_module.MODEL, model_id) if model_id is not None else None
+        )
+        if model_id is None and not principal.is_admin and not self.lookups.model_exists(name):
+            raise NotFound(f"Registered model {name!r} does not exist.")
+        self._check(principal, directory_module.MODEL, model_id, owner, action,
+                    f"registered model {name!r}")
+
+    def _experiment_of(self, what: str, key: str, load: Callable[[str], str | None]) -> str:
+        experiment_id = load(key)
+        if experiment_id is None:
+            raise NotFound(f"{what} {key!r} does not exist.")
+        return experiment_id
+
+    def _run_experiment(self, run_id: str) -> str:
+        return self._experiment_of("Run", run_id, self.lookups.experiment_of_run)
+
+    def _creator_team(self, principal: Principal, params: _Params, tags_field: str) -> str | None:
+        """The team that will own a new resource: header, then tag, then the only candidate."""
+        requested = params.header(TEAM_HEADER)
+        for tag in params.list(tags_field):
+            if isinstance(tag, dict) and tag.get("key") == TEAM_TAG:
+                if requested is not None and requested != tag.get("value"):
+                    raise InvalidInput(f"The {TEAM_HEADER} header and the {TEAM_TAG} tag differ.")
+                requested = tag.get("value")
+        if requested is not None:
+            validate_identifier("team name", requested)
+            if not self.policy.can_create_in(principal, requested):
+                raise PermissionDenied(
+                    f"Permission denied: {principal.name!r} may not create resources for team "
+                    f"{requested!r}."
+                )
+            return requested
+        candidates = sorted(t for t in principal.teams if self.policy.can_create_in(principal, t))
+        if len(candidates) == 1:
+            return candidates[0]
+        if principal.is_admin:
+            return None  # an admin may create resources that only admins can see
+        if not candidates:
+            raise PermissionDenied(
+                f"Permission denied: {principal.name!r} is not an engineer or maintainer of any team."
+            )
+        raise InvalidInput(
+            f"{principal.name!r} belongs to several teams ({', '.join(candidates)}): name the owner "
+            f"team with the tag {TEAM_TAG!r} or the header {TEAM_HEADER!r}."
+        )
+
+    # -- resolvers (one per Rule.resolver) -------------------------------------------
+    def _resolve_experiment(self, principal: Principal, rule: Rule, params: _Params,
+                            decision: Decision) -> None:
+        experiment_id = params.required(rule.fields[0])
+        self._check_experiment(principal, experiment_id, rule.action)
+
+    def _resolve_experiments(self, principal: Principal, rule: Rule, params: _Params,
+                             decision: Decision) -> None:
+        for experiment_id in params.list(rule.fields[0]):
+            self._check_experiment(principal, str(experiment_id), rule.action)
+
+    def _resolve_experiment_by_name(self, principal: Principal, rule: Rule, params: _Params,
+                                    decision: Decision) -> None:
+        experiment_id = self.lookups.experiment_by_name(params.required(rule.fields[0]))
+        if experiment_id is not None:  # otherwise MLflow answers 404 itself
+            self._check_experiment(principal, experiment_id, rule.action)
+
+    def _resolve_run(self, principal: Principal, rule: Rule, params: _Params,
+                     decision: Decision) -> None:
+        run_id = params.first_of(rule.fields)
+        self._check_experiment(principal, self._run_experiment(run_id), rule.action)
+
+    def _resolve_runs(self, principal: Principal, rule: Rule, params: _Params,
+                      decision: Decision) -> None:
+        for run_id in params.list(rule.fields[0]):
+            self._check_experiment(principal, self._run_experiment(str(run_id)), rule.action)
+
+    def _resolve_logged_model(self, principal: Principal, rule: Rule, params: _Params,
+                              decision: Decision) -> None:
+        model_id = params.required(rule.fields[0])
+        experiment_id = self._experiment_of("Logged model", model_id,
+                                            self.lookups.experiment_of_logged_model)
+        self._check_experiment(principal, experiment_id, rule.action)
+
+    def _resolve_trace(self, principal: Principal, rule: Rule, params: _Params,
+                       decision: Decision) -> None:
+        trace_id = params.required(rule.fields[0])
+        experiment_id = self._experiment_of("Trace", trace_id, self.lookups.experiment_of_trace)
+        self._check_experiment(principal, experiment_id, rule.action)
+
+    def _resolve_traces(self, principal: Principal, rule: Rule, params: _Params,
+                        decision: Decision) -> None:
+        for trace_id in params.list(rule.fields[0]):
+            experiment_id = self._experiment_of("Trace", str(trace_id),
+                                                self.lookups.experiment_of_trace)
+            self._check_experiment(principal, experiment_id, rule.action)
+
+    def _resolve_trace_start_v3(self, principal: Principal, rule: Rule, params: _Params,
+                                decision: Decision) -> None:
+        trace = params.value("trace")
+        experiment_id = _nested(trace, "trace_info", "trace_location", "mlflow_experiment",
+                                "experiment_id")
+        if not experiment_id:
+            raise InvalidInput("A trace must name its experiment (trace_location.mlflow_experiment).")
+        self._check_experiment(principal, str(experiment_id), rule.action)
+
+    def _resolve_trace_locations(self, principal: Principal, rule: Rule, params: _Params,
+                                 decision: Decision) -> None:
+        for location in params.list(rule.fields[0]):
+            experiment_id = _nested(location, "mlflow_experiment", "experiment_id")
+            if not experiment_id:
+                if principal.is_admin:
+                    continue
+                raise PermissionDenied("Only experiment trace locations can be searched.")
+            self._check_experiment(principal, str(experiment_id), rule.action)
+
+    def _resolve_model(self, principal: Principal, rule: Rule, params: _Params,
+                       decision: Decision) -> None:
+        name = params.required(rule.fields[0])
+        self._check_model(principal, name, rule.action)
+        if rule.hook == "rename_model":
+            new_name = params.required("new_name")
+            decision.after = _on_success(lambda _b: self.directory.rename_model(name, new_name))
+        elif rule.hook == "forget_model":
+            decision.after = _on_success(lambda _b: self.directory.forget_model(name))
+
+    def _resolve_model_version_create(self, principal: Principal, rule: Rule, params: _Params,
+                                      decision: Decision) -> None:
+        self._check_model(principal, params.required("name"), "write")
+        # Registering bytes one may not read would be a way to read them: check the source.
+        if run_id := params.optional("run_id"):
+            self._check_experiment(principal, self._run_experiment(run_id), "read")
+        if model_id := params.optional("model_id"):
+            self._resolve_logged_model(principal, Rule("logged_model", "read", ("model_id",)),
+                                       params, decision)
+        self._check_source(principal, params.required("source"))
+
+    def _check_source(self, principal: Principal, source: str) -> None:
+        if "\\" in source or "\x00" in source or any(
+            seg in ("..", ".") for seg in source.replace("://", "/").split("/")
+        ) or "%2e" in source.lower() or "%2f" in source.lower():
+            raise InvalidInput(f"Invalid model version source {source!r}.")
+        if source.startswith("models:/"):
+            model_id = source[len("models:/"):].split("/", 1)[0]
+            experiment_id = self._experiment_of("Logged model", model_id,
+                                                self.lookups.experiment_of_logged_model)
+            self._check_experiment(principal, experiment_id, "read")
+        elif source.startswith("runs:/"):
+            run_id = source[len("runs:/"):].split("/", 1)[0]
+            self._check_experiment(principal, self._run_experiment(run_id), "read")
+        elif source.startswith("mlflow-artifacts:/"):
+            path = source[len("mlflow-artifacts:/"):].lstrip("/")
+            if path.startswith("/") or source.startswith("mlflow-artifacts://"):
+                raise InvalidInput(f"Invalid model version source {source!r}.")
+            segments = validate_artifact_path(path)
+            self._check_artifact(principal, segments, "read")
+        elif not principal.is_admin:
+            raise InvalidInput(
+                "A model version source must be a runs:/, models:/ or mlflow-artifacts:/ URI."
+            )
+
+    def _resolve_create_experiment(self, principal: Principal, rule: Rule, params: _Params,
+                                   decision: Decision) -> None:
+        team = self._creator_team(principal, params, "tags")
+        if team is not None:
+            decision.after = _on_success(lambda body: self.directory.record_owner(
+                directory_module.EXPERIMENT, str(json.loads(body)["experiment_id"]), team,
+                principal.name))
+
+    def _resolve_create_model(self, principal: Principal, rule: Rule, params: _Params,
+                              decision: Decision) -> None:
+        params.required("name")
+        team = self._creator_team(principal, params, "tags")
+        if team is not None:
+            decision.after = _on_success(lambda body: self.directory.record_owner(
+                directory_module.MODEL, None, team, principal.name,
+                name=json.loads(body)["registered_model"]["name"]))
+
+    def _resolve_search(self, principal: Principal, rule: Rule, params: _Params,
+                        decision: Decision) -> None:
+        if not principal.is_admin:
+            decision.scope = SearchScope(principal.name,
+                                         tuple(self.policy.readable_teams(principal)))
+
+    _resolve_graphql = _resolve_search
+
+    def _resolve_artifact(self, principal: Principal, rule: Rule, params: _Params,
+                          decision: Decision) -> None:
+        path = params.optional(rule.fields[0]) or ""
+        segments = validate_artifact_path(path, allow_empty=True)
+        self._check_artifact(principal, segments, rule.action)
+
+    def _check_artifact(self, principal: Principal, segments: list[str], action: str) -> None:
+        if principal.is_admin:
+            return
+        if not segments or not segments[0].isdigit():
+            raise PermissionDenied("Only artifacts under an experiment can be reached.")
+        experiment_id = segments[0]
+        try:
+            self._check_experiment(principal, experiment_id, action)
+            return
+        except (PermissionDenied, NotFound):
+            if action != "read":
+                raise
+        # A team granted a registered model may read the files of its versions, and only those.
+        location = "mlflow-artifacts:/" + "/".join(segments)
+        for name in self.lookups.models_serving_location(location):
+            model_id = self.policy.model_id(name)
+            if model_id is not None and self.policy.is_allowed(
+                principal, directory_module.MODEL, model_id,
+                self.policy.owner_of(directory_module.MODEL, model_id), "read",
+            ):
+                return
+        raise PermissionDenied(
+            f"Permission denied: {principal.name!r} may not read artifacts of experiment "
+            f"{experiment_id!r}."
+        )
+
+
+def _on_success(action: Callable[[bytes], Any]) -> Callable[[int, bytes], None]:
+    def after(status: int, body: bytes) -> None:
+        if 200 <= status < 300:
+            action(body)
+
+    return after
+
+
+def _nested(value: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key, value.get(_camel(key)))
+    return value
+
+
+class _Params:
+    """Request parameters, read with MLflow's own precedence rules."""
+
+    def __init__(self, request: IncomingRequest, match: Match, rule: Rule) -> None:
+        self._request = request
+        self._path_args = match.path_args
+        self._from_query = rule.source == "query" or (
+            request.method == "GET" and bool(request.query)
+        )
+        self._json: dict[str, Any] | None = None
+        if not self._from_query and request.body:
+            self._json = self._parse_json(request.body)
+
+    @staticmethod
+    def _parse_json(body: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(body)
+            if isinstance(data, str):  # older clients double-encode, MLflow accepts it
+                data = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("The request body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("The request body must be a JSON object.")
+        return data
+
+    def header(self, name: str) -> str | None:
+        return self._request.headers.get(name)
+
+    def value(self, name: str) -> Any:
+        if name in self._path_args:
+            return self._path_args[name]
+        if self._from_query:
+            return self._request.query.get(name)
+        # Flask hand-written routes read request.args whatever the method.
+        if self._json is None:
+            return self._request.query.get(name)
+        camel = _camel(name)
+        if name in self._json and camel != name and camel in self._json:
+            raise InvalidInput(f"Request specifies both '{name}' and '{camel}'; provide only one.")
+        return self._json.get(name, self._json.get(camel))
+
+    def list(self, name: str) -> list[Any]:
+        if self._from_query or self._json is None:
+            return list(self._request.query.getlist(name))
+        value = self.value(name)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise InvalidInput(f"Parameter {name!r} must be a list.")
+        return value
+
+    def optional(self, name: str) -> str | None:
+        value = self.value(name)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise InvalidInput(f"Parameter {name!r} must be a string.")
+        return str(value)
+
+    def required(self, name: str) -> str:
+        value = self.optional(name)
+        if value is None:
+            raise InvalidInput(f"Missing value for required parameter {name!r}.")
+        return value
+
+    def first_of(self, names: tuple[str, ...]) -> str:
+        for name in names:
+            value = self.optional(name)
+            if value is not None:
+                return value
+        raise InvalidInput(f"Missing value for required parameter {names[0]!r}.")

@@ -1,0 +1,137 @@
+"""Find which MLflow resource a request touches, by reading MLflow's own tables.
+
+Runs, logged models and traces never move between experiments, so those lookups are cached
+for the life of the process; registered-model names can be renamed, so they go through the
+policy engine's name index, which every rename invalidates.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mlflow_share.errors import InvalidInput
+
+_CACHE_SIZE = 100_000
+
+
+class _LruCache:
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_load(self, key: str, load: Callable[[str], str | None]) -> str | None:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = load(key)
+        if value is not None:  # never cache "not found": the resource may be created next
+            with self._lock:
+                self._data[key] = value
+                if len(self._data) > self._size:
+                    self._data.popitem(last=False)
+        return value
+
+
+class MlflowLookups:
+    """Read-only queries on MLflow's schema (tables ``experiments``, ``runs``, ...)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._run_experiment = _LruCache(_CACHE_SIZE)
+        self._logged_model_experiment = _LruCache(_CACHE_SIZE)
+        self._trace_experiment = _LruCache(_CACHE_SIZE)
+
+    def _scalar(self, sql: str, **params: object) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.text(sql), params).scalar()
+        return None if value is None else str(value)
+
+    def experiment_of_run(self, run_id: str) -> str | None:
+        return self._run_experiment.get_or_load(run_id, functools.partial(
+            self._scalar_key, "SELECT experiment_id FROM runs WHERE run_uuid = :key"))
+
+    def experiment_of_logged_model(self, model_id: str) -> str | None:
+        return self._logged_model_experiment.get_or_load(model_id, functools.partial(
+            self._scalar_key, "SELECT experiment_id FROM logged_models WHERE model_id = :key"))
+
+    def experiment_of_trace(self, trace_id: str) -> str | None:
+        return self._trace_experiment.get_or_load(trace_id, functools.partial(
+            self._scalar_key, "SELECT experiment_id FROM trace_info WHERE request_id = :key"))
+
+    def _scalar_key(self, sql: str, key: str) -> str | None:
+        return self._scalar(sql, key=key)
+
+    def experiment_exists(self, experiment_id: str) -> bool:
+        if not experiment_id.isdigit():
+            return False
+        return self._scalar(
+            "SELECT experiment_id FROM experiments WHERE experiment_id = :id", id=int(experiment_id)
+        ) is not None
+
+    def experiment_by_name(self, name: str) -> str | None:
+        return self._scalar("SELECT experiment_id FROM experiments WHERE name = :name", name=name)
+
+    def model_exists(self, name: str) -> bool:
+        return self._scalar("SELECT name FROM registered_models WHERE name = :name",
+                            name=name) is not None
+
+    def models_serving_location(self, location: str) -> list[str]:
+        """Names of registered models having a version stored at or above ``location``."""
+        parts = location.split("/")
+        # mlflow-artifacts:/<exp>/<run>/artifacts/... or mlflow-artifacts:/<exp>/models/<id>/...
+        depth = 5 if len(parts) > 3 and parts[2] == "models" else 4
+        prefix = "/".join(parts[:depth])
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT name, storage_location, source FROM model_versions "
+                    "WHERE storage_location LIKE :p OR source LIKE :p"
+                ),
+                {"p": _like_prefix(prefix)},
+            ).all()
+        names = []
+        for name, storage_location, source in rows:
+            for root in (storage_location, source):
+                if root and (location == root.rstrip("/") or location.startswith(root.rstrip("/") + "/")):
+                    names.append(name)
+                    break
+        return sorted(set(names))
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+_FORBIDDEN_PATH_CHARS = ("\\", "\x00", ";", "?", "#")
+
+
+def validate_artifact_path(path: str, *, allow_empty: bool = False) -> list[str]:
+    """Split a relative artifact path into segments, or raise ``InvalidInput`` (400).
+
+    Refuses what MLflow's path-traversal advisories used: ``..`` and ``.`` segments, absolute
+    paths, backslashes, NUL, URL schemes, empty segments (``a//b``) and anything that
+    normalises differently from how it reads.
+    """
+    if path == "" and allow_empty:
+        return []
+    if (
+        not path
+        or path.startswith("/")
+        or any(ch in path for ch in _FORBIDDEN_PATH_CHARS)
+        or ":" in path.split("/", 1)[0]
+    ):
+        raise InvalidInput(f"Invalid artifact path {path!r}.")
+    segments = path.rstrip("/").split("/")
+    if any(seg in ("", ".", "..") for seg in segments) or posixpath.normpath(path.rstrip("/")) != path.rstrip("/"):
+        raise InvalidInput(f"Invalid artifact path {path!r}.")
+    return segments

@@ -1,0 +1,295 @@
+"""The ``mlflow-share`` console script: run the server, and administer it over HTTP.
+
+``mlflow`` has no plugin hook for CLI commands, so this is a separate script. Every command
+but ``server`` talks to a running server through ``ShareAdminClient``, with the server
+address and credentials taken from the same options and variables the MLflow client uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlflow_share import config
+from mlflow_share.client import ShareAdminClient, ShareApiError
+from mlflow_share.errors import MlflowShareError
+
+PERMISSION = click.Choice(["read", "execute", "write", "manage"])
+ROLE = click.Choice(["viewer", "engineer", "maintainer"])
+
+
+def _client(ctx: click.Context) -> ShareAdminClient:
+    try:
+        return ShareAdminClient(ctx.obj.get("tracking_uri"))
+    except MlflowShareError as exc:
+        raise click.UsageError(exc.message) from None
+
+
+def _run(call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except ShareApiError as exc:
+        raise click.ClickException(f"{exc.remote_error_code} ({exc.status}): {exc.message}") from None
+    except MlflowShareError as exc:
+        raise click.UsageError(exc.message) from None
+
+
+@click.group()
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="mlflow-share server URL.")
+@click.version_option(package_name="mlflow-share")
+@click.pass_context
+def cli(ctx: click.Context, tracking_uri: str | None) -> None:
+    """Share MLflow models across teams: server, teams, users, tokens and grants."""
+    ctx.ensure_object(dict)
+    ctx.obj["tracking_uri"] = tracking_uri
+
+
+# -- server -------------------------------------------------------------------------------
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"Folder for the embedded default (${config.HOME_ENV}, else ~/.mlflow-share).")
+@click.option("--backend-store-uri", default=None, help="SQL URI (default: SQLite in --home).")
+@click.option("--artifacts-destination", default=None,
+              help="Artifact root (default: <home>/artifacts).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+@click.argument("mlflow_server_args", nargs=-1, type=click.UNPROCESSED)
+def server(home: Path | None, backend_store_uri: str | None, artifacts_destination: str | None,
+           host: str, port: int, workers: int, mlflow_server_args: tuple[str, ...]) -> None:
+    """Run `mlflow server --app-name mlflow-share` on the embedded default or given stores.
+
+    Extra arguments are passed to `mlflow server` unchanged.
+    """
+    home = (home or config.default_home()).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    uri = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
+    destination = artifacts_destination or str(home / "artifacts")
+    _prepare_database(uri)
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-share",
+        "--backend-store-uri", uri, "--artifacts-destination", destination,
+        "--host", host, "--port", str(port), "--workers", str(workers), *mlflow_server_args,
+    ]
+    click.echo(f"mlflow-share: serving http://{host}:{port} (data in {home})", err=True)
+    os.execv(sys.executable, command)
+
+
+def _prepare_database(uri: str) -> None:
+    """Create MLflow's and mlflow-share's tables and the first admin, once, before workers."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    from mlflow_share import db
+    from mlflow_share.app import announce_generated_admin, bootstrap_admin
+    from mlflow_share.directory import Directory
+
+    TrackingStore(uri, "file:///nonexistent-unused")
+    RegistryStore(uri)
+    engine = db.get_engine(uri)
+    db.create_schema(engine)
+    generated = bootstrap_admin(Directory(engine))
+    if generated is not None:
+        announce_generated_admin(os.environ.get(config.ADMIN_USERNAME_ENV) or "admin", generated)
+    engine.dispose()
+
+
+# -- identity -----------------------------------------------------------------------------
+@cli.command()
+@click.pass_context
+def whoami(ctx: click.Context) -> None:
+    """Show the authenticated caller, its teams and roles."""
+    me = _run(_client(ctx).whoami)
+    click.echo(f"{me['user']} admin={me['is_admin']} teams={me['teams']}")
+
+
+@cli.group()
+def team() -> None:
+    """Create teams and manage their members."""
+
+
+@team.command("create")
+@click.argument("name")
+@click.pass_context
+def team_create(ctx: click.Context, name: str) -> None:
+    _run(_client(ctx).create_team, name)
+    click.echo(f"Created team {name}")
+
+
+@team.command("list")
+@click.pass_context
+def team_list(ctx: click.Context) -> None:
+    for entry in _run(_client(ctx).list_teams):
+        members = ", ".join(f"{m['user']}:{m['role']}" for m in entry["members"])
+        click.echo(f"{entry['name']}\t{members}")
+
+
+@team.command("add-member")
+@click.argument("team_name", metavar="TEAM")
+@click.argument("user")
+@click.option("--role", type=ROLE, required=True)
+@click.pass_context
+def team_add_member(ctx: click.Context, team_name: str, user: str, role: str) -> None:
+    _run(_client(ctx).add_member, team_name, user, role)
+    click.echo(f"{user} is now {role} of {team_name}")
+
+
+@team.command("remove-member")
+@click.argument("team_name", metavar="TEAM")
+@click.argument("user")
+@click.pass_context
+def team_remove_member(ctx: click.Context, team_name: str, user: str) -> None:
+    _run(_client(ctx).remove_member, team_name, user)
+    click.echo(f"Removed {user} from {team_name}")
+
+
+@cli.group()
+def user() -> None:
+    """Create users and service accounts."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--service-account", is_flag=True, help="No password; authenticates with tokens.")
+@click.option("--admin", is_flag=True, help="Make the user an org administrator.")
+@click.pass_context
+def user_create(ctx: click.Context, name: str, password_stdin: bool, service_account: bool,
+                admin: bool) -> None:
+    password = None
+    if service_account:
+        if password_stdin:
+            raise click.UsageError("A service account has no password.")
+    elif password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    _run(_client(ctx).create_user, name, password, service_account=service_account, admin=admin)
+    click.echo(f"Created {'service account' if service_account else 'user'} {name}")
+
+
+@user.command("list")
+@click.pass_context
+def user_list(ctx: click.Context) -> None:
+    for entry in _run(_client(ctx).list_users):
+        flags = [f for f in ("admin", "service_account") if entry[f"is_{f}"]]
+        click.echo(f"{entry['name']}\t{','.join(flags)}")
+
+
+@cli.group()
+def token() -> None:
+    """Create, list and revoke API tokens."""
+
+
+@token.command("create")
+@click.argument("user_name", metavar="USER")
+@click.option("--expires-in", "expires_in", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Lifetime in days (default: no expiry).")
+@click.option("--description", default=None)
+@click.pass_context
+def token_create(ctx: click.Context, user_name: str, expires_in: float | None,
+                 description: str | None) -> None:
+    """Create a token for USER; the token is printed alone on the last line, once."""
+    issued = _run(_client(ctx).create_token, user_name, expires_in, description)
+    click.echo(f"token_id={issued['token_id']} user={issued['user']} "
+               f"expires_at={issued['expires_at']}", err=True)
+    click.echo(issued["token"])
+
+
+@token.command("list")
+@click.option("--user", "user_name", default=None)
+@click.pass_context
+def token_list(ctx: click.Context, user_name: str | None) -> None:
+    for entry in _run(_client(ctx).list_tokens, user_name):
+        state = "revoked" if entry["revoked_at"] else "active"
+        click.echo(f"{entry['token_id']}\t{entry['user']}\t{state}\texpires={entry['expires_at']}")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    _run(_client(ctx).revoke_token, token_id)
+    click.echo(f"Revoked token {token_id}")
+
+
+# -- grants -------------------------------------------------------------------------------
+def _target_options(fn: Any) -> Any:
+    fn = click.option("--experiment-id", default=None, help="An experiment ID.")(fn)
+    return click.option("--model", default=None, help="A registered model name.")(fn)
+
+
+@cli.command()
+@click.argument("team_name", metavar="TEAM")
+@click.argument("permission", type=PERMISSION)
+@_target_options
+@click.pass_context
+def grant(ctx: click.Context, team_name: str, permission: str, model: str | None,
+          experiment_id: str | None) -> None:
+    """Grant TEAM a permission on a registered model (or an experiment)."""
+    result = _run(_client(ctx).grant, team_name, permission, model=model,
+                  experiment_id=experiment_id)
+    state = "Granted" if result["grant"]["created"] else "Already granted"
+    click.echo(f"{state}: {permission} to {team_name}")
+
+
+@cli.command()
+@click.argument("team_name", metavar="TEAM")
+@click.argument("permission", type=PERMISSION)
+@_target_options
+@click.pass_context
+def revoke(ctx: click.Context, team_name: str, permission: str, model: str | None,
+           experiment_id: str | None) -> None:
+    """Revoke a permission granted with `grant`."""
+    result = _run(_client(ctx).revoke, team_name, permission, model=model,
+                  experiment_id=experiment_id)
+    click.echo(f"{'Revoked' if result['revoked'] else 'Not granted'}: {permission} from {team_name}")
+
+
+@cli.command("grants")
+@_target_options
+@click.pass_context
+def grants_list(ctx: click.Context, model: str | None, experiment_id: str | None) -> None:
+    """List grants (all of them for admins, or those of one resource)."""
+    result = _run(_client(ctx).list_grants, model=model, experiment_id=experiment_id)
+    for entry in result["grants"]:
+        click.echo(f"{entry['kind']}\t{entry['name'] or entry['resource_id']}\t{entry['team']}\t"
+                   f"{entry['permission']}\tby {entry['granted_by']}")
+
+
+# -- policy as code -----------------------------------------------------------------------
+@cli.group()
+def policy() -> None:
+    """Export and import the whole policy as reviewable YAML."""
+
+
+@policy.command("export")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_context
+def policy_export(ctx: click.Context, output: Path | None) -> None:
+    text = _run(_client(ctx).export_policy)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"Wrote {output}", err=True)
+
+
+@policy.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show the difference, change nothing.")
+@click.pass_context
+def policy_import(ctx: click.Context, file: Path, dry_run: bool) -> None:
+    result = _run(_client(ctx).import_policy, file.read_text(), dry_run=dry_run)
+    for change in result["changes"]:
+        click.echo(change)
+    if not result["changes"]:
+        click.echo("No changes.")
+    elif dry_run:
+        click.echo("Dry run: nothing applied.")
+    else:
+        click.echo(f"Applied {len(result['changes'])} change(s).")

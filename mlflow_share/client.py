@@ -1,0 +1,123 @@
+"""``ShareAdminClient``: a typed HTTP client for the ``/api/2.0/mlflow-share/`` admin API.
+
+Registered as the ``mlflow.app.client`` of the ``mlflow-share`` app, and used by the CLI.
+Credentials are read like the MLflow client reads them: ``MLFLOW_TRACKING_TOKEN``, or
+``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import requests
+
+from mlflow_share.errors import InvalidInput, MlflowShareError
+
+API = "/api/2.0/mlflow-share"
+
+
+class ShareApiError(MlflowShareError):
+    """An error answered by the server, with its MLflow error code and HTTP status."""
+
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.remote_error_code = error_code
+
+
+class ShareAdminClient:
+    def __init__(self, tracking_uri: str | None = None, *, token: str | None = None,
+                 username: str | None = None, password: str | None = None,
+                 timeout: float = 30.0) -> None:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri or not uri.startswith(("http://", "https://")):
+            raise InvalidInput(
+                "Set the server address with --tracking-uri or MLFLOW_TRACKING_URI (http[s]://...)."
+            )
+        self.base = uri.rstrip("/")
+        self.session = requests.Session()
+        self.timeout = timeout
+        token = token or os.environ.get("MLFLOW_TRACKING_TOKEN")
+        username = username or os.environ.get("MLFLOW_TRACKING_USERNAME")
+        password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        elif username and password:
+            self.session.auth = (username, password)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+              params: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.session.request(method, f"{self.base}{API}{path}", json=body,
+                                        params=params, timeout=self.timeout)
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 400:
+            raise ShareApiError(response.status_code, data.get("error_code", "INTERNAL_ERROR"),
+                                data.get("message", response.text[:200]))
+        return data if isinstance(data, dict) else {}
+
+    def whoami(self) -> dict[str, Any]:
+        return self._call("GET", "/whoami")
+
+    def create_team(self, name: str) -> dict[str, Any]:
+        return self._call("POST", "/teams", {"name": name})
+
+    def list_teams(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/teams")["teams"])
+
+    def add_member(self, team: str, user: str, role: str) -> dict[str, Any]:
+        return self._call("POST", "/teams/members", {"team": team, "user": user, "role": role})
+
+    def remove_member(self, team: str, user: str) -> None:
+        self._call("DELETE", "/teams/members", {"team": team, "user": user})
+
+    def create_user(self, name: str, password: str | None = None, *,
+                    service_account: bool = False, admin: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "service_account": service_account, "admin": admin}
+        if password is not None:
+            body["password"] = password
+        return self._call("POST", "/users", body)
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/users")["users"])
+
+    def create_token(self, user: str | None = None, expires_in_days: float | None = None,
+                     description: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/tokens", {"user": user, "expires_in_days": expires_in_days,
+                                              "description": description})
+
+    def list_tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/tokens", params={"user": user} if user else None)["tokens"])
+
+    def revoke_token(self, token_id: str) -> None:
+        self._call("DELETE", "/tokens", {"token_id": token_id})
+
+    @staticmethod
+    def _target(model: str | None, experiment_id: str | None) -> dict[str, Any]:
+        if (model is None) == (experiment_id is None):
+            raise InvalidInput("Name exactly one of --model or --experiment-id.")
+        return {"model": model} if model is not None else {"experiment_id": experiment_id}
+
+    def grant(self, team: str, permission: str, *, model: str | None = None,
+              experiment_id: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/grants", {**self._target(model, experiment_id), "team": team,
+                                              "permission": permission})
+
+    def revoke(self, team: str, permission: str, *, model: str | None = None,
+               experiment_id: str | None = None) -> dict[str, Any]:
+        return self._call("DELETE", "/grants", {**self._target(model, experiment_id),
+                                                "team": team, "permission": permission})
+
+    def list_grants(self, *, model: str | None = None, experiment_id: str | None = None
+                    ) -> dict[str, Any]:
+        params = {} if model is None and experiment_id is None else self._target(model, experiment_id)
+        return self._call("GET", "/grants", params=params)
+
+    def export_policy(self) -> str:
+        return str(self._call("GET", "/policy")["policy"])
+
+    def import_policy(self, text: str, *, dry_run: bool = False) -> dict[str, Any]:
+        return self._call("POST", "/policy", {"policy": text, "dry_run": dry_run})

@@ -1,0 +1,152 @@
+"""mlflow-share's own tables, kept in MLflow's database, and the engine that reaches them.
+
+The tables are prefixed ``share_`` and never touch MLflow's schema. ``share_state`` holds
+``policy_version`` and ``resource_version``: every change to identity or policy bumps one in
+the same transaction, which is how every worker process learns that its cache is stale.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "share_users",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("password_hash", sa.String(256), nullable=True),
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+    sa.Column("is_service_account", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+tokens = sa.Table(
+    "share_tokens",
+    metadata,
+    sa.Column("token_id", sa.String(32), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_name", sa.String(128), sa.ForeignKey("share_users.name"), nullable=False),
+    sa.Column("description", sa.String(256), nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+)
+
+teams = sa.Table(
+    "share_teams",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# Memberships and org roles as casbin rules (ptype g: user, role, team).
+casbin_rules = sa.Table(
+    "share_casbin_rule",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ptype", sa.String(8), nullable=False),
+    sa.Column("v0", sa.String(128), nullable=False),
+    sa.Column("v1", sa.String(128), nullable=False),
+    sa.Column("v2", sa.String(128), nullable=False, default=""),
+    sa.UniqueConstraint("ptype", "v0", "v1", "v2", name="share_casbin_rule_uq"),
+)
+
+# Ownership of MLflow resources, keyed by MLflow's IDs. Registered models have no ID in
+# MLflow (their key is the name), so each gets a UUID here and its current name beside it;
+# a rename moves the name, never the grants.
+resources = sa.Table(
+    "share_resources",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("resource_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=True, index=True),
+    sa.Column("owner_team", sa.String(128), nullable=False, index=True),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+grants = sa.Table(
+    "share_grants",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("resource_id", sa.String(64), primary_key=True),
+    sa.Column("team", sa.String(128), primary_key=True),
+    sa.Column("permission", sa.String(16), primary_key=True),
+    sa.Column("granted_by", sa.String(128), nullable=False),
+    sa.Column("granted_at", sa.BigInteger, nullable=False),
+    sa.Index("share_grants_team_idx", "team", "kind"),
+)
+
+state = sa.Table(
+    "share_state",
+    metadata,
+    sa.Column("key", sa.String(32), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+POLICY_VERSION = "policy_version"
+RESOURCE_VERSION = "resource_version"
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def get_engine(uri: str) -> Engine:
+    """One engine per URI and process (engines are not shared across fork)."""
+    with _engines_lock:
+        engine = _engines.get(uri)
+        if engine is None:
+            kwargs: dict[str, object] = {"pool_pre_ping": True}
+            if uri.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            engine = sa.create_engine(uri, **kwargs)
+            if uri.startswith("sqlite"):
+                sa.event.listen(engine, "connect", _sqlite_pragmas)
+            _engines[uri] = engine
+        return engine
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.close()
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables if missing; safe to call from several processes at once."""
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            with engine.begin() as conn:
+                for key in (POLICY_VERSION, RESOURCE_VERSION):
+                    exists = conn.execute(
+                        sa.select(state.c.value).where(state.c.key == key)
+                    ).first()
+                    if exists is None:
+                        conn.execute(state.insert().values(key=key, value=1))
+            return
+        except (IntegrityError, OperationalError, ProgrammingError):
+            # Another worker created the same table or row between check and create.
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def bump(conn: sa.Connection, key: str) -> None:
+    """Advance a version counter inside the caller's transaction."""
+    conn.execute(state.update().where(state.c.key == key).values(value=state.c.value + 1))
+
+
+def read_versions(conn: sa.Connection) -> tuple[int, int]:
+    rows = dict(conn.execute(sa.select(state.c.key, state.c.value)).all())
+    return int(rows.get(POLICY_VERSION, 0)), int(rows.get(RESOURCE_VERSION, 0))

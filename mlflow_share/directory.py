@@ -1,0 +1,311 @@
+"""Writes to identity and policy: users, teams, memberships, tokens, owners and grants.
+
+Each function is one transaction that also bumps the version counter every worker watches,
+so a change is visible on every process at its next request. Inputs are validated here,
+before anything reaches casbin or SQL.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from mlflow_share import db
+from mlflow_share.auth.identity import hash_password, new_token
+from mlflow_share.errors import Conflict, InvalidInput, NotFound
+from mlflow_share.policy.enforcer import (
+    ADMIN_ROLE,
+    ORG_DOMAIN,
+    PERMISSIONS,
+    ROLES,
+    validate_choice,
+    validate_identifier,
+)
+
+MODEL = "registered_model"
+EXPERIMENT = "experiment"
+RESOURCE_KINDS = (MODEL, EXPERIMENT)
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token_id: str
+    token: str
+    user: str
+    expires_at: int | None
+
+
+class Directory:
+    """Transactional writes (and a few reads) on mlflow-share's tables."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- users and teams -------------------------------------------------------------
+    def create_user(
+        self, name: str, password: str | None = None, *, service_account: bool = False,
+        admin: bool = False,
+    ) -> None:
+        validate_identifier("user name", name)
+        if service_account and password:
+            raise InvalidInput("A service account has no password; create a token for it.")
+        if not service_account and not password:
+            raise InvalidInput(f"User {name!r} needs a password.")
+        if password is not None and len(password) < 12:
+            raise InvalidInput("Passwords must be at least 12 characters long.")
+        with self.engine.begin() as conn:
+            try:
+                conn.execute(db.users.insert().values(
+                    name=name,
+                    password_hash=hash_password(password) if password else None,
+                    is_admin=admin,
+                    is_service_account=service_account,
+                    created_at=db.now_ms(),
+                ))
+            except IntegrityError:
+                raise Conflict(f"User {name!r} already exists.") from None
+            if admin:
+                self._add_rule(conn, name, ADMIN_ROLE, ORG_DOMAIN)
+            db.bump(conn, db.POLICY_VERSION)
+
+    def set_password(self, name: str, password: str) -> None:
+        if len(password) < 12:
+            raise InvalidInput("Passwords must be at least 12 characters long.")
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                db.users.update().where(db.users.c.name == name, ~db.users.c.is_service_account)
+                .values(password_hash=hash_password(password))
+            ).rowcount
+            if not updated:
+                raise NotFound(f"User {name!r} does not exist or is a service account.")
+            db.bump(conn, db.POLICY_VERSION)
+
+    def list_users(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(db.users).order_by(db.users.c.name)).all()
+        return [
+            {"name": r.name, "is_admin": bool(r.is_admin),
+             "is_service_account": bool(r.is_service_account), "created_at": r.created_at}
+            for r in rows
+        ]
+
+    def has_admin(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(db.users).where(db.users.c.is_admin)
+            ).scalar_one() > 0
+
+    def create_team(self, name: str) -> None:
+        validate_identifier("team name", name)
+        with self.engine.begin() as conn:
+            try:
+                conn.execute(db.teams.insert().values(name=name, created_at=db.now_ms()))
+            except IntegrityError:
+                raise Conflict(f"Team {name!r} already exists.") from None
+            db.bump(conn, db.POLICY_VERSION)
+
+    def list_teams(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            teams = conn.execute(sa.select(db.teams).order_by(db.teams.c.name)).all()
+            rules = conn.execute(
+                sa.select(db.casbin_rules).where(db.casbin_rules.c.ptype == "g",
+                                                 db.casbin_rules.c.v2 != ORG_DOMAIN)
+            ).all()
+        members: dict[str, list[dict[str, str]]] = {}
+        for rule in rules:
+            members.setdefault(rule.v2, []).append({"user": rule.v0, "role": rule.v1})
+        return [
+            {"name": t.name, "created_at": t.created_at,
+             "members": sorted(members.get(t.name, []), key=lambda m: m["user"])}
+            for t in teams
+        ]
+
+    def add_member(self, team: str, user: str, role: str) -> None:
+        validate_identifier("team name", team)
+        validate_identifier("user name", user)
+        validate_choice("role", role, ROLES)
+        with self.engine.begin() as conn:
+            self._require(conn, db.teams, team, "Team")
+            self._require(conn, db.users, user, "User")
+            # One role per user and team: replace any previous one.
+            conn.execute(db.casbin_rules.delete().where(
+                db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == user,
+                db.casbin_rules.c.v2 == team,
+            ))
+            self._add_rule(conn, user, role, team)
+            db.bump(conn, db.POLICY_VERSION)
+
+    def remove_member(self, team: str, user: str) -> None:
+        with self.engine.begin() as conn:
+            removed = conn.execute(db.casbin_rules.delete().where(
+                db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == user,
+                db.casbin_rules.c.v2 == team,
+            )).rowcount
+            if not removed:
+                raise NotFound(f"User {user!r} is not a member of team {team!r}.")
+            db.bump(conn, db.POLICY_VERSION)
+
+    @staticmethod
+    def _add_rule(conn: sa.Connection, v0: str, v1: str, v2: str) -> None:
+        conn.execute(db.casbin_rules.insert().values(ptype="g", v0=v0, v1=v1, v2=v2))
+
+    @staticmethod
+    def _require(conn: sa.Connection, table: sa.Table, name: str, what: str) -> None:
+        if conn.execute(sa.select(table.c.name).where(table.c.name == name)).first() is None:
+            raise NotFound(f"{what} {name!r} does not exist.")
+
+    # -- tokens ----------------------------------------------------------------------
+    def create_token(
+        self, user: str, expires_in_days: float | None = None, description: str | None = None
+    ) -> IssuedToken:
+        if expires_in_days is not None and not 0 < expires_in_days <= 3650:
+            raise InvalidInput("expires_in_days must be between 0 and 3650.")
+        token_id, token, token_hash = new_token()
+        expires_at = (
+            db.now_ms() + int(expires_in_days * _DAY_MS) if expires_in_days is not None else None
+        )
+        with self.engine.begin() as conn:
+            self._require(conn, db.users, user, "User")
+            conn.execute(db.tokens.insert().values(
+                token_id=token_id, token_hash=token_hash, user_name=user,
+                description=(description or "")[:256], created_at=db.now_ms(),
+                expires_at=expires_at,
+            ))
+            db.bump(conn, db.POLICY_VERSION)
+        return IssuedToken(token_id, token, user, expires_at)
+
+    def revoke_token(self, token_id: str, *, owner: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            query = db.tokens.update().where(
+                db.tokens.c.token_id == token_id, db.tokens.c.revoked_at.is_(None)
+            )
+            if owner is not None:
+                query = query.where(db.tokens.c.user_name == owner)
+            if not conn.execute(query.values(revoked_at=db.now_ms())).rowcount:
+                raise NotFound(f"Token {token_id!r} does not exist or is already revoked.")
+            db.bump(conn, db.POLICY_VERSION)
+
+    def list_tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(db.tokens).order_by(db.tokens.c.created_at)
+        if user is not None:
+            query = query.where(db.tokens.c.user_name == user)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            {"token_id": r.token_id, "user": r.user_name, "description": r.description,
+             "created_at": r.created_at, "expires_at": r.expires_at, "revoked_at": r.revoked_at}
+            for r in rows
+        ]
+
+    # -- ownership -------------------------------------------------------------------
+    def record_owner(
+        self, kind: str, resource_id: str | None, owner_team: str, created_by: str,
+        name: str | None = None,
+    ) -> str:
+        """Record the owner team of a new resource; returns its mlflow-share ID."""
+        resource_id = resource_id or uuid.uuid4().hex
+        with self.engine.begin() as conn:
+            if name is not None:
+                # A leftover row for the same name (a model deleted outside the server) must
+                # not hand its grants to the new model: drop it first.
+                stale = conn.execute(sa.select(db.resources.c.resource_id).where(
+                    db.resources.c.kind == kind, db.resources.c.name == name)).scalars().all()
+                for old_id in stale:
+                    self._forget(conn, kind, old_id)
+                if stale:
+                    db.bump(conn, db.RESOURCE_VERSION)
+                    db.bump(conn, db.POLICY_VERSION)
+            conn.execute(db.resources.insert().values(
+                kind=kind, resource_id=resource_id, name=name, owner_team=owner_team,
+                created_by=created_by, created_at=db.now_ms(),
+            ))
+        return resource_id
+
+    def rename_model(self, old_name: str, new_name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(db.resources.update().where(
+                db.resources.c.kind == MODEL, db.resources.c.name == old_name
+            ).values(name=new_name))
+            db.bump(conn, db.RESOURCE_VERSION)
+
+    def forget_model(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            ids = conn.execute(sa.select(db.resources.c.resource_id).where(
+                db.resources.c.kind == MODEL, db.resources.c.name == name)).scalars().all()
+            for resource_id in ids:
+                self._forget(conn, MODEL, resource_id)
+            db.bump(conn, db.RESOURCE_VERSION)
+            db.bump(conn, db.POLICY_VERSION)
+
+    @staticmethod
+    def _forget(conn: sa.Connection, kind: str, resource_id: str) -> None:
+        conn.execute(db.grants.delete().where(
+            db.grants.c.kind == kind, db.grants.c.resource_id == resource_id))
+        conn.execute(db.resources.delete().where(
+            db.resources.c.kind == kind, db.resources.c.resource_id == resource_id))
+
+    def resource(self, kind: str, resource_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(db.resources).where(
+                db.resources.c.kind == kind, db.resources.c.resource_id == resource_id)).first()
+        return dict(row._mapping) if row else None
+
+    # -- grants ----------------------------------------------------------------------
+    def grant(self, kind: str, resource_id: str, team: str, permission: str, by: str) -> bool:
+        validate_choice("resource kind", kind, RESOURCE_KINDS)
+        validate_identifier("team name", team)
+        validate_choice("permission", permission, PERMISSIONS)
+        with self.engine.begin() as conn:
+            self._require(conn, db.teams, team, "Team")
+            try:
+                with conn.begin_nested():
+                    conn.execute(db.grants.insert().values(
+                        kind=kind, resource_id=resource_id, team=team, permission=permission,
+                        granted_by=by, granted_at=db.now_ms(),
+                    ))
+            except IntegrityError:
+                return False  # already granted: idempotent
+            db.bump(conn, db.POLICY_VERSION)
+        return True
+
+    def revoke(self, kind: str, resource_id: str, team: str, permission: str) -> bool:
+        validate_choice("permission", permission, PERMISSIONS)
+        with self.engine.begin() as conn:
+            removed = conn.execute(db.grants.delete().where(
+                db.grants.c.kind == kind, db.grants.c.resource_id == resource_id,
+                db.grants.c.team == team, db.grants.c.permission == permission,
+            )).rowcount
+            if removed:
+                db.bump(conn, db.POLICY_VERSION)
+        return bool(removed)
+
+    def list_grants(self, kind: str | None = None, resource_id: str | None = None
+                    ) -> list[dict[str, Any]]:
+        query = sa.select(db.grants, db.resources.c.name).join(
+            db.resources,
+            sa.and_(db.resources.c.kind == db.grants.c.kind,
+                    db.resources.c.resource_id == db.grants.c.resource_id),
+            isouter=True,
+        )
+        if kind is not None:
+            query = query.where(db.grants.c.kind == kind)
+        if resource_id is not None:
+            query = query.where(db.grants.c.resource_id == resource_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(db.grants.c.granted_at)).all()
+        return [
+            {"kind": r.kind, "resource_id": r.resource_id, "name": r.name, "team": r.team,
+             "permission": r.permission, "granted_by": r.granted_by, "granted_at": r.granted_at}
+            for r in rows
+        ]
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(18)

@@ -1,0 +1,286 @@
+"""The policy decision: casbin (RBAC with domains) plus an index of owners and grants.
+
+Memberships and org roles are casbin grouping rules stored in SQL; role capabilities are the
+few fixed ``p`` rules of ``policy.csv``. Owners and grants are an index keyed by MLflow's IDs.
+A decision asks casbin ``(user, team, action)`` for the owner team and for each team whose
+grant implies the action, so its cost does not grow with the number of grants.
+
+Every worker holds this state in memory and compares two version counters with the database
+on each request; a change made anywhere is seen by every process on its next request.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources as importlib_resources
+
+import casbin
+import sqlalchemy as sa
+from casbin import persist
+from sqlalchemy.engine import Engine
+
+from mlflow_share import db
+from mlflow_share.auth.identity import Credentials, PasswordCache, Principal, hash_token
+from mlflow_share.errors import InvalidInput
+
+ROLES = ("viewer", "engineer", "maintainer")
+PERMISSIONS = ("read", "execute", "write", "manage")
+ACTIONS = ("read", "execute", "write", "create", "manage")
+ORG_DOMAIN = "org"
+ADMIN_ROLE = "admin"
+# A team named like the org domain or a role would blur casbin's domains and roles.
+RESERVED_TEAM_NAMES = frozenset({ORG_DOMAIN, ADMIN_ROLE, *ROLES})
+
+# What a grant of a permission lets the grantee team's members do (still capped by their
+# own role in that team: a viewer of a team granted `write` only reads).
+IMPLIED_ACTIONS: Mapping[str, frozenset[str]] = {
+    "read": frozenset({"read"}),
+    "execute": frozenset({"execute"}),
+    "write": frozenset({"read", "write"}),
+    "manage": frozenset({"read", "write", "execute", "manage"}),
+}
+
+# Letters, digits and . _ @ + - only: nothing casbin's CSV/SQL loader would split on or
+# strip (`,` `(` `)` `#`, spaces), no empty or over-long names.
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+
+
+def validate_identifier(what: str, value: object) -> str:
+    """Return ``value`` if it is a safe identifier, else raise ``InvalidInput`` (400)."""
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise InvalidInput(
+            f"Invalid {what} {value!r}: use 1-128 letters, digits or . _ @ + -, "
+            "starting with a letter or digit."
+        )
+    if what == "team name" and value.lower() in RESERVED_TEAM_NAMES:
+        raise InvalidInput(f"Invalid {what} {value!r}: the name is reserved.")
+    return value
+
+
+def validate_choice(what: str, value: object, choices: Iterable[str]) -> str:
+    allowed = tuple(choices)
+    if value not in allowed:
+        raise InvalidInput(f"Invalid {what} {value!r}: expected one of {', '.join(allowed)}.")
+    return str(value)
+
+
+class SqlPolicyAdapter(persist.Adapter):  # type: ignore[misc]
+    """Loads the fixed ``p`` rules from ``policy.csv`` and the grouping rules from SQL.
+
+    Read-only: mlflow-share writes rules through its own transactions (which also bump the
+    policy version), never through casbin's auto-save.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def load_policy(self, model: casbin.Model) -> None:
+        text = importlib_resources.files("mlflow_share.policy").joinpath("policy.csv").read_text()
+        for line in text.splitlines():
+            if line.strip():
+                persist.load_policy_line(line.strip(), model)
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(db.casbin_rules.c.ptype, db.casbin_rules.c.v0,
+                          db.casbin_rules.c.v1, db.casbin_rules.c.v2)
+                .order_by(db.casbin_rules.c.id)
+            ).all()
+        for ptype, *values in rows:
+            # Rules were validated on the way in; load them as lists so nothing is re-split.
+            model.add_policy("g" if ptype.startswith("g") else "p", ptype, list(values))
+
+    def save_policy(self, model: casbin.Model) -> bool:
+        raise NotImplementedError("mlflow-share policy is written through its own API")
+
+
+def new_enforcer(engine: Engine) -> casbin.SyncedEnforcer:
+    model_path = importlib_resources.files("mlflow_share.policy").joinpath("model.conf")
+    enforcer = casbin.SyncedEnforcer(str(model_path), SqlPolicyAdapter(engine))
+    enforcer.enable_auto_save(False)
+    return enforcer
+
+
+@dataclass
+class _Snapshot:
+    """Everything that changes with ``policy_version``, swapped in as one object."""
+
+    version: int
+    enforcer: casbin.SyncedEnforcer
+    users: dict[str, tuple[str | None, bool]]  # name -> (password hash, is_service_account)
+    tokens: dict[str, tuple[str, int | None]]  # token hash -> (user, expires_at ms)
+    memberships: dict[str, dict[str, str]]  # user -> {team: role}
+    admins: frozenset[str]
+    grants: dict[tuple[str, str], dict[str, frozenset[str]]]  # (kind, id) -> {team: perms}
+    decisions: dict[tuple[str, str, str], bool] = field(default_factory=dict)
+
+
+class PolicyEngine:
+    """Identity and authorization state of one process, kept in step with the database."""
+
+    def __init__(self, engine: Engine, password_cache_seconds: int = 300) -> None:
+        self.engine = engine
+        self._passwords = PasswordCache(password_cache_seconds)
+        self._lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._resource_version = -1
+        self._owners: dict[tuple[str, str], str] = {}
+        self._model_ids: dict[str, str] = {}
+
+    # -- synchronisation -------------------------------------------------------------
+    def refresh(self) -> _Snapshot:
+        """Compare versions with the database and reload what changed."""
+        with self.engine.connect() as conn:
+            policy_version, resource_version = db.read_versions(conn)
+        if resource_version != self._resource_version:
+            with self._lock:
+                self._owners = {}
+                self._model_ids = {}
+                self._resource_version = resource_version
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.version != policy_version:
+            with self._lock:
+                snapshot = self._snapshot
+                if snapshot is None or snapshot.version != policy_version:
+                    snapshot = self._load(policy_version)
+                    self._snapshot = snapshot
+        return snapshot
+
+    def snapshot(self) -> _Snapshot:
+        return self._snapshot or self.refresh()
+
+    def _load(self, version: int) -> _Snapshot:
+        enforcer = new_enforcer(self.engine)
+        memberships: dict[str, dict[str, str]] = {}
+        admins: set[str] = set()
+        for user, role, domain in enforcer.get_named_grouping_policy("g"):
+            if domain == ORG_DOMAIN and role == ADMIN_ROLE:
+                admins.add(user)
+            else:
+                memberships.setdefault(user, {})[domain] = role
+        with self.engine.connect() as conn:
+            users = {
+                row.name: (row.password_hash, bool(row.is_service_account))
+                for row in conn.execute(sa.select(db.users))
+            }
+            tokens = {
+                row.token_hash: (row.user_name, row.expires_at)
+                for row in conn.execute(
+                    sa.select(db.tokens).where(db.tokens.c.revoked_at.is_(None))
+                )
+            }
+            grant_rows = conn.execute(
+                sa.select(db.grants.c.kind, db.grants.c.resource_id,
+                          db.grants.c.team, db.grants.c.permission)
+            ).all()
+        grants: dict[tuple[str, str], dict[str, set[str]]] = {}
+        for kind, resource_id, team, permission in grant_rows:
+            grants.setdefault((kind, resource_id), {}).setdefault(team, set()).add(permission)
+        return _Snapshot(
+            version=version,
+            enforcer=enforcer,
+            users=users,
+            tokens=tokens,
+            memberships=memberships,
+            admins=frozenset(admins),
+            grants={
+                key: {team: frozenset(perms) for team, perms in by_team.items()}
+                for key, by_team in grants.items()
+            },
+        )
+
+    # -- identity --------------------------------------------------------------------
+    def authenticate(self, credentials: Credentials, now_ms: int) -> Principal | None:
+        snapshot = self.snapshot()
+        if credentials.kind == "bearer":
+            entry = snapshot.tokens.get(hash_token(credentials.secret))
+            if entry is None:
+                return None
+            user, expires_at = entry
+            if expires_at is not None and expires_at <= now_ms or user not in snapshot.users:
+                return None
+            return self.principal(user, via="token")
+        stored = snapshot.users.get(credentials.username)
+        if stored is None or stored[1]:  # unknown user, or a service account (tokens only)
+            return None
+        if not self._passwords.verify(credentials.username, credentials.secret, stored[0]):
+            return None
+        return self.principal(credentials.username)
+
+    def principal(self, user: str, via: str = "password") -> Principal:
+        snapshot = self.snapshot()
+        return Principal(
+            name=user,
+            is_admin=user in snapshot.admins,
+            teams=dict(snapshot.memberships.get(user, {})),
+            via=via,
+        )
+
+    # -- decisions -------------------------------------------------------------------
+    def enforce(self, user: str, team: str, action: str) -> bool:
+        """One casbin decision, memoised until the policy version changes."""
+        snapshot = self.snapshot()
+        key = (user, team, action)
+        decision = snapshot.decisions.get(key)
+        if decision is None:
+            decision = bool(snapshot.enforcer.enforce(user, team, action))
+            snapshot.decisions[key] = decision
+        return decision
+
+    def grants_for(self, kind: str, resource_id: str) -> Mapping[str, frozenset[str]]:
+        return self.snapshot().grants.get((kind, resource_id), {})
+
+    def is_allowed(
+        self, principal: Principal, kind: str, resource_id: str | None,
+        owner_team: str | None, action: str,
+    ) -> bool:
+        """May ``principal`` do ``action`` on the resource owned by ``owner_team``?"""
+        if principal.is_admin:
+            return True
+        if owner_team is not None and self.enforce(principal.name, owner_team, action):
+            return True
+        if resource_id is None:
+            return False
+        for team, permissions in self.grants_for(kind, resource_id).items():
+            if any(action in IMPLIED_ACTIONS[p] for p in permissions):
+                if self.enforce(principal.name, team, action):
+                    return True
+        return False
+
+    def can_create_in(self, principal: Principal, team: str) -> bool:
+        return principal.is_admin or self.enforce(principal.name, team, "create")
+
+    # -- resource ownership ----------------------------------------------------------
+    def owner_of(self, kind: str, resource_id: str) -> str | None:
+        key = (kind, resource_id)
+        owner = self._owners.get(key)
+        if owner is None:
+            with self.engine.connect() as conn:
+                owner = conn.execute(
+                    sa.select(db.resources.c.owner_team).where(
+                        db.resources.c.kind == kind, db.resources.c.resource_id == resource_id
+                    )
+                ).scalar()
+            if owner is not None:
+                self._owners[key] = owner
+        return owner
+
+    def model_id(self, name: str) -> str | None:
+        """The mlflow-share ID of a registered model by its current name."""
+        model_id = self._model_ids.get(name)
+        if model_id is None:
+            with self.engine.connect() as conn:
+                model_id = conn.execute(
+                    sa.select(db.resources.c.resource_id).where(
+                        db.resources.c.kind == "registered_model", db.resources.c.name == name
+                    )
+                ).scalar()
+            if model_id is not None:
+                self._model_ids[name] = model_id
+        return model_id
+
+    def readable_teams(self, principal: Principal) -> list[str]:
+        """Teams whose membership lets ``principal`` read (every role reads)."""
+        return sorted(team for team in principal.teams if self.enforce(principal.name, team, "read"))

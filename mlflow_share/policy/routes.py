@@ -1,0 +1,379 @@
+"""The route table: every (method, path) of the running MLflow app → a resource resolver and an action.
+
+Routes are keyed by what MLflow itself uses to dispatch them: the protobuf request message for
+the REST API (``mlflow.GetRun``), the Flask endpoint name for the few hand-written Flask
+routes, the FastAPI route name for routes uvicorn serves natively. A route whose key is not in
+the table has no decision and is denied, so an MLflow upgrade that adds a route fails closed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map
+from werkzeug.routing import Rule as WerkzeugRule
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How to decide one route.
+
+    Attributes:
+        resolver: how the resource is found (see ``mlflow_share.auth.resolvers``).
+        action: the action asked of the policy (read, write, create, manage).
+        fields: request parameters the resolver reads, in MLflow's precedence order.
+        needs_body: the resolver reads the JSON body (so it must be buffered).
+        search: restrict store searches in this request to what the caller may read.
+        hook: bookkeeping to run after MLflow answered with success.
+        source: ``auto`` reads parameters as MLflow's REST handlers do (query string for a GET
+            with one, else the JSON body); ``query`` for hand-written routes reading ``args``.
+    """
+
+    resolver: str
+    action: str = "read"
+    fields: tuple[str, ...] = ()
+    needs_body: bool = False
+    search: bool = False
+    hook: str | None = None
+    source: str = "auto"
+
+
+PUBLIC = Rule("public")
+AUTHENTICATED = Rule("authenticated")
+ADMIN = Rule("admin", "admin")
+
+
+def _r(resolver: str, action: str, *fields: str, **kwargs: Any) -> Rule:
+    return Rule(resolver, action, tuple(fields), **kwargs)
+
+
+# fmt: off
+_EXPERIMENT_READ = _r("experiment", "read", "experiment_id")
+_EXPERIMENT_WRITE = _r("experiment", "write", "experiment_id")
+_EXPERIMENTS_READ = _r("experiments", "read", "experiment_ids")
+_RUN_READ = _r("run", "read", "run_id", "run_uuid")
+_RUN_WRITE = _r("run", "write", "run_id", "run_uuid")
+_LOGGED_MODEL_READ = _r("logged_model", "read", "model_id")
+_LOGGED_MODEL_WRITE = _r("logged_model", "write", "model_id")
+_TRACE_READ_V2 = _r("trace", "read", "request_id")
+_TRACE_WRITE_V2 = _r("trace", "write", "request_id")
+_TRACE_READ = _r("trace", "read", "trace_id")
+_TRACE_WRITE = _r("trace", "write", "trace_id")
+_MODEL_READ = _r("model", "read", "name")
+_MODEL_WRITE = _r("model", "write", "name")
+_MODEL_MANAGE = _r("model", "manage", "name")
+_ARTIFACT_READ = _r("artifact", "read", "artifact_path")
+_ARTIFACT_WRITE = _r("artifact", "write", "artifact_path")
+
+# REST API, keyed by protobuf message full name (or `fn:` + handler name).
+REST_RULES: Mapping[str, Rule] = {
+    # experiments
+    "mlflow.CreateExperiment": _r("create_experiment", "create", hook="own_experiment"),
+    "mlflow.GetExperiment": _EXPERIMENT_READ,
+    "mlflow.GetExperimentByName": _r("experiment_by_name", "read", "experiment_name"),
+    "mlflow.SearchExperiments": Rule("search", "read", search=True),
+    "mlflow.UpdateExperiment": _EXPERIMENT_WRITE,
+    "mlflow.DeleteExperiment": _EXPERIMENT_WRITE,
+    "mlflow.RestoreExperiment": _EXPERIMENT_WRITE,
+    "mlflow.SetExperimentTag": _EXPERIMENT_WRITE,
+    "mlflow.DeleteExperimentTag": _EXPERIMENT_WRITE,
+    "mlflow.SearchDatasets": _EXPERIMENTS_READ,
+    # runs
+    "mlflow.CreateRun": _EXPERIMENT_WRITE,
+    "mlflow.GetRun": _RUN_READ,
+    "mlflow.SearchRuns": _EXPERIMENTS_READ,
+    "mlflow.UpdateRun": _RUN_WRITE,
+    "mlflow.DeleteRun": _RUN_WRITE,
+    "mlflow.RestoreRun": _RUN_WRITE,
+    "mlflow.LogMetric": _RUN_WRITE,
+    "mlflow.LogParam": _RUN_WRITE,
+    "mlflow.LogBatch": _RUN_WRITE,
+    "mlflow.LogModel": _RUN_WRITE,
+    "mlflow.LogInputs": _RUN_WRITE,
+    "mlflow.LogOutputs": _RUN_WRITE,
+    "mlflow.SetTag": _RUN_WRITE,
+    "mlflow.DeleteTag": _RUN_WRITE,
+    "mlflow.ListArtifacts": _RUN_READ,
+    "mlflow.GetMetricHistory": _RUN_READ,
+    "mlflow.GetMetricHistoryBulkInterval": _r("runs", "read", "run_ids"),
+    # logged models
+    "mlflow.CreateLoggedModel": _EXPERIMENT_WRITE,
+    "mlflow.GetLoggedModel": _LOGGED_MODEL_READ,
+    "mlflow.ListLoggedModelArtifacts": _LOGGED_MODEL_READ,
+    "mlflow.SearchLoggedModels": _EXPERIMENTS_READ,
+    "mlflow.FinalizeLoggedModel": _LOGGED_MODEL_WRITE,
+    "mlflow.DeleteLoggedModel": _LOGGED_MODEL_WRITE,
+    "mlflow.SetLoggedModelTags": _LOGGED_MODEL_WRITE,
+    "mlflow.DeleteLoggedModelTag": _LOGGED_MODEL_WRITE,
+    "mlflow.LogLoggedModelParamsRequest": _LOGGED_MODEL_WRITE,
+    # traces
+    "mlflow.StartTrace": _EXPERIMENT_WRITE,
+    "mlflow.StartTraceV3": _r("trace_start_v3", "write", "trace"),
+    "mlflow.EndTrace": _TRACE_WRITE_V2,
+    "mlflow.GetTraceInfo": _TRACE_READ_V2,
+    "mlflow.SetTraceTag": _TRACE_WRITE_V2,
+    "mlflow.DeleteTraceTag": _TRACE_WRITE_V2,
+    "mlflow.GetTraceInfoV3": _TRACE_READ,
+    "mlflow.GetTrace": _TRACE_READ,
+    "mlflow.SetTraceTagV3": _TRACE_WRITE,
+    "mlflow.DeleteTraceTagV3": _TRACE_WRITE,
+    "mlflow.BatchGetTraces": _r("traces", "read", "trace_ids"),
+    "mlflow.BatchGetTraceInfos": _r("traces", "read", "trace_ids"),
+    "mlflow.SearchTraces": _EXPERIMENTS_READ,
+    "mlflow.SearchTracesV3": _r("trace_locations", "read", "locations"),
+    "mlflow.DeleteTraces": _EXPERIMENT_WRITE,
+    "mlflow.DeleteTracesV3": _EXPERIMENT_WRITE,
+    "mlflow.LinkTracesToRun": _RUN_WRITE,
+    "mlflow.GetAssessmentRequest": _TRACE_READ,
+    "mlflow.CreateAssessment": _TRACE_WRITE,
+    "mlflow.UpdateAssessment": _TRACE_WRITE,
+    "mlflow.DeleteAssessment": _TRACE_WRITE,
+    # registry
+    "mlflow.CreateRegisteredModel": _r("create_model", "create", "name", hook="own_model"),
+    "mlflow.GetRegisteredModel": _MODEL_READ,
+    "mlflow.SearchRegisteredModels": Rule("search", "read", search=True),
+    "mlflow.UpdateRegisteredModel": _MODEL_WRITE,
+    "mlflow.RenameRegisteredModel": _r("model", "manage", "name", hook="rename_model"),
+    "mlflow.DeleteRegisteredModel": _r("model", "manage", "name", hook="forget_model"),
+    "mlflow.GetLatestVersions": _MODEL_READ,
+    "mlflow.SetRegisteredModelTag": _MODEL_WRITE,
+    "mlflow.DeleteRegisteredModelTag": _MODEL_WRITE,
+    "mlflow.SetRegisteredModelAlias": _MODEL_WRITE,
+    "mlflow.DeleteRegisteredModelAlias": _MODEL_WRITE,
+    "mlflow.GetModelVersionByAlias": _MODEL_READ,
+    "mlflow.CreateModelVersion": _r("model_version_create", "write", "name"),
+    "mlflow.GetModelVersion": _MODEL_READ,
+    "mlflow.GetModelVersionDownloadUri": _MODEL_READ,
+    "mlflow.SearchModelVersions": Rule("search", "read", search=True),
+    "mlflow.UpdateModelVersion": _MODEL_WRITE,
+    "mlflow.TransitionModelVersionStage": _MODEL_WRITE,
+    "mlflow.DeleteModelVersion": _MODEL_WRITE,
+    "mlflow.SetModelVersionTag": _MODEL_WRITE,
+    "mlflow.DeleteModelVersionTag": _MODEL_WRITE,
+    # proxied artifacts (Flask side; uvicorn serves GET/PUT natively, see NATIVE_RULES)
+    "mlflow.artifacts.DownloadArtifact": _ARTIFACT_READ,
+    "mlflow.artifacts.UploadArtifact": _ARTIFACT_WRITE,
+    "mlflow.artifacts.DeleteArtifact": _ARTIFACT_WRITE,
+    "mlflow.artifacts.ListArtifacts": _r("artifact", "read", "path"),
+    "mlflow.artifacts.CreateMultipartUpload": _ARTIFACT_WRITE,
+    "mlflow.artifacts.CompleteMultipartUpload": _ARTIFACT_WRITE,
+    "mlflow.artifacts.AbortMultipartUpload": _ARTIFACT_WRITE,
+    # GraphQL: authenticated here, then authorised field by field (auth/graphql.py).
+    "fn:_graphql": Rule("graphql", "read", search=True),
+    "fn:_get_server_info": AUTHENTICATED,
+}
+
+# Hand-written Flask routes of mlflow.server, keyed by Flask endpoint name.
+FLASK_RULES: Mapping[str, Rule] = {
+    "health": PUBLIC,
+    "version": PUBLIC,
+    "serve": PUBLIC,
+    "serve_static_file": PUBLIC,
+    "static": PUBLIC,
+    "serve_artifacts": _r("run", "read", "run_id", "run_uuid"),
+    "serve_model_version_artifact": _MODEL_READ,
+    "serve_get_metric_history_bulk": _r("runs", "read", "run_id"),
+    "serve_get_metric_history_bulk_interval": _r("runs", "read", "run_ids"),
+    "get_metric_history_bulk_interval_handler": _r("runs", "read", "run_ids"),
+    "serve_search_datasets": _EXPERIMENTS_READ,
+    "serve_create_promptlab_run": _EXPERIMENT_WRITE,
+    "serve_upload_artifact": _r("run", "write", "run_uuid", source="query"),
+    "serve_get_trace_artifact": _TRACE_READ_V2,
+    "serve_get_logged_model_artifact": _LOGGED_MODEL_READ,
+    "serve_get_ui_telemetry": AUTHENTICATED,
+    "serve_post_ui_telemetry": AUTHENTICATED,
+    # mlflow-share's own API and pages: authenticated here, authorised inside each view.
+    "mlflow_share_api.whoami": AUTHENTICATED,
+}
+
+# Routes uvicorn serves natively (FastAPI), keyed by route name.
+NATIVE_RULES: Mapping[str, Rule] = {
+    "health": PUBLIC,
+    "get_server_info": AUTHENTICATED,
+    "download_artifact": _ARTIFACT_READ,
+    "upload_artifact": _ARTIFACT_WRITE,
+}
+
+# Request keys that only an org admin may call: server-wide configuration (gateway secrets,
+# webhooks, workspaces, jobs, assistant, MCP) and GenAI evaluation objects that mlflow-share
+# does not yet attach to a team. Listed explicitly so that coverage stays exhaustive.
+ADMIN_ONLY_PREFIXES = (
+    "mlflow.issues.", "mlflow.label_schemas.", "mlflow.review_queues.",
+)
+ADMIN_ONLY_REST = frozenset({
+    "mlflow.CreatePresignedUploadUrl", "mlflow.CreatePresignedDownloadUrl",
+    "mlflow.artifacts.GetPresignedDownloadUrl",
+    "mlflow.LinkPromptsToTrace", "mlflow.SearchUnifiedTraces", "mlflow.GetOnlineTraceDetails",
+    "mlflow.CalculateTraceFilterCorrelation", "mlflow.QueryTraceMetrics",
+    "mlflow.CreateWorkspace", "mlflow.GetWorkspace", "mlflow.ListWorkspaces",
+    "mlflow.UpdateWorkspace", "mlflow.DeleteWorkspace",
+    "mlflow.CreateWebhook", "mlflow.GetWebhook", "mlflow.ListWebhooks", "mlflow.UpdateWebhook",
+    "mlflow.DeleteWebhook", "mlflow.TestWebhook",
+    "mlflow.CreateDataset", "mlflow.GetDataset", "mlflow.DeleteDataset",
+    "mlflow.SearchEvaluationDatasets", "mlflow.SetDatasetTags", "mlflow.DeleteDatasetTag",
+    "mlflow.UpsertDatasetRecords", "mlflow.GetDatasetExperimentIds", "mlflow.GetDatasetRecords",
+    "mlflow.DeleteDatasetRecords", "mlflow.AddDatasetToExperiments",
+    "mlflow.RemoveDatasetFromExperiments",
+    "mlflow.RegisterScorer", "mlflow.ListScorers", "mlflow.ListScorerVersions", "mlflow.GetScorer",
+    "mlflow.DeleteScorer",
+    "mlflow.CreatePromptOptimizationJob", "mlflow.GetPromptOptimizationJob",
+    "mlflow.SearchPromptOptimizationJobs", "mlflow.CancelPromptOptimizationJob",
+    "mlflow.DeletePromptOptimizationJob",
+    "fn:_get_online_scoring_configs", "fn:_upsert_online_scoring_config", "fn:_get_job",
+    "fn:_cancel_job", "fn:_delete_demo", "fn:_generate_demo", "fn:_get_provider_config",
+    "fn:_get_secrets_config", "fn:_invoke_genai_evaluate_handler",
+    "fn:_invoke_issue_detection_handler", "fn:_invoke_scorer_handler",
+    "fn:_list_supported_models", "fn:_list_supported_providers",
+})
+ADMIN_ONLY_REST_PREFIX_GATEWAY = re.compile(r"^mlflow\.\w*(Gateway|Guardrail)\w*$")
+ADMIN_ONLY_FLASK = frozenset({"serve_gateway_proxy"})
+ADMIN_ONLY_NATIVE_PREFIXES = ("/gateway/", "/v1/traces", "/ajax-api/3.0/jobs",
+                              "/ajax-api/3.0/mlflow/assistant/", "/ajax-api/3.0/mlflow/mcp-servers",
+                              "/api/3.0/mlflow/mcp-servers")
+# fmt: on
+
+
+def rest_rule(key: str) -> Rule | None:
+    rule = REST_RULES.get(key)
+    if rule is not None:
+        return rule
+    if (
+        key in ADMIN_ONLY_REST
+        or key.startswith(ADMIN_ONLY_PREFIXES)
+        or ADMIN_ONLY_REST_PREFIX_GATEWAY.match(key)
+    ):
+        return ADMIN
+    return None
+
+
+def flask_rule(endpoint: str) -> Rule | None:
+    if endpoint in FLASK_RULES:
+        return FLASK_RULES[endpoint]
+    if endpoint.startswith("mlflow_share"):
+        return AUTHENTICATED
+    if endpoint in ADMIN_ONLY_FLASK:
+        return ADMIN
+    return None
+
+
+def native_rule(name: str, path: str) -> Rule | None:
+    if name in NATIVE_RULES:
+        return NATIVE_RULES[name]
+    if path.startswith(ADMIN_ONLY_NATIVE_PREFIXES):
+        return ADMIN
+    return None
+
+
+def _request_key(handler_or_class: Any) -> str:
+    descriptor = getattr(handler_or_class, "DESCRIPTOR", None)
+    if descriptor is not None:
+        return str(descriptor.full_name)
+    return "fn:" + getattr(handler_or_class, "__name__", repr(handler_or_class))
+
+
+def rest_keys() -> dict[tuple[str, str], str]:
+    """(path, method) → request key for every REST endpoint of the installed MLflow."""
+    from mlflow.server import handlers
+
+    keys: dict[tuple[str, str], str] = {}
+    for path, handler_or_class, methods in handlers.get_endpoints(lambda request_class: request_class):
+        for method in methods:
+            keys[(path, method)] = _request_key(handler_or_class)
+    return keys
+
+
+_FASTAPI_PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
+
+
+def fastapi_to_werkzeug(path: str) -> str:
+    return _FASTAPI_PARAM.sub(
+        lambda m: f"<path:{m.group(1)}>" if m.group(2) == "path" else f"<{m.group(1)}>", path
+    )
+
+
+def native_routes(fastapi_app: Any) -> list[tuple[str, frozenset[str], str]]:
+    """(path, methods, name) of every route the FastAPI app serves itself (not the Flask mount)."""
+    found: list[tuple[str, frozenset[str], str]] = []
+
+    def walk(routes: Iterable[Any]) -> None:
+        for route in routes:
+            if hasattr(route, "effective_route_contexts"):  # FastAPI >= 0.16x included routers
+                for context in route.effective_route_contexts():
+                    found.append((context.path, frozenset(context.methods or ()), context.name))
+            elif hasattr(route, "methods") and hasattr(route, "path"):
+                found.append((route.path, frozenset(route.methods or ()), route.name))
+            # Mounts (the Flask app at "/") are covered by the Flask table.
+
+    walk(fastapi_app.routes)
+    return found
+
+
+@dataclass(frozen=True)
+class Match:
+    key: str
+    rule: Rule | None
+    path_args: Mapping[str, str]
+
+
+class RouteTable:
+    """Matches a request to its rule the way the app dispatches it: native routes first."""
+
+    def __init__(self, flask_app: Any, fastapi_app: Any | None = None) -> None:
+        keys = rest_keys()
+        flask_rules: list[WerkzeugRule] = []
+        self.rules: dict[str, Rule | None] = {}
+        for url_rule in flask_app.url_map.iter_rules():
+            for method in sorted(url_rule.methods or ()):
+                if method in ("HEAD", "OPTIONS"):
+                    continue
+                key = keys.get((url_rule.rule, method))
+                rule = rest_rule(key) if key else None
+                if key is None:
+                    key = f"flask:{url_rule.endpoint}"
+                    rule = flask_rule(url_rule.endpoint)
+                endpoint = f"{key}|{method}"
+                self.rules[endpoint] = rule
+                flask_rules.append(WerkzeugRule(url_rule.rule, endpoint=endpoint, methods=[method]))
+        self._flask = Map(flask_rules, strict_slashes=False, merge_slashes=False)
+        self._native: Map | None = None
+        if fastapi_app is not None:
+            native: list[WerkzeugRule] = []
+            for path, methods, name in native_routes(fastapi_app):
+                for method in sorted(methods):
+                    endpoint = f"native:{name}|{method}"
+                    self.rules[endpoint] = native_rule(name, path)
+                    native.append(WerkzeugRule(fastapi_to_werkzeug(path), endpoint=endpoint,
+                                               methods=[method]))
+            self._native = Map(native, strict_slashes=False, merge_slashes=False)
+
+    def match(self, path: str, method: str) -> Match | None:
+        """Return the matched rule, ``None`` for an unknown path.
+
+        Raises:
+            MethodNotAllowed: the path exists but not with this method.
+        """
+        lookup = "GET" if method == "HEAD" else method
+        not_allowed: MethodNotAllowed | None = None
+        for table in (self._native, self._flask):
+            if table is None:
+                continue
+            try:
+                endpoint, args = table.bind("localhost").match(path, lookup)
+            except NotFound:
+                continue
+            except MethodNotAllowed as exc:
+                not_allowed = not_allowed or exc
+                continue
+            key = str(endpoint).rsplit("|", 1)[0]
+            return Match(key, self.rules.get(str(endpoint)), args)
+        if not_allowed is not None:
+            raise not_allowed
+        return None
+
+    def undecided(self) -> list[str]:
+        """Every route endpoint with no rule; a healthy table returns ``[]``."""
+        return sorted(endpoint for endpoint, rule in self.rules.items() if rule is None)

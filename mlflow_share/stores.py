@@ -1,0 +1,106 @@
+"""MLflow's SqlAlchemy stores with searches narrowed, inside SQL, to what the caller may read.
+
+MLflow's stores have hooks made for workspace isolation (``_get_workspace_clauses``,
+``_experiment_where_clauses``); during a search request the interceptor sets a
+``SearchScope`` and these subclasses add a ``WHERE ... IN (readable)`` clause there. Paging
+therefore stays MLflow's own: offsets and page tokens count readable rows only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+from mlflow_share import db
+from mlflow_share.auth.interceptor import SEARCH_SCOPE, SearchScope
+from mlflow_share.directory import EXPERIMENT, MODEL
+
+_READ_PERMISSIONS = ("read", "write", "manage")
+
+
+def _readable_ids(kind: str, scope: SearchScope) -> sa.Select[Any]:
+    """IDs of resources of ``kind`` owned by, or granted read to, one of the scope's teams."""
+    owned = sa.select(db.resources.c.resource_id).where(
+        db.resources.c.kind == kind, db.resources.c.owner_team.in_(scope.teams)
+    )
+    granted = sa.select(db.grants.c.resource_id).where(
+        db.grants.c.kind == kind,
+        db.grants.c.team.in_(scope.teams),
+        db.grants.c.permission.in_(_READ_PERMISSIONS),
+    )
+    return sa.select(sa.union(owned, granted).subquery().c.resource_id)
+
+
+def readable_model_names(scope: SearchScope) -> sa.Select[Any]:
+    ids = _readable_ids(MODEL, scope)
+    return sa.select(db.resources.c.name).where(
+        db.resources.c.kind == MODEL, db.resources.c.resource_id.in_(ids)
+    )
+
+
+class ScopedRegistryStore(RegistryStore):  # type: ignore[misc]
+    """Registry store whose searches return only readable registered models and versions."""
+
+    def _get_workspace_clauses(self, model: Any) -> list[Any]:
+        clauses = list(super()._get_workspace_clauses(model))
+        scope = SEARCH_SCOPE.get()
+        if scope is not None and hasattr(model, "name"):
+            from mlflow.store.model_registry.dbmodels.models import (
+                SqlModelVersion,
+                SqlRegisteredModel,
+            )
+
+            if model in (SqlRegisteredModel, SqlModelVersion):
+                clauses.append(model.name.in_(readable_model_names(scope)))
+        return clauses
+
+
+class ScopedTrackingStore(TrackingStore):  # type: ignore[misc]
+    """Tracking store whose experiment searches return only readable experiments."""
+
+    def _experiment_where_clauses(self) -> list[Any]:
+        clauses = list(super()._experiment_where_clauses())
+        scope = SEARCH_SCOPE.get()
+        if scope is not None:
+            from mlflow.store.tracking.dbmodels.models import SqlExperiment
+
+            ids = sa.select(sa.cast(db.resources.c.resource_id, sa.Integer)).where(
+                db.resources.c.resource_id.in_(_readable_ids(EXPERIMENT, scope)),
+                db.resources.c.kind == EXPERIMENT,
+            )
+            clauses.append(SqlExperiment.experiment_id.in_(ids))
+        return clauses
+
+
+def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> ScopedTrackingStore:
+    import os
+
+    from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
+
+    return ScopedTrackingStore(
+        store_uri, artifact_uri,
+        read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR),
+    )
+
+
+def build_registry_store(store_uri: str) -> ScopedRegistryStore:
+    import os
+
+    from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
+
+    return ScopedRegistryStore(
+        store_uri, read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR)
+    )
+
+
+def install_scoped_stores() -> None:
+    """Make this server process build the scoped stores for every SQL scheme."""
+    from mlflow.server import handlers
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+
+    for scheme in DATABASE_ENGINES:
+        handlers._tracking_store_registry.register(scheme, build_tracking_store)
+        handlers._model_registry_store_registry.register(scheme, build_registry_store)
