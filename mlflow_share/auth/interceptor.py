@@ -254,7 +254,25 @@ class Interceptor:
     def _resolve_run(self, principal: Principal, rule: Rule, params: _Params,
                      decision: Decision) -> None:
         run_id = params.first_of(rule.fields)
-        self._check_experiment(principal, self._run_experiment(run_id), rule.action)
+        try:
+            self._check_experiment(principal, self._run_experiment(run_id), rule.action)
+        except PermissionDenied:
+            # A team that may read a registered model may read the run its versions came
+            # from (their lineage), not the rest of the experiment.
+            if rule.action != "read" or not self._readable_model(
+                principal, self.lookups.models_of_run(run_id)
+            ):
+                raise
+
+    def _readable_model(self, principal: Principal, names: list[str]) -> bool:
+        for name in names:
+            model_id = self.policy.model_id(name)
+            if model_id is not None and self.policy.is_allowed(
+                principal, directory_module.MODEL, model_id,
+                self.policy.owner_of(directory_module.MODEL, model_id), "read",
+            ):
+                return True
+        return False
 
     def _resolve_runs(self, principal: Principal, rule: Rule, params: _Params,
                       decision: Decision) -> None:
@@ -389,18 +407,11 @@ class Interceptor:
             if action != "read":
                 raise
         # A team granted a registered model may read the files of its versions, and only those.
-        location = "mlflow-artifacts:/" + "/".join(segments)
-        for name in self.lookups.models_serving_location(location):
-            model_id = self.policy.model_id(name)
-            if model_id is not None and self.policy.is_allowed(
-                principal, directory_module.MODEL, model_id,
-                self.policy.owner_of(directory_module.MODEL, model_id), "read",
-            ):
-                return
-        raise PermissionDenied(
-            f"Permission denied: {principal.name!r} may not read artifacts of experiment "
-            f"{experiment_id!r}."
-        )
+        if not self._readable_model(principal, self.lookups.models_serving_location(segments)):
+            raise PermissionDenied(
+                f"Permission denied: {principal.name!r} may not read artifacts of experiment "
+                f"{experiment_id!r}."
+            )
 
 
 def _on_success(action: Callable[[bytes], Any]) -> Callable[[int, bytes], None]:

@@ -84,27 +84,61 @@ class MlflowLookups:
         return self._scalar("SELECT name FROM registered_models WHERE name = :name",
                             name=name) is not None
 
-    def models_serving_location(self, location: str) -> list[str]:
-        """Names of registered models having a version stored at or above ``location``."""
-        parts = location.split("/")
-        # mlflow-artifacts:/<exp>/<run>/artifacts/... or mlflow-artifacts:/<exp>/models/<id>/...
-        depth = 5 if len(parts) > 3 and parts[2] == "models" else 4
-        prefix = "/".join(parts[:depth])
+    def models_of_run(self, run_id: str) -> list[str]:
+        """Names of registered models with a version registered from ``run_id``."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT name, storage_location, source FROM model_versions "
-                    "WHERE storage_location LIKE :p OR source LIKE :p"
-                ),
-                {"p": _like_prefix(prefix)},
-            ).all()
-        names = []
-        for name, storage_location, source in rows:
-            for root in (storage_location, source):
-                if root and (location == root.rstrip("/") or location.startswith(root.rstrip("/") + "/")):
-                    names.append(name)
-                    break
-        return sorted(set(names))
+            return sorted(set(conn.execute(
+                sa.text("SELECT name FROM model_versions WHERE run_id = :run"), {"run": run_id}
+            ).scalars()))
+
+    def models_serving_location(self, segments: list[str]) -> list[str]:
+        """Names of registered models having a version whose files include this artifact path.
+
+        ``segments`` is a validated artifact path: ``<exp>/<run>/artifacts/...`` for run
+        artifacts, ``<exp>/models/<model id>/artifacts/...`` for logged models.
+        """
+        if len(segments) < 3:
+            return []
+        experiment_id = segments[0]
+        location = "mlflow-artifacts:/" + "/".join(segments)
+        if segments[1] == "models":
+            owner_column, owner = "model_id", segments[2]
+            base = f"mlflow-artifacts:/{experiment_id}/models/{owner}/artifacts"
+        else:
+            owner_column, owner = "run_id", segments[1]
+            base = f"mlflow-artifacts:/{experiment_id}/{owner}/artifacts"
+        with self.engine.connect() as conn:
+            if owner_column == "run_id":
+                rows = conn.execute(sa.text(
+                    "SELECT name, source, storage_location FROM model_versions WHERE run_id = :o"
+                ), {"o": owner}).all()
+            else:
+                rows = conn.execute(sa.text(
+                    "SELECT name, source, storage_location FROM model_versions "
+                    "WHERE source = :s OR storage_location LIKE :p ESCAPE '\\'"
+                ), {"s": f"models:/{owner}", "p": _like_prefix(base)}).all()
+        names = set()
+        for name, source, storage_location in rows:
+            for root in _artifact_roots(source, storage_location, base, owner):
+                if location == root or location.startswith(root + "/"):
+                    names.add(name)
+        return sorted(names)
+
+
+def _artifact_roots(source: str | None, storage_location: str | None, base: str,
+                    owner: str) -> list[str]:
+    """The ``mlflow-artifacts:/`` folders a model version's files live in."""
+    roots = []
+    for uri in (source, storage_location):
+        if not uri:
+            continue
+        if uri.startswith("mlflow-artifacts:/"):
+            roots.append(uri.rstrip("/"))
+        elif uri.startswith(f"runs:/{owner}/"):
+            roots.append(f"{base}/{uri[len(f'runs:/{owner}/'):]}".rstrip("/"))
+        elif uri == f"models:/{owner}":
+            roots.append(base)
+    return roots
 
 
 def _like_prefix(prefix: str) -> str:

@@ -1,0 +1,250 @@
+"""Shared helpers for the benchmarks: servers on loopback, a multi-process load driver, tables.
+
+Servers run in their own session (process group) so stopping one ends its uvicorn workers
+too; every process and temp folder a benchmark creates is removed on exit, also on Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+
+# Same for every server: MLflow's job runner (a dozen huey processes per server) is unrelated
+# to the read path and would only eat memory and CPU on a 2-core machine.
+BASE_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def temp_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+_SERVERS: list[Server] = []
+
+
+def _stop_all(*_: object) -> None:
+    for server in list(_SERVERS):
+        server.stop()
+
+
+atexit.register(_stop_all)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    _stop_all()
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _on_signal)
+
+
+@dataclass
+class Server:
+    """A server process (and its children) on 127.0.0.1:port, logging to a file."""
+
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> Server:
+        env = {**os.environ, **BASE_ENV, **self.env}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv, env=env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        _SERVERS.append(self)
+        return self
+
+    def wait_ready(self, path: str = "/health", timeout: float = 150.0) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early; log:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s; log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if self in _SERVERS:
+            _SERVERS.remove(self)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)  # the group this Popen created
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+        # Children that outlived the leader (uvicorn workers) are still in the same group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+
+
+# -- load driver ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str  # with the query string already encoded
+    body: bytes | None = None
+
+
+def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool,
+                 start_at: float, duration: float, offset: int, queue: Any) -> None:
+    import requests
+
+    session = requests.Session()
+    hdrs = dict(headers)
+    if not keepalive:
+        hdrs["Connection"] = "close"  # the server closes; the next request opens a new one
+    hdrs_json = {**hdrs, "Content-Type": "application/json"}
+    # Warm-up (also opens the kept-alive connection), not recorded.
+    for call in calls:
+        session.request(call.method, url + call.path, data=call.body,
+                        headers=hdrs_json if call.body else hdrs).content
+    lat: list[float] = []
+    errors = 0
+    i = offset
+    n = len(calls)
+    perf = time.perf_counter
+    while time.time() < start_at:
+        time.sleep(0.001)
+    end = perf() + duration
+    while True:
+        call = calls[i % n]
+        i += 1
+        t0 = perf()
+        if t0 >= end:
+            break
+        try:
+            resp = session.request(call.method, url + call.path, data=call.body,
+                                   headers=hdrs_json if call.body else hdrs)
+            resp.content
+            ok = resp.status_code == 200
+        except Exception:  # noqa: BLE001 - counted, not fatal
+            ok = False
+        t1 = perf()
+        if ok:
+            lat.append((t1 - t0) * 1000.0)
+        else:
+            errors += 1
+    session.close()
+    queue.put((lat, errors))
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    duration: float
+    p50: float
+    p99: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, int(round(q / 100.0 * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+def drive(url: str, calls: list[Call], headers: dict[str, str], *, keepalive: bool,
+          clients: int, duration: float) -> LoadResult:
+    """``clients`` separate processes send ``calls`` round-robin for ``duration`` seconds."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    start_at = time.time() + 1.0 + 0.1 * clients
+    procs = [
+        ctx.Process(target=_client_loop, daemon=True,
+                    args=(url, calls, headers, keepalive, start_at, duration, k, queue))
+        for k in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=duration + 120) for _ in procs]
+    for p in procs:
+        p.join(timeout=10)
+    lat = sorted(x for r in results for x in r[0])
+    errors = sum(r[1] for r in results)
+    return LoadResult(len(lat), errors, duration, percentile(lat, 50), percentile(lat, 99))
+
+
+# -- output -----------------------------------------------------------------------------------
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if n and i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
