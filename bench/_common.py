@@ -146,7 +146,7 @@ class Call:
 
 
 def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool,
-                 start_at: float, duration: float, offset: int, queue: Any) -> None:
+                 barrier: Any, duration: float, offset: int, queue: Any) -> None:
     import requests
 
     session = requests.Session()
@@ -154,17 +154,23 @@ def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive
     if not keepalive:
         hdrs["Connection"] = "close"  # the server closes; the next request opens a new one
     hdrs_json = {**hdrs, "Content-Type": "application/json"}
-    # Warm-up (also opens the kept-alive connection), not recorded.
-    for call in calls:
-        session.request(call.method, url + call.path, data=call.body,
-                        headers=hdrs_json if call.body else hdrs).content
+    perf = time.perf_counter
+    n = len(calls)
+    # Warm-up, not recorded (also opens the kept-alive connection): at most 1 s or one pass.
+    warm_end = perf() + 1.0
+    for k in range(n):
+        call = calls[(offset + k) % n]
+        try:
+            session.request(call.method, url + call.path, data=call.body,
+                            headers=hdrs_json if call.body else hdrs).content
+        except Exception:  # noqa: BLE001 - the measured loop counts errors
+            pass
+        if perf() >= warm_end:
+            break
     lat: list[float] = []
     errors = 0
     i = offset
-    n = len(calls)
-    perf = time.perf_counter
-    while time.time() < start_at:
-        time.sleep(0.001)
+    barrier.wait(timeout=180)  # every client starts the measured loop at the same moment
     end = perf() + duration
     while True:
         call = calls[i % n]
@@ -213,15 +219,15 @@ def drive(url: str, calls: list[Call], headers: dict[str, str], *, keepalive: bo
     """``clients`` separate processes send ``calls`` round-robin for ``duration`` seconds."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    start_at = time.time() + 1.0 + 0.1 * clients
+    barrier = ctx.Barrier(clients)
     procs = [
         ctx.Process(target=_client_loop, daemon=True,
-                    args=(url, calls, headers, keepalive, start_at, duration, k, queue))
+                    args=(url, calls, headers, keepalive, barrier, duration, k, queue))
         for k in range(clients)
     ]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=duration + 120) for _ in procs]
+    results = [queue.get(timeout=duration + 300) for _ in procs]
     for p in procs:
         p.join(timeout=10)
     lat = sorted(x for r in results for x in r[0])
