@@ -201,10 +201,17 @@ class LoadResult:
     duration: float
     p50: float
     p99: float
+    latencies: list[float] = field(default_factory=list, repr=False)  # sorted, ms
 
     @property
     def rps(self) -> float:
         return self.requests / self.duration
+
+    @staticmethod
+    def merge(parts: list[LoadResult]) -> LoadResult:
+        lat = sorted(x for p in parts for x in p.latencies)
+        return LoadResult(len(lat), sum(p.errors for p in parts), sum(p.duration for p in parts),
+                          percentile(lat, 50), percentile(lat, 99), lat)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -232,7 +239,7 @@ def drive(url: str, calls: list[Call], headers: dict[str, str], *, keepalive: bo
         p.join(timeout=10)
     lat = sorted(x for r in results for x in r[0])
     errors = sum(r[1] for r in results)
-    return LoadResult(len(lat), errors, duration, percentile(lat, 50), percentile(lat, 99))
+    return LoadResult(len(lat), errors, duration, percentile(lat, 50), percentile(lat, 99), lat)
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -7,6 +7,10 @@
   listener   set TCP_NODELAY on the inherited listening socket(s) found in /proc/self/fd;
              Linux copies it to every accepted socket (an alternative, Linux only)
 The response is written the way MLflow's is under uvicorn: headers, then the body.
+
+``new_event_loop`` is a uvicorn ``--loop`` factory that applies the same fix: the benchmarks
+pass it to real MLflow / mlflow-share servers (``--uvicorn-opts "--loop
+_nodelay_app:new_event_loop"``) to preview the fix without changing mlflow-share.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ def enable_tcp_nodelay_on_accepted_sockets() -> None:
 
     _set_nodelay._mlflow_share_nodelay = True  # type: ignore[attr-defined]
     base_events._set_nodelay = _set_nodelay
+
+
+def new_event_loop() -> Any:
+    """uvicorn ``--loop`` factory: asyncio's selector loop, with the fix applied first."""
+    import asyncio
+
+    enable_tcp_nodelay_on_accepted_sockets()
+    return asyncio.SelectorEventLoop()
 
 
 def nodelay_on_inherited_listeners() -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import requests
 
-from _common import PYTHON, Call, Server, drive, free_port, table, temp_dir
+from _common import PYTHON, Call, LoadResult, Server, drive, free_port, table, temp_dir
 
 ADMIN_PASSWORD = "bench-admin-password-1"
 ALICE_PASSWORD = "alice-password-1"
@@ -73,7 +73,7 @@ def auth_extra_path() -> str | None:
     return str(target)
 
 
-def make_server(kind: str, root: Path, workers: int) -> Server:
+def make_server(kind: str, root: Path, workers: int, fix_nodelay: bool = False) -> Server:
     home = root / kind
     home.mkdir()
     port = free_port()
@@ -95,6 +95,10 @@ def make_server(kind: str, root: Path, workers: int) -> Server:
     argv += ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
              "--artifacts-destination", str(home / "artifacts"),
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    if fix_nodelay:  # preview of the TCP_NODELAY fix (bench/_nodelay_app.py) on every server
+        argv += ["--uvicorn-opts", "--loop _nodelay_app:new_event_loop"]
+        here = str(Path(__file__).resolve().parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     return Server(kind, argv, port, home / "server.log", env=env, cwd=home)
 
 
@@ -177,12 +181,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 s per measurement (< 90 s)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per measurement")
+    parser.add_argument("--fix-nodelay", action="store_true",
+                        help="apply the proposed TCP_NODELAY fix to every server (uvicorn --loop "
+                             "hook from bench/_nodelay_app.py) to preview its effect")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds per server and connection mode (default 8, --quick 3)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="split each duration into this many alternating rounds "
+                             "(default 2, --quick 1)")
     parser.add_argument("--servers", default=None,
                         help=f"comma-separated subset of {','.join(ALL_SERVERS)} (default: all; "
                              "--quick: all but basic-auth-cached)")
     args = parser.parse_args()
     duration = args.duration or (3.0 if args.quick else 8.0)
+    rounds = args.rounds or (1 if args.quick else 2)
     wanted = (args.servers.split(",") if args.servers else
               [k for k in ALL_SERVERS if not (args.quick and k == "basic-auth-cached")])
     kinds = [k for k in ALL_SERVERS if k in wanted]
@@ -191,7 +203,7 @@ def main() -> int:
 
     t_start = time.monotonic()
     root = temp_dir("mlflow-share-bench-")
-    servers = [make_server(kind, root, args.workers) for kind in kinds]
+    servers = [make_server(kind, root, args.workers, args.fix_nodelay) for kind in kinds]
     print(f"starting {len(servers)} servers ({args.workers} uvicorn workers each) ...", flush=True)
     for server in servers:
         server.start()
@@ -207,17 +219,22 @@ def main() -> int:
         for server, mix in zip(servers, pool.map(prepare, servers)):
             mixes[server.name] = mix
     print(f"servers ready and seeded in {time.monotonic() - t_start:.0f}s; "
-          f"{args.clients} client processes, {duration:.0f}s per measurement", flush=True)
+          f"{args.clients} client processes, {duration:.0f}s per server and mode "
+          f"in {rounds} round(s)", flush=True)
 
-    results: dict[tuple[str, str], object] = {}
+    # Rounds alternate the servers so that drift in machine load hits all of them alike.
+    parts: dict[tuple[str, str], list[LoadResult]] = {}
     for mode, keepalive in (("new connection", False), ("kept-alive", True)):
-        for server in servers:
-            calls, headers = mixes[server.name]
-            res = drive(server.url, calls, headers, keepalive=keepalive, clients=args.clients,
-                        duration=duration)
-            results[(mode, server.name)] = res
-            print(f"  {mode:15s} {server.name:18s} {res.rps:8.1f} req/s  p50 {res.p50:7.2f} ms"
-                  f"  p99 {res.p99:7.2f} ms  errors {res.errors}", flush=True)
+        for rnd in range(rounds):
+            for server in servers:
+                calls, headers = mixes[server.name]
+                res = drive(server.url, calls, headers, keepalive=keepalive,
+                            clients=args.clients, duration=duration / rounds)
+                parts.setdefault((mode, server.name), []).append(res)
+                print(f"  {mode:15s} round {rnd + 1}/{rounds} {server.name:18s} {res.rps:8.1f} "
+                      f"req/s  p50 {res.p50:7.2f} ms  p99 {res.p99:7.2f} ms  errors {res.errors}",
+                      flush=True)
+    results = {key: LoadResult.merge(value) for key, value in parts.items()}
     for server in servers:
         server.stop()
 
@@ -230,7 +247,8 @@ def main() -> int:
                          f"{res.rps / ref.rps:.3f}x", f"{res.p50 / ref.p50:.2f}x"])
     print()
     print(f"Read mix, authenticated as non-admin 'alice'; {args.workers} uvicorn workers, "
-          f"{args.clients} client processes, {duration:.0f}s each, SQLite, 127.0.0.1")
+          f"{args.clients} client processes, {duration:.0f}s each, SQLite, 127.0.0.1"
+          + (", TCP_NODELAY fix applied to all servers" if args.fix_nodelay else ""))
     print(table(["connection", "server", "req/s", "p50 ms", "p99 ms", "errors",
                  "req/s vs plain", "p50 vs plain"], rows))
     share = [results[(m, "mlflow-share")] for m in ("new connection", "kept-alive")
@@ -242,7 +260,7 @@ def main() -> int:
               f"({'ok' if ratios[0] >= 0.95 else 'MISSED'}), kept-alive {ratios[1]:.3f}x "
               f"({'ok' if ratios[1] >= 0.95 else 'MISSED'})")
     ka = results[("kept-alive", "plain")]
-    if args.workers > 1 and ka.p50 > 30:
+    if args.workers > 1 and ka.p50 > 30 and not args.fix_nodelay:
         print(f"note: plain MLflow p50 on kept-alive connections is {ka.p50:.0f} ms with "
               f"{args.workers} workers: the Nagle/delayed-ACK stall (see bench/keepalive_stall.py)")
     print(f"total {time.monotonic() - t_start:.0f}s")

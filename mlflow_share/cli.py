@@ -293,3 +293,7 @@ def policy_import(ctx: click.Context, file: Path, dry_run: bool) -> None:
         click.echo("Dry run: nothing applied.")
     else:
         click.echo(f"Applied {len(result['changes'])} change(s).")
+
+
+if __name__ == "__main__":
+    cli()

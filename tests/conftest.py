@@ -69,11 +69,21 @@ def start_server(tmp: Path, backend_uri: str | None = None, *, workers: int = 1,
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
                  "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-share",
-        "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra,
-    ]
+    if extra[:1] == ("waitress",):
+        # `mlflow server --waitress-opts` cannot start any factory app on Linux in MLflow 3.17
+        # (it passes both `--call` and `create_app()`); serve the factory as MLflow would.
+        env.update(_MLFLOW_SERVER_FILE_STORE=backend_uri, _MLFLOW_SGI_NAME="waitress",
+                   _MLFLOW_SERVER_ARTIFACT_ROOT="mlflow-artifacts:/",
+                   _MLFLOW_SERVER_ARTIFACT_DESTINATION=str(artifacts),
+                   _MLFLOW_SERVER_SERVE_ARTIFACTS="true")
+        command = [sys.executable, "-m", "waitress", "--host=127.0.0.1", f"--port={port}",
+                   "--threads=4", "--call", "mlflow_share.app:create_app"]
+    else:
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-share",
+            "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra,
+        ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=tmp, start_new_session=True)
@@ -85,7 +95,7 @@ def start_server(tmp: Path, backend_uri: str | None = None, *, workers: int = 1,
         try:
             if requests.get(server.url + "/health", timeout=2).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or a worker still loading
             pass
         time.sleep(0.3)
     stop_server(server)
