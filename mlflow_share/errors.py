@@ -18,7 +18,6 @@ Messages name the resource and the rule, never SQL, file paths or policy interna
 
 from __future__ import annotations
 
-import json
 from typing import ClassVar
 
 from mlflow.exceptions import MlflowException
@@ -65,8 +64,3 @@ class Unavailable(MlflowShareError):
 def envelope(error: MlflowException) -> tuple[int, bytes]:
     """Return ``(http_status, json_body)`` for an error, exactly as MLflow serializes it."""
     return error.get_http_status_code(), error.serialize_as_json().encode()
-
-
-def envelope_for(status: int, error_code: str, message: str) -> bytes:
-    """A JSON envelope for errors that have no exception object (e.g. unknown routes)."""
-    return json.dumps({"error_code": error_code, "message": message}).encode()
