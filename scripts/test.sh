@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install mlflow-share with its test extra into .venv and run the whole suite (unit,
+# integration against real servers on 127.0.0.1, PostgreSQL). Exit 5 (nothing collected) fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+set +e
+.venv/bin/python -m pytest tests "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$status"

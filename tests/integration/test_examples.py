@@ -1,0 +1,23 @@
+"""The examples are part of the contract: each runs end to end against a real server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_walkthrough_runs_end_to_end() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_",
+                                                                     "MLFLOW_SHARE_"))}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "walkthrough.py")],
+                            capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "PERMISSION_DENIED" in result.stdout
