@@ -174,12 +174,14 @@ def test_cli_administers_the_server(share_server, unique) -> None:  # type: igno
 def test_policy_export_and_import_as_code(share_server, tmp_path: Path, unique) -> None:  # type: ignore[no-untyped-def]
     import yaml
 
+    newcomer = f"pol-{unique}"
+    share_server.admin("POST", "/users", json={"name": newcomer, "password": USER_PASSWORD})
     exported = _cli(share_server, "policy", "export", "-o", str(tmp_path / "p.yaml"), admin=True)
     assert exported.returncode == 0, exported.stderr
     document = yaml.safe_load((tmp_path / "p.yaml").read_text())
     team_c = next(t for t in document["teams"] if t["name"] == "team-c")
     team_c["members"].append({"user": "ava", "role": "viewer"})
-    document["teams"].append({"name": f"new-{unique}", "members": [{"user": "carl",
+    document["teams"].append({"name": f"new-{unique}", "members": [{"user": newcomer,
                                                                       "role": "maintainer"}]})
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(document))
 
