@@ -15,8 +15,7 @@ from typing import Any
 import click
 
 from mlflow_share import config
-from mlflow_share.client import ShareAdminClient, ShareApiError
-from mlflow_share.errors import MlflowShareError
+from mlflow_share.client import ShareAdminClient, ShareApiError, ShareClientError
 
 PERMISSION = click.Choice(["read", "execute", "write", "manage"])
 ROLE = click.Choice(["viewer", "engineer", "maintainer"])
@@ -25,7 +24,7 @@ ROLE = click.Choice(["viewer", "engineer", "maintainer"])
 def _client(ctx: click.Context) -> ShareAdminClient:
     try:
         return ShareAdminClient(ctx.obj.get("tracking_uri"))
-    except MlflowShareError as exc:
+    except ShareClientError as exc:
         raise click.UsageError(exc.message) from None
 
 
@@ -34,7 +33,7 @@ def _run(call: Any, *args: Any, **kwargs: Any) -> Any:
         return call(*args, **kwargs)
     except ShareApiError as exc:
         raise click.ClickException(f"{exc.remote_error_code} ({exc.status}): {exc.message}") from None
-    except MlflowShareError as exc:
+    except ShareClientError as exc:
         raise click.UsageError(exc.message) from None
 
 

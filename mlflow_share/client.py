@@ -2,7 +2,8 @@
 
 Registered as the ``mlflow.app.client`` of the ``mlflow-share`` app, and used by the CLI.
 Credentials are read like the MLflow client reads them: ``MLFLOW_TRACKING_TOKEN``, or
-``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``.
+``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``. It depends on ``requests`` only
+(not on MLflow), so the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ from typing import Any
 
 import requests
 
-from mlflow_share.errors import InvalidInput, MlflowShareError
-
 API = "/api/2.0/mlflow-share"
 
 
-class ShareApiError(MlflowShareError):
+class ShareClientError(Exception):
+    """A request the client refuses to send (missing server address, bad arguments)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ShareApiError(ShareClientError):
     """An error answered by the server, with its MLflow error code and HTTP status."""
 
     def __init__(self, status: int, error_code: str, message: str) -> None:
@@ -32,7 +39,7 @@ class ShareAdminClient:
                  timeout: float = 30.0) -> None:
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri or not uri.startswith(("http://", "https://")):
-            raise InvalidInput(
+            raise ShareClientError(
                 "Set the server address with --tracking-uri or MLFLOW_TRACKING_URI (http[s]://...)."
             )
         self.base = uri.rstrip("/")
@@ -98,7 +105,7 @@ class ShareAdminClient:
     @staticmethod
     def _target(model: str | None, experiment_id: str | None) -> dict[str, Any]:
         if (model is None) == (experiment_id is None):
-            raise InvalidInput("Name exactly one of --model or --experiment-id.")
+            raise ShareClientError("Name exactly one of --model or --experiment-id.")
         return {"model": model} if model is not None else {"experiment_id": experiment_id}
 
     def grant(self, team: str, permission: str, *, model: str | None = None,

@@ -10,8 +10,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_share.errors import InvalidInput
-
 # Variables MLflow's own `mlflow server` sets for the processes it spawns.
 _MLFLOW_BACKEND_STORE_URI = "_MLFLOW_SERVER_FILE_STORE"
 _MLFLOW_REGISTRY_STORE_URI = "_MLFLOW_SERVER_REGISTRY_STORE"
@@ -21,7 +19,6 @@ HOME_ENV = "MLFLOW_SHARE_HOME"
 ADMIN_USERNAME_ENV = "MLFLOW_SHARE_ADMIN_USERNAME"
 ADMIN_PASSWORD_ENV = "MLFLOW_SHARE_ADMIN_PASSWORD"
 PASSWORD_CACHE_SECONDS_ENV = "MLFLOW_SHARE_PASSWORD_CACHE_SECONDS"
-SEARCH_SCOPE_LIMIT_ENV = "MLFLOW_SHARE_SEARCH_SCOPE_LIMIT"
 
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
@@ -32,6 +29,8 @@ def default_home() -> Path:
 
 
 def _int_env(name: str, default: int, minimum: int) -> int:
+    from mlflow_share.errors import InvalidInput
+
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -61,6 +60,9 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        # Imported here: the CLI reads this module's names and must not load all of MLflow.
+        from mlflow_share.errors import InvalidInput
+
         uri = os.environ.get(_MLFLOW_BACKEND_STORE_URI, "")
         if not uri:
             raise InvalidInput(
