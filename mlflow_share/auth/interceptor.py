@@ -242,7 +242,11 @@ class Interceptor:
 
     def _resolve_experiments(self, principal: Principal, rule: Rule, params: _Params,
                              decision: Decision) -> None:
-        for experiment_id in params.list(rule.fields[0]):
+        experiment_ids = params.list(rule.fields[0])
+        if not experiment_ids and not principal.is_admin:
+            # An empty list can mean "everywhere" to a store; make the caller say where.
+            raise InvalidInput(f"Name at least one experiment in {rule.fields[0]!r}.")
+        for experiment_id in experiment_ids:
             self._check_experiment(principal, str(experiment_id), rule.action)
 
     def _resolve_experiment_by_name(self, principal: Principal, rule: Rule, params: _Params,
@@ -310,7 +314,10 @@ class Interceptor:
 
     def _resolve_trace_locations(self, principal: Principal, rule: Rule, params: _Params,
                                  decision: Decision) -> None:
-        for location in params.list(rule.fields[0]):
+        locations = params.list(rule.fields[0])
+        if not locations and not principal.is_admin:
+            raise InvalidInput("Name at least one trace location.")
+        for location in locations:
             experiment_id = _nested(location, "mlflow_experiment", "experiment_id")
             if not experiment_id:
                 if principal.is_admin:

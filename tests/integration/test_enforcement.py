@@ -268,3 +268,13 @@ def test_casbin_identifier_injection_is_refused(share_server, bad) -> None:  # t
     me = share_server.api("GET", "/api/2.0/mlflow-share/whoami",
                           token=share_server.tokens["carl"]).json()
     assert me["teams"] == {"team-c": "engineer"}
+
+
+def test_searches_without_a_scope_are_refused(share_server) -> None:  # type: ignore[no-untyped-def]
+    token = share_server.tokens["bob"]
+    for path, body in ((f"{API}/runs/search", {"experiment_ids": []}),
+                       (f"{API}/logged-models/search", {"experiment_ids": []}),
+                       ("/api/3.0/mlflow/traces/search", {"locations": []})):
+        response = share_server.api("POST", path, token=token, json=body)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
