@@ -77,7 +77,7 @@ def enable_tcp_nodelay() -> None:
                 pass
 
     _set_nodelay._mlflow_share = True  # type: ignore[attr-defined]
-    base_events._set_nodelay = _set_nodelay
+    base_events._set_nodelay = _set_nodelay  # type: ignore[attr-defined]
 
 
 def create_app(flask_app: Any = None) -> Any:

@@ -341,7 +341,7 @@ class Interceptor:
         # Registering bytes one may not read would be a way to read them: check the source.
         if run_id := params.optional("run_id"):
             self._check_experiment(principal, self._run_experiment(run_id), "read")
-        if model_id := params.optional("model_id"):
+        if params.optional("model_id"):
             self._resolve_logged_model(principal, Rule("logged_model", "read", ("model_id",)),
                                        params, decision)
         self._check_source(principal, params.required("source"))

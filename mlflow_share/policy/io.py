@@ -120,7 +120,7 @@ def _desired(document: dict[str, Any], model_ids: dict[str, str], experiments: s
             if user in seen_users:
                 errors.append(f"User {user!r} is listed twice in team {team!r}.")
             seen_users.add(user)
-            members.add((team, user, role))
+            members.add((str(team), str(user), str(role)))
     grants: set[GrantKey] = set()
     for entry in document.get("grants") or []:
         if not isinstance(entry, dict):
@@ -135,13 +135,13 @@ def _desired(document: dict[str, Any], model_ids: dict[str, str], experiments: s
             if model_id is None:
                 errors.append(f"Grant on model {entry['model']!r}: no such owned model.")
                 continue
-            grants.add((MODEL, model_id, team, permission))
+            grants.add((MODEL, model_id, str(team), str(permission)))
         elif "experiment_id" in entry:
             experiment_id = str(entry["experiment_id"])
             if experiment_id not in experiments:
                 errors.append(f"Grant on experiment {experiment_id!r}: no such owned experiment.")
                 continue
-            grants.add((EXPERIMENT, experiment_id, team, permission))
+            grants.add((EXPERIMENT, experiment_id, str(team), str(permission)))
         else:
             errors.append(f"Grant entries name a 'model' or an 'experiment_id': {entry!r}.")
     if not admins:

@@ -235,7 +235,7 @@ def test_server_command_embedded_default_and_generated_admin(tmp_path: Path) -> 
                 time.sleep(0.3)
         text = log.read_text()
         lines = text.splitlines()
-        password = lines[lines.index(next(l for l in lines if "one-time password" in l)) + 2].strip()
+        password = lines[lines.index(next(ln for ln in lines if "one-time password" in ln)) + 2].strip()
         assert text.count("one-time password") == 1
         assert (tmp_path / "home" / "mlflow.db").exists()
         me = requests.get(f"http://127.0.0.1:{port}/api/2.0/mlflow-share/whoami",
