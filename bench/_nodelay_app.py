@@ -3,14 +3,14 @@
 ``BENCH_NODELAY_FIX`` picks what the factory does in each worker before uvicorn serves:
   (unset)    nothing: stock uvicorn behaviour
   patch      wrap asyncio's ``base_events._set_nodelay`` so every accepted TCP socket gets
-             TCP_NODELAY, whatever ``sock.proto`` says (the proposed mlflow-share fix)
+             TCP_NODELAY, whatever ``sock.proto`` says (mlflow-share's fix)
   listener   set TCP_NODELAY on the inherited listening socket(s) found in /proc/self/fd;
              Linux copies it to every accepted socket (an alternative, Linux only)
 The response is written the way MLflow's is under uvicorn: headers, then the body.
 
 ``new_event_loop`` is a uvicorn ``--loop`` factory that applies the same fix: the benchmarks
-pass it to real MLflow / mlflow-share servers (``--uvicorn-opts "--loop
-_nodelay_app:new_event_loop"``) to preview the fix without changing mlflow-share.
+pass it to stock MLflow servers (``--uvicorn-opts "--loop _nodelay_app:new_event_loop"``) to
+compare like with like.
 """
 
 from __future__ import annotations
@@ -21,25 +21,10 @@ from typing import Any
 
 
 def enable_tcp_nodelay_on_accepted_sockets() -> None:
-    """The proposed fix (see the report): make asyncio set TCP_NODELAY on every TCP socket."""
-    import asyncio.base_events as base_events
+    """The fix mlflow-share applies in each worker (``mlflow_share.app.enable_tcp_nodelay``)."""
+    from mlflow_share.app import enable_tcp_nodelay
 
-    original = getattr(base_events, "_set_nodelay", None)
-    if original is None or getattr(original, "_mlflow_share_nodelay", False):
-        return
-
-    def _set_nodelay(sock: socket.socket) -> None:
-        original(sock)
-        # uvicorn --workers N binds with socket.socket(family) (proto 0), so accepted sockets
-        # have proto 0 and asyncio's check `sock.proto == IPPROTO_TCP` skips them.
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-
-    _set_nodelay._mlflow_share_nodelay = True  # type: ignore[attr-defined]
-    base_events._set_nodelay = _set_nodelay
+    enable_tcp_nodelay()
 
 
 def new_event_loop() -> Any:
