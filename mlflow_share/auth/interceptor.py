@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from mlflow_share.errors import (
 )
 from mlflow_share.policy.enforcer import PolicyEngine, validate_identifier
 from mlflow_share.policy.routes import Match, Rule, RouteTable
+
+_logger = logging.getLogger(__name__)
 
 TEAM_HEADER = "x-mlflow-share-team"
 TEAM_TAG = "mlflow-share.team"
@@ -115,6 +118,9 @@ class Interceptor:
         """Route the request; a ``Decision`` here is a refusal before any identity work."""
         if "//" in request.raw_path or "//" in request.path:
             return _plain_error(404, "ENDPOINT_NOT_FOUND", "No such endpoint.")
+        if request.method != request.method.upper():
+            # h11 passes `get` through, werkzeug routes it as GET: refuse the ambiguity.
+            return _plain_error(405, "METHOD_NOT_ALLOWED", "HTTP methods must be upper case.")
         if any(h in request.headers for h in _METHOD_OVERRIDE_HEADERS):
             return _error(InvalidInput("HTTP method-override headers are not accepted."))
         method = "GET" if request.method == "OPTIONS" else request.method
@@ -131,9 +137,7 @@ class Interceptor:
         rule = match.rule
         if rule is None or rule.source == "query" or rule.resolver in _BODYLESS_RESOLVERS:
             return False
-        if request.method == "GET" and request.query:
-            return False
-        return not (rule.fields and all(f in match.path_args for f in rule.fields))
+        return not (request.method in ("GET", "HEAD") and request.query)
 
     def decide(self, request: IncomingRequest, match: Match) -> Decision:
         try:
@@ -142,6 +146,9 @@ class Interceptor:
             return _error(exc, authenticate=isinstance(exc, Unauthenticated))
         except MlflowException as exc:
             return _error(exc)
+        except Exception:  # noqa: BLE001 - fail closed: an unexpected error denies, in the envelope
+            _logger.exception("mlflow-share could not decide a request; denied")
+            return _plain_error(500, "INTERNAL_ERROR", "The request could not be authorised.")
 
     def _decide(self, request: IncomingRequest, match: Match) -> Decision:
         rule = match.rule
@@ -263,10 +270,23 @@ class Interceptor:
         except PermissionDenied:
             # A team that may read a registered model may read the run its versions came
             # from (their lineage), not the rest of the experiment.
-            if rule.action != "read" or not self._readable_model(
+            if not rule.lineage or not self._readable_model(
                 principal, self.lookups.models_of_run(run_id)
             ):
                 raise
+        if rule.action == "write":
+            self._check_logged_model_refs(principal, params)
+
+    def _check_logged_model_refs(self, principal: Principal, params: _Params) -> None:
+        """Writes to a run may name logged models (metrics, inputs, outputs): own them too."""
+        refs = [params.optional("model_id")]
+        for field_name in ("metrics", "models"):
+            refs += [item.get("model_id") for item in params.list(field_name)
+                     if isinstance(item, dict)]
+        for model_id in {str(r) for r in refs if r}:
+            experiment_id = self._experiment_of("Logged model", model_id,
+                                                self.lookups.experiment_of_logged_model)
+            self._check_experiment(principal, experiment_id, "write")
 
     def _readable_model(self, principal: Principal, names: list[str]) -> bool:
         for name in names:
@@ -372,6 +392,9 @@ class Interceptor:
 
     def _resolve_create_experiment(self, principal: Principal, rule: Rule, params: _Params,
                                    decision: Decision) -> None:
+        if params.optional("artifact_location") and not principal.is_admin:
+            # Where artifacts live is the server's choice: a path here could plant files anywhere.
+            raise InvalidInput("Only org administrators may set an experiment's artifact_location.")
         team = self._creator_team(principal, params, "tags")
         if team is not None:
             decision.after = _on_success(lambda body: self.directory.record_owner(
@@ -456,7 +479,7 @@ class _Params:
             data = json.loads(body)
             if isinstance(data, str):  # older clients double-encode, MLflow accepts it
                 data = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidInput("The request body is not valid JSON.") from None
         if not isinstance(data, dict):
             raise InvalidInput("The request body must be a JSON object.")
@@ -467,12 +490,20 @@ class _Params:
 
     def value(self, name: str) -> Any:
         if name in self._path_args:
+            in_body = self._json is not None and (name in self._json or _camel(name) in self._json)
+            if in_body and str(self._json_value(name)) != self._path_args[name]:  # type: ignore[union-attr]
+                # Some handlers act on the body's copy of a path parameter: they must agree.
+                raise InvalidInput(f"Parameter {name!r} differs between the path and the body.")
             return self._path_args[name]
         if self._from_query:
             return self._request.query.get(name)
         # Flask hand-written routes read request.args whatever the method.
         if self._json is None:
             return self._request.query.get(name)
+        return self._json_value(name)
+
+    def _json_value(self, name: str) -> Any:
+        assert self._json is not None
         camel = _camel(name)
         if name in self._json and camel != name and camel in self._json:
             raise InvalidInput(f"Request specifies both '{name}' and '{camel}'; provide only one.")
@@ -494,7 +525,12 @@ class _Params:
             return None
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             raise InvalidInput(f"Parameter {name!r} must be a string.")
-        return str(value)
+        value = str(value)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"Parameter {name!r} is not valid text.") from None
+        return value
 
     def required(self, name: str) -> str:
         value = self.optional(name)

@@ -71,7 +71,7 @@ class MlflowLookups:
         return self._scalar(sql, key=key)
 
     def experiment_exists(self, experiment_id: str) -> bool:
-        if not experiment_id.isdigit():
+        if not (experiment_id.isascii() and experiment_id.isdigit()) or len(experiment_id) > 18:
             return False
         return self._scalar(
             "SELECT experiment_id FROM experiments WHERE experiment_id = :id", id=int(experiment_id)

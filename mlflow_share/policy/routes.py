@@ -31,6 +31,7 @@ class Rule:
         hook: bookkeeping to run after MLflow answered with success.
         source: ``auto`` reads parameters as MLflow's REST handlers do (query string for a GET
             with one, else the JSON body); ``query`` for hand-written routes reading ``args``.
+        lineage: a read also allowed to teams that may read a model registered from the run.
     """
 
     resolver: str
@@ -40,6 +41,7 @@ class Rule:
     search: bool = False
     hook: str | None = None
     source: str = "auto"
+    lineage: bool = False
 
 
 PUBLIC = Rule("public")
@@ -84,7 +86,7 @@ REST_RULES: Mapping[str, Rule] = {
     "mlflow.SearchDatasets": _EXPERIMENTS_READ,
     # runs
     "mlflow.CreateRun": _EXPERIMENT_WRITE,
-    "mlflow.GetRun": _RUN_READ,
+    "mlflow.GetRun": _r("run", "read", "run_id", "run_uuid", lineage=True),
     "mlflow.SearchRuns": _EXPERIMENTS_READ,
     "mlflow.UpdateRun": _RUN_WRITE,
     "mlflow.DeleteRun": _RUN_WRITE,
@@ -174,15 +176,16 @@ FLASK_RULES: Mapping[str, Rule] = {
     "serve": PUBLIC,
     "serve_static_file": PUBLIC,
     "static": PUBLIC,
-    "serve_artifacts": _r("run", "read", "run_id", "run_uuid"),
-    "serve_model_version_artifact": _MODEL_READ,
-    "serve_get_metric_history_bulk": _r("runs", "read", "run_id"),
-    "serve_get_metric_history_bulk_interval": _r("runs", "read", "run_ids"),
-    "get_metric_history_bulk_interval_handler": _r("runs", "read", "run_ids"),
+    # These views read `request.args` whatever the method: so does their rule.
+    "serve_artifacts": _r("run", "read", "run_id", "run_uuid", source="query"),
+    "serve_model_version_artifact": _r("model", "read", "name", source="query"),
+    "serve_get_metric_history_bulk": _r("runs", "read", "run_id", source="query"),
+    "serve_get_metric_history_bulk_interval": _r("runs", "read", "run_ids", source="query"),
+    "get_metric_history_bulk_interval_handler": _r("runs", "read", "run_ids", source="query"),
     "serve_search_datasets": _EXPERIMENTS_READ,
     "serve_create_promptlab_run": _EXPERIMENT_WRITE,
     "serve_upload_artifact": _r("run", "write", "run_uuid", source="query"),
-    "serve_get_trace_artifact": _TRACE_READ_V2,
+    "serve_get_trace_artifact": _r("trace", "read", "request_id", source="query"),
     "serve_get_logged_model_artifact": _LOGGED_MODEL_READ,
     "serve_get_ui_telemetry": AUTHENTICATED,
     "serve_post_ui_telemetry": AUTHENTICATED,

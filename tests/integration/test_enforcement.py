@@ -278,3 +278,82 @@ def test_searches_without_a_scope_are_refused(share_server) -> None:  # type: ig
         response = share_server.api("POST", path, token=token, json=body)
         assert response.status_code == 400, (path, response.text)
         assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def _raw_body(server, method: str, path: str, token: str, body: bytes) -> _RawResponse:  # type: ignore[no-untyped-def]
+    import http.client
+    from urllib.parse import urlsplit
+
+    host = urlsplit(server.url)
+    connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+    connection.request(method, path, body=body, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    text = response.read().decode(errors="replace")
+    connection.close()
+    return _RawResponse(response.status, text, path)
+
+
+def test_review_findings_stay_fixed(share_server, unique) -> None:  # type: ignore[no-untyped-def]
+    """Bypasses found in review: each answer must be a refusal in the JSON envelope."""
+    import json
+
+    alice, bob = share_server.tokens["alice"], share_server.tokens["bob"]
+    exp_a = share_server.api("POST", f"{API}/experiments/create", token=alice,
+                             json={"name": f"rv-a-{unique}"}).json()["experiment_id"]
+    run_a = share_server.api("POST", f"{API}/runs/create", token=alice,
+                             json={"experiment_id": exp_a}).json()["run"]["info"]["run_id"]
+    exp_b = share_server.api("POST", f"{API}/experiments/create", token=bob,
+                             json={"name": f"rv-b-{unique}"}).json()["experiment_id"]
+    run_b = share_server.api("POST", f"{API}/runs/create", token=bob,
+                             json={"experiment_id": exp_b}).json()["run"]["info"]["run_id"]
+    lm_a = share_server.api("POST", f"{API}/logged-models", token=alice,
+                            json={"experiment_id": exp_a}).json()["model"]["info"]["model_id"]
+    lm_b = share_server.api("POST", f"{API}/logged-models", token=bob,
+                            json={"experiment_id": exp_b}).json()["model"]["info"]["model_id"]
+    # 1. a lower-case method with the other team's id in the query and one's own in the body
+    lower = _raw_body(share_server, "get", f"{API}/runs/get?run_id={run_a}", bob,
+                      json.dumps({"run_id": run_b}).encode())
+    assert lower.status_code == 405
+    # 2. a path id and a different body id
+    finalize = share_server.api("PATCH", f"{API}/logged-models/{lm_b}", token=bob,
+                                json={"model_id": lm_a, "status": "LOGGED_MODEL_UPLOAD_FAILED"})
+    assert finalize.status_code == 400, finalize.text
+    # 3. metrics written into the other team's logged model
+    metric = share_server.api("POST", f"{API}/runs/log-metric", token=bob, json={
+        "run_id": run_b, "key": "acc", "value": 1.0, "timestamp": 1, "step": 0, "model_id": lm_a})
+    assert metric.status_code == 403, metric.text
+    batch = share_server.api("POST", f"{API}/runs/log-batch", token=bob, json={
+        "run_id": run_b, "metrics": [{"key": "acc", "value": 1.0, "timestamp": 1, "step": 0,
+                                      "model_id": lm_a}]})
+    assert batch.status_code == 403, batch.text
+    # 4. an artifact location chosen by the caller
+    planted = share_server.api("POST", f"{API}/experiments/create", token=bob,
+                               json={"name": f"rv-x-{unique}", "artifact_location": "/tmp/x"})
+    assert planted.status_code == 400
+    # 5. inputs that used to raise inside the decision: always a JSON envelope, never a 500
+    for response in (
+        share_server.api("POST", f"{API}/runs/log-metric", token=bob, data=b"[" * 200_000,
+                         headers={"Content-Type": "application/json"}),
+        share_server.api("GET", f"{API}/experiments/get", token=bob,
+                         params={"experiment_id": "9" * 30}),
+        _raw_body(share_server, "POST", f"{API}/runs/update", bob,
+                  b'{"run_id": "\\ud800", "status": "FINISHED"}'),
+    ):
+        assert response.status_code in (400, 404), response.text
+        assert "error_code" in json.loads(response.text)
+    # 7. a model grant opens the source run's metadata, not its other files via /get-artifact
+    model = f"rv-model-{unique}"
+    share_server.api("POST", f"{API}/registered-models/create", token=alice, json={"name": model})
+    share_server.api("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{exp_a}/{run_a}/artifacts/"
+                     "secret.txt", token=alice, data=b"secret")
+    share_server.api("POST", f"{API}/model-versions/create", token=alice,
+                     json={"name": model, "source": f"runs:/{run_a}/model", "run_id": run_a})
+    share_server.api("POST", "/api/2.0/mlflow-share/grants", token=alice,
+                     json={"model": model, "team": "team-b", "permission": "read"})
+    assert share_server.api("GET", f"{API}/runs/get", token=bob,
+                            params={"run_id": run_a}).status_code == 200
+    assert share_server.api("GET", "/get-artifact", token=bob,
+                            params={"run_id": run_a, "path": "secret.txt"}).status_code == 403
+    assert share_server.api("GET", f"{API}/artifacts/list", token=bob,
+                            params={"run_id": run_a}).status_code == 403
