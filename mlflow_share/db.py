@@ -148,5 +148,6 @@ def bump(conn: sa.Connection, key: str) -> None:
 
 
 def read_versions(conn: sa.Connection) -> tuple[int, int]:
-    rows = dict(conn.execute(sa.select(state.c.key, state.c.value)).all())
+    rows: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+        sa.select(state.c.key, state.c.value)).all())
     return int(rows.get(POLICY_VERSION, 0)), int(rows.get(RESOURCE_VERSION, 0))

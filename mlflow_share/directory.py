@@ -215,7 +215,8 @@ class Directory:
             if name is not None:
                 # A leftover row for the same name (a model deleted outside the server) must
                 # not hand its grants to the new model: drop it first.
-                stale = conn.execute(sa.select(db.resources.c.resource_id).where(
+                stale: list[str] = conn.execute(  # type: ignore[assignment]
+                    sa.select(db.resources.c.resource_id).where(
                     db.resources.c.kind == kind, db.resources.c.name == name)).scalars().all()
                 for old_id in stale:
                     self._forget(conn, kind, old_id)
@@ -237,7 +238,8 @@ class Directory:
 
     def forget_model(self, name: str) -> None:
         with self.engine.begin() as conn:
-            ids = conn.execute(sa.select(db.resources.c.resource_id).where(
+            ids: list[str] = conn.execute(  # type: ignore[assignment]
+                sa.select(db.resources.c.resource_id).where(
                 db.resources.c.kind == MODEL, db.resources.c.name == name)).scalars().all()
             for resource_id in ids:
                 self._forget(conn, MODEL, resource_id)

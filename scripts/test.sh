@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Install mlflow-share with its test extra into .venv and run the whole suite (unit,
-# integration against real servers on 127.0.0.1, PostgreSQL). Exit 5 (nothing collected) fails.
+# Install mlflow-share with its test extra into .venv, type-check it (mypy) and run the whole
+# suite (unit, integration against real servers on 127.0.0.1, PostgreSQL). Exit 5 (nothing collected) fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m mypy mlflow_share
 set +e
 .venv/bin/python -m pytest tests "$@"
 status=$?

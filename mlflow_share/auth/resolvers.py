@@ -117,11 +117,11 @@ class MlflowLookups:
                     "SELECT name, source, storage_location FROM model_versions "
                     "WHERE source = :s OR storage_location LIKE :p ESCAPE '\\'"
                 ), {"s": f"models:/{owner}", "p": _like_prefix(base)}).all()
-        names = set()
+        names: set[str] = set()
         for name, source, storage_location in rows:
-            for root in _artifact_roots(source, storage_location, base, owner):
+            for root in _artifact_roots(str(source or ""), str(storage_location or ""), base, owner):
                 if location == root or location.startswith(root + "/"):
-                    names.add(name)
+                    names.add(str(name))
         return sorted(names)
 
 

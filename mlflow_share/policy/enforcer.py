@@ -90,7 +90,8 @@ class SqlPolicyAdapter(persist.Adapter):  # type: ignore[misc]
             ).all()
         for ptype, *values in rows:
             # Rules were validated on the way in; load them as lists so nothing is re-split.
-            model.add_policy("g" if ptype.startswith("g") else "p", ptype, list(values))
+            kind = str(ptype)
+            model.add_policy("g" if kind.startswith("g") else "p", kind, [str(v) for v in values])
 
     def save_policy(self, model: casbin.Model) -> bool:
         raise NotImplementedError("mlflow-share policy is written through its own API")
@@ -180,7 +181,8 @@ class PolicyEngine:
             capabilities.setdefault(role, set()).add(action)
         grants: dict[tuple[str, str], dict[str, set[str]]] = {}
         for kind, resource_id, team, permission in grant_rows:
-            grants.setdefault((kind, resource_id), {}).setdefault(team, set()).add(permission)
+            grants.setdefault((str(kind), str(resource_id)), {}).setdefault(
+                str(team), set()).add(str(permission))
         return _Snapshot(
             version=version,
             enforcer=enforcer,

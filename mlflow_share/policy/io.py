@@ -34,7 +34,8 @@ def export_policy(directory: Directory) -> str:
     """The current policy as YAML, sorted so that diffs between exports are meaningful."""
     with directory.engine.connect() as conn:
         state = _current(conn)
-        names = dict(conn.execute(sa.select(db.resources.c.resource_id, db.resources.c.name)
+        names: dict[str, str] = dict(conn.execute(  # type: ignore[arg-type]
+            sa.select(db.resources.c.resource_id, db.resources.c.name)
                                   .where(db.resources.c.kind == MODEL)).all())
     members_by_team: dict[str, list[dict[str, str]]] = {t: [] for t in state["teams"]}
     for team, user, role in sorted(state["members"]):
@@ -162,11 +163,11 @@ def import_policy(directory: Directory, text: str, *, by: str, dry_run: bool = F
         current = _current(conn)
         resources = conn.execute(sa.select(db.resources.c.kind, db.resources.c.resource_id,
                                            db.resources.c.name)).all()
-        model_ids = {name: rid for kind, rid, name in resources if kind == MODEL}
+        model_ids = {str(name): str(rid) for kind, rid, name in resources if kind == MODEL}
         names = {rid: name for name, rid in model_ids.items()}
-        experiments = {rid for kind, rid, _ in resources if kind == EXPERIMENT}
+        experiments = {str(rid) for kind, rid, _ in resources if kind == EXPERIMENT}
         admins, teams, members, grants = _desired(document, model_ids, experiments,
-                                                  current["users"])
+                                                  {str(u) for u in current["users"]})
         dropped = current["teams"] - teams
         if dropped:
             raise InvalidPolicy(
