@@ -115,18 +115,16 @@ def create_app(flask_app: Any = None) -> Any:
     if "mlflow_share_api" not in flask_app.blueprints:
         flask_app.register_blueprint(create_blueprint(policy, directory))
 
-    if settings.server_kind in ("gunicorn", "waitress"):
-        routes = RouteTable(flask_app)
-        interceptor = Interceptor(routes, policy, directory, lookups)
-        flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
+    wsgi = settings.server_kind in ("gunicorn", "waitress")
+    fastapi_app = None
+    if not wsgi:
+        from mlflow.server.fastapi_app import create_fastapi_app
+
+        enable_tcp_nodelay()
+        fastapi_app = create_fastapi_app(flask_app)
+    interceptor = Interceptor(RouteTable(flask_app, fastapi_app), policy, directory, lookups)
+    flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
+    if fastapi_app is None:
         flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor)
         return flask_app
-
-    from mlflow.server.fastapi_app import create_fastapi_app
-
-    enable_tcp_nodelay()
-    fastapi_app = create_fastapi_app(flask_app)
-    routes = RouteTable(flask_app, fastapi_app)
-    interceptor = Interceptor(routes, policy, directory, lookups)
-    flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
     return ShareASGIMiddleware(fastapi_app, interceptor)

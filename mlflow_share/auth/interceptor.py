@@ -211,6 +211,10 @@ class Interceptor:
     def _run_experiment(self, run_id: str) -> str:
         return self._experiment_of("Run", run_id, self.lookups.experiment_of_run)
 
+    def _logged_model_experiment(self, model_id: str) -> str:
+        return self._experiment_of("Logged model", model_id,
+                                   self.lookups.experiment_of_logged_model)
+
     def _creator_team(self, principal: Principal, params: _Params, tags_field: str) -> str | None:
         """The team that will own a new resource: header, then tag, then the only candidate."""
         requested = params.header(TEAM_HEADER)
@@ -284,8 +288,7 @@ class Interceptor:
             refs += [item.get("model_id") for item in params.list(field_name)
                      if isinstance(item, dict)]
         for model_id in {str(r) for r in refs if r}:
-            experiment_id = self._experiment_of("Logged model", model_id,
-                                                self.lookups.experiment_of_logged_model)
+            experiment_id = self._logged_model_experiment(model_id)
             self._check_experiment(principal, experiment_id, "write")
 
     def _readable_model(self, principal: Principal, names: list[str]) -> bool:
@@ -306,8 +309,7 @@ class Interceptor:
     def _resolve_logged_model(self, principal: Principal, rule: Rule, params: _Params,
                               decision: Decision) -> None:
         model_id = params.required(rule.fields[0])
-        experiment_id = self._experiment_of("Logged model", model_id,
-                                            self.lookups.experiment_of_logged_model)
+        experiment_id = self._logged_model_experiment(model_id)
         self._check_experiment(principal, experiment_id, rule.action)
 
     def _resolve_trace(self, principal: Principal, rule: Rule, params: _Params,
@@ -361,9 +363,8 @@ class Interceptor:
         # Registering bytes one may not read would be a way to read them: check the source.
         if run_id := params.optional("run_id"):
             self._check_experiment(principal, self._run_experiment(run_id), "read")
-        if params.optional("model_id"):
-            self._resolve_logged_model(principal, Rule("logged_model", "read", ("model_id",)),
-                                       params, decision)
+        if model_id := params.optional("model_id"):
+            self._check_experiment(principal, self._logged_model_experiment(model_id), "read")
         self._check_source(principal, params.required("source"))
 
     def _check_source(self, principal: Principal, source: str) -> None:
@@ -373,8 +374,7 @@ class Interceptor:
             raise InvalidInput(f"Invalid model version source {source!r}.")
         if source.startswith("models:/"):
             model_id = source[len("models:/"):].split("/", 1)[0]
-            experiment_id = self._experiment_of("Logged model", model_id,
-                                                self.lookups.experiment_of_logged_model)
+            experiment_id = self._logged_model_experiment(model_id)
             self._check_experiment(principal, experiment_id, "read")
         elif source.startswith("runs:/"):
             run_id = source[len("runs:/"):].split("/", 1)[0]

@@ -185,14 +185,18 @@ class _RawResponse:
         self.request = type("R", (), {"url": url})()
 
 
-def _raw(server, method: str, path: str, token: str, body: bytes | None = None) -> _RawResponse:  # type: ignore[no-untyped-def]
-    """Send ``path`` byte for byte: HTTP libraries would resolve ``..`` before sending."""
+def _raw(server, method: str, path: str, token: str, body: bytes | None = None,  # type: ignore[no-untyped-def]
+         content_type: str | None = None) -> _RawResponse:
+    """Send ``method`` and ``path`` byte for byte: HTTP libraries would resolve ``..``."""
     import http.client
     from urllib.parse import urlsplit
 
     host = urlsplit(server.url)
     connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
-    connection.request(method, path, body=body, headers={"Authorization": f"Bearer {token}"})
+    headers = {"Authorization": f"Bearer {token}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    connection.request(method, path, body=body, headers=headers)
     response = connection.getresponse()
     text = response.read().decode(errors="replace")
     connection.close()
@@ -280,20 +284,6 @@ def test_searches_without_a_scope_are_refused(share_server) -> None:  # type: ig
         assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
 
 
-def _raw_body(server, method: str, path: str, token: str, body: bytes) -> _RawResponse:  # type: ignore[no-untyped-def]
-    import http.client
-    from urllib.parse import urlsplit
-
-    host = urlsplit(server.url)
-    connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
-    connection.request(method, path, body=body, headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    response = connection.getresponse()
-    text = response.read().decode(errors="replace")
-    connection.close()
-    return _RawResponse(response.status, text, path)
-
-
 def test_review_findings_stay_fixed(share_server, unique) -> None:  # type: ignore[no-untyped-def]
     """Bypasses found in review: each answer must be a refusal in the JSON envelope."""
     import json
@@ -312,8 +302,8 @@ def test_review_findings_stay_fixed(share_server, unique) -> None:  # type: igno
     lm_b = share_server.api("POST", f"{API}/logged-models", token=bob,
                             json={"experiment_id": exp_b}).json()["model"]["info"]["model_id"]
     # 1. a lower-case method with the other team's id in the query and one's own in the body
-    lower = _raw_body(share_server, "get", f"{API}/runs/get?run_id={run_a}", bob,
-                      json.dumps({"run_id": run_b}).encode())
+    lower = _raw(share_server, "get", f"{API}/runs/get?run_id={run_a}", bob,
+                 json.dumps({"run_id": run_b}).encode(), "application/json")
     assert lower.status_code == 405
     # 2. a path id and a different body id
     finalize = share_server.api("PATCH", f"{API}/logged-models/{lm_b}", token=bob,
@@ -337,8 +327,8 @@ def test_review_findings_stay_fixed(share_server, unique) -> None:  # type: igno
                          headers={"Content-Type": "application/json"}),
         share_server.api("GET", f"{API}/experiments/get", token=bob,
                          params={"experiment_id": "9" * 30}),
-        _raw_body(share_server, "POST", f"{API}/runs/update", bob,
-                  b'{"run_id": "\\ud800", "status": "FINISHED"}'),
+        _raw(share_server, "POST", f"{API}/runs/update", bob,
+             b'{"run_id": "\\ud800", "status": "FINISHED"}', "application/json"),
     ):
         assert response.status_code in (400, 404), response.text
         assert "error_code" in json.loads(response.text)
