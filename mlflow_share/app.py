@@ -86,24 +86,29 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow.server import handlers
 
     from mlflow_share.admin.api import create_blueprint
+    from mlflow_share.audit.api import create_audit_blueprint
+    from mlflow_share.audit.log import AuditWriter
+    from mlflow_share.audit.models import install_triggers
+    from mlflow_share.audit.store import install_audited_stores
     from mlflow_share.auth.graphql import make_graphql_view
     from mlflow_share.auth.interceptor import Interceptor
-    from mlflow_share.auth.middleware import ShareASGIMiddleware, ShareWSGIMiddleware
+    from mlflow_share.auth.middleware import AuditGate, ShareASGIMiddleware, ShareWSGIMiddleware
     from mlflow_share.auth.resolvers import MlflowLookups
     from mlflow_share.policy.enforcer import PolicyEngine
     from mlflow_share.policy.routes import RouteTable
-    from mlflow_share.stores import install_scoped_stores
 
     settings = config.Settings.from_env()
     flask_app = flask_app or mlflow_flask_app
 
-    install_scoped_stores()
+    install_audited_stores()
     # Build MLflow's stores now: this runs MLflow's migrations before our tables are read.
     handlers._get_tracking_store()
     handlers._get_model_registry_store()
 
     engine = db.get_engine(settings.backend_store_uri)
+    db.enable_wal(engine)
     db.create_schema(engine)
+    install_triggers(engine)
     directory = Directory(engine)
     generated = bootstrap_admin(directory)
     if generated is not None:
@@ -114,6 +119,8 @@ def create_app(flask_app: Any = None) -> Any:
 
     if "mlflow_share_api" not in flask_app.blueprints:
         flask_app.register_blueprint(create_blueprint(policy, directory))
+        flask_app.register_blueprint(create_audit_blueprint(policy, engine))
+    gate = AuditGate(AuditWriter(engine))
 
     wsgi = settings.server_kind in ("gunicorn", "waitress")
     fastapi_app = None
@@ -125,6 +132,6 @@ def create_app(flask_app: Any = None) -> Any:
     interceptor = Interceptor(RouteTable(flask_app, fastapi_app), policy, directory, lookups)
     flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
     if fastapi_app is None:
-        flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor)
+        flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor, gate)
         return flask_app
-    return ShareASGIMiddleware(fastapi_app, interceptor)
+    return ShareASGIMiddleware(fastapi_app, interceptor, gate)

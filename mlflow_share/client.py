@@ -9,6 +9,7 @@ Credentials are read like the MLflow client reads them: ``MLFLOW_TRACKING_TOKEN`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -128,3 +129,26 @@ class ShareAdminClient:
 
     def import_policy(self, text: str, *, dry_run: bool = False) -> dict[str, Any]:
         return self._call("POST", "/policy", {"policy": text, "dry_run": dry_run})
+
+    # -- audit -----------------------------------------------------------------------
+    def audit_events(self, *, page_token: str | None = None, max_results: int = 1000,
+                     **filters: Any) -> dict[str, Any]:
+        """One page of audit events; ``filters``: since, until, principal, team, resource, action."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        params["max_results"] = max_results
+        if page_token:
+            params["page_token"] = page_token
+        return self._call("GET", "/audit/events", params=params)
+
+    def iter_audit_events(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        token = None
+        while True:
+            page = self.audit_events(page_token=token, **filters)
+            yield from page.get("events", [])
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    def verify_audit(self, checkpoint_seq: int | None = None) -> dict[str, Any]:
+        params = {"checkpoint_seq": checkpoint_seq} if checkpoint_seq else None
+        return self._call("GET", "/audit/verify", params=params)

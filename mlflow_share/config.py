@@ -21,6 +21,7 @@ ADMIN_PASSWORD_ENV = "MLFLOW_SHARE_ADMIN_PASSWORD"
 PASSWORD_CACHE_SECONDS_ENV = "MLFLOW_SHARE_PASSWORD_CACHE_SECONDS"
 
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+AUDIT_SCHEME_PREFIX = "audit+"
 
 
 def default_home() -> Path:
@@ -64,6 +65,8 @@ class Settings:
         from mlflow_share.errors import InvalidInput
 
         uri = os.environ.get(_MLFLOW_BACKEND_STORE_URI, "")
+        # `audit+sqlite://...` names the audited stores explicitly; the server audits either way.
+        uri = uri[len(AUDIT_SCHEME_PREFIX):] if uri.startswith(AUDIT_SCHEME_PREFIX) else uri
         if not uri:
             raise InvalidInput(
                 "mlflow-share needs a SQL backend store: pass --backend-store-uri "
@@ -76,6 +79,8 @@ class Settings:
                 f"got a {scheme or 'file'!s} store."
             )
         registry = os.environ.get(_MLFLOW_REGISTRY_STORE_URI)
+        if registry and registry.startswith(AUDIT_SCHEME_PREFIX):
+            registry = registry[len(AUDIT_SCHEME_PREFIX):]
         if registry and registry != uri:
             raise InvalidInput(
                 "mlflow-share keeps the registry in the tracking database: "

@@ -1,7 +1,8 @@
 """Writes to identity and policy: users, teams, memberships, tokens, owners and grants.
 
 Each function is one transaction that also bumps the version counter every worker watches,
-so a change is visible on every process at its next request. Inputs are validated here,
+so a change is visible on every process at its next request, and appends its audit event, so
+a permission change and its record commit together or not at all. Inputs are validated here,
 before anything reaches casbin or SQL.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from mlflow_share import db
+from mlflow_share.audit.log import begin_write, committed, record_in_transaction
 from mlflow_share.auth.identity import hash_password, new_token
 from mlflow_share.errors import Conflict, InvalidInput, NotFound
 from mlflow_share.policy.enforcer import (
@@ -48,6 +52,16 @@ class Directory:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    @contextmanager
+    def _write(self, change: dict[str, Any]) -> Iterator[sa.Connection]:
+        """One write transaction with its audit event; the body may add to ``change``."""
+        with self.engine.connect() as conn:
+            begin_write(conn)
+            yield conn
+            seq = record_in_transaction(conn, [change], action=f"share.{change['op']}")
+            conn.commit()
+        committed(seq)
+
     # -- users and teams -------------------------------------------------------------
     def create_user(
         self, name: str, password: str | None = None, *, service_account: bool = False,
@@ -60,7 +74,9 @@ class Directory:
             raise InvalidInput(f"User {name!r} needs a password.")
         if password is not None and len(password) < 12:
             raise InvalidInput("Passwords must be at least 12 characters long.")
-        with self.engine.begin() as conn:
+        change = {"op": "create_user", "name": name, "admin": admin,
+                  "service_account": service_account}
+        with self._write(change) as conn:
             try:
                 conn.execute(db.users.insert().values(
                     name=name,
@@ -78,7 +94,7 @@ class Directory:
     def set_password(self, name: str, password: str) -> None:
         if len(password) < 12:
             raise InvalidInput("Passwords must be at least 12 characters long.")
-        with self.engine.begin() as conn:
+        with self._write({"op": "set_password", "name": name}) as conn:
             updated = conn.execute(
                 db.users.update().where(db.users.c.name == name, ~db.users.c.is_service_account)
                 .values(password_hash=hash_password(password))
@@ -104,7 +120,7 @@ class Directory:
 
     def create_team(self, name: str) -> None:
         validate_identifier("team name", name)
-        with self.engine.begin() as conn:
+        with self._write({"op": "create_team", "name": name}) as conn:
             try:
                 conn.execute(db.teams.insert().values(name=name, created_at=db.now_ms()))
             except IntegrityError:
@@ -131,9 +147,13 @@ class Directory:
         validate_identifier("team name", team)
         validate_identifier("user name", user)
         validate_choice("role", role, ROLES)
-        with self.engine.begin() as conn:
+        change: dict[str, Any] = {"op": "add_member", "team": team, "user": user, "role": role}
+        with self._write(change) as conn:
             self._require(conn, db.teams, team, "Team")
             self._require(conn, db.users, user, "User")
+            change["before"] = conn.execute(sa.select(db.casbin_rules.c.v1).where(
+                db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == user,
+                db.casbin_rules.c.v2 == team)).scalar()
             # One role per user and team: replace any previous one.
             conn.execute(db.casbin_rules.delete().where(
                 db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == user,
@@ -143,7 +163,7 @@ class Directory:
             db.bump(conn, db.POLICY_VERSION)
 
     def remove_member(self, team: str, user: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write({"op": "remove_member", "team": team, "user": user}) as conn:
             removed = conn.execute(db.casbin_rules.delete().where(
                 db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == user,
                 db.casbin_rules.c.v2 == team,
@@ -171,7 +191,9 @@ class Directory:
         expires_at = (
             db.now_ms() + int(expires_in_days * _DAY_MS) if expires_in_days is not None else None
         )
-        with self.engine.begin() as conn:
+        change = {"op": "create_token", "user": user, "token_id": token_id,
+                  "expires_at": expires_at}
+        with self._write(change) as conn:
             self._require(conn, db.users, user, "User")
             conn.execute(db.tokens.insert().values(
                 token_id=token_id, token_hash=token_hash, user_name=user,
@@ -182,7 +204,7 @@ class Directory:
         return IssuedToken(token_id, token, user, expires_at)
 
     def revoke_token(self, token_id: str, *, owner: str | None = None) -> None:
-        with self.engine.begin() as conn:
+        with self._write({"op": "revoke_token", "token_id": token_id}) as conn:
             query = db.tokens.update().where(
                 db.tokens.c.token_id == token_id, db.tokens.c.revoked_at.is_(None)
             )
@@ -210,48 +232,17 @@ class Directory:
         name: str | None = None,
     ) -> str:
         """Record the owner team of a new resource; returns its mlflow-share ID."""
-        resource_id = resource_id or uuid.uuid4().hex
-        with self.engine.begin() as conn:
-            if name is not None:
-                # A leftover row for the same name (a model deleted outside the server) must
-                # not hand its grants to the new model: drop it first.
-                stale: list[str] = conn.execute(  # type: ignore[assignment]
-                    sa.select(db.resources.c.resource_id).where(
-                    db.resources.c.kind == kind, db.resources.c.name == name)).scalars().all()
-                for old_id in stale:
-                    self._forget(conn, kind, old_id)
-                if stale:
-                    db.bump(conn, db.RESOURCE_VERSION)
-                    db.bump(conn, db.POLICY_VERSION)
-            conn.execute(db.resources.insert().values(
-                kind=kind, resource_id=resource_id, name=name, owner_team=owner_team,
-                created_by=created_by, created_at=db.now_ms(),
-            ))
-        return resource_id
+        change = {"op": "record_owner", "kind": kind, "name": name, "owner_team": owner_team}
+        with self._write(change) as conn:
+            return record_owner_in(conn, kind, resource_id, owner_team, created_by, name)
 
     def rename_model(self, old_name: str, new_name: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(db.resources.update().where(
-                db.resources.c.kind == MODEL, db.resources.c.name == old_name
-            ).values(name=new_name))
-            db.bump(conn, db.RESOURCE_VERSION)
+        with self._write({"op": "rename_model", "before": old_name, "after": new_name}) as conn:
+            rename_model_in(conn, old_name, new_name)
 
     def forget_model(self, name: str) -> None:
-        with self.engine.begin() as conn:
-            ids: list[str] = conn.execute(  # type: ignore[assignment]
-                sa.select(db.resources.c.resource_id).where(
-                db.resources.c.kind == MODEL, db.resources.c.name == name)).scalars().all()
-            for resource_id in ids:
-                self._forget(conn, MODEL, resource_id)
-            db.bump(conn, db.RESOURCE_VERSION)
-            db.bump(conn, db.POLICY_VERSION)
-
-    @staticmethod
-    def _forget(conn: sa.Connection, kind: str, resource_id: str) -> None:
-        conn.execute(db.grants.delete().where(
-            db.grants.c.kind == kind, db.grants.c.resource_id == resource_id))
-        conn.execute(db.resources.delete().where(
-            db.resources.c.kind == kind, db.resources.c.resource_id == resource_id))
+        with self._write({"op": "forget_model", "name": name}) as conn:
+            forget_model_in(conn, name)
 
     def resource(self, kind: str, resource_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -264,7 +255,9 @@ class Directory:
         validate_choice("resource kind", kind, RESOURCE_KINDS)
         validate_identifier("team name", team)
         validate_choice("permission", permission, PERMISSIONS)
-        with self.engine.begin() as conn:
+        change = {"op": "grant", "kind": kind, "resource_id": resource_id, "team": team,
+                  "permission": permission}
+        with self._write(change) as conn:
             self._require(conn, db.teams, team, "Team")
             try:
                 with conn.begin_nested():
@@ -279,7 +272,9 @@ class Directory:
 
     def revoke(self, kind: str, resource_id: str, team: str, permission: str) -> bool:
         validate_choice("permission", permission, PERMISSIONS)
-        with self.engine.begin() as conn:
+        change = {"op": "revoke", "kind": kind, "resource_id": resource_id, "team": team,
+                  "permission": permission}
+        with self._write(change) as conn:
             removed = conn.execute(db.grants.delete().where(
                 db.grants.c.kind == kind, db.grants.c.resource_id == resource_id,
                 db.grants.c.team == team, db.grants.c.permission == permission,
@@ -311,3 +306,50 @@ class Directory:
 
 def generate_password() -> str:
     return secrets.token_urlsafe(18)
+
+
+# Ownership bookkeeping on a caller's connection: the audited stores run these inside MLflow's
+# own transaction, so a registered model or experiment never exists without its owner.
+def record_owner_in(conn: sa.Connection, kind: str, resource_id: str | None, owner_team: str,
+                    created_by: str, name: str | None = None) -> str:
+    resource_id = resource_id or uuid.uuid4().hex
+    if name is not None:
+        # A leftover row for the same name (a model deleted outside the server) must not
+        # hand its grants to the new model: drop it first.
+        stale: list[str] = conn.execute(  # type: ignore[assignment]
+            sa.select(db.resources.c.resource_id).where(
+                db.resources.c.kind == kind, db.resources.c.name == name)).scalars().all()
+        for old_id in stale:
+            _forget(conn, kind, old_id)
+        if stale:
+            db.bump(conn, db.RESOURCE_VERSION)
+            db.bump(conn, db.POLICY_VERSION)
+    conn.execute(db.resources.insert().values(
+        kind=kind, resource_id=resource_id, name=name, owner_team=owner_team,
+        created_by=created_by, created_at=db.now_ms(),
+    ))
+    return resource_id
+
+
+def rename_model_in(conn: sa.Connection, old_name: str, new_name: str) -> None:
+    conn.execute(db.resources.update().where(
+        db.resources.c.kind == MODEL, db.resources.c.name == old_name
+    ).values(name=new_name))
+    db.bump(conn, db.RESOURCE_VERSION)
+
+
+def forget_model_in(conn: sa.Connection, name: str) -> None:
+    ids: list[str] = conn.execute(  # type: ignore[assignment]
+        sa.select(db.resources.c.resource_id).where(
+            db.resources.c.kind == MODEL, db.resources.c.name == name)).scalars().all()
+    for resource_id in ids:
+        _forget(conn, MODEL, resource_id)
+    db.bump(conn, db.RESOURCE_VERSION)
+    db.bump(conn, db.POLICY_VERSION)
+
+
+def _forget(conn: sa.Connection, kind: str, resource_id: str) -> None:
+    conn.execute(db.grants.delete().where(
+        db.grants.c.kind == kind, db.grants.c.resource_id == resource_id))
+    conn.execute(db.resources.delete().where(
+        db.resources.c.kind == kind, db.resources.c.resource_id == resource_id))

@@ -11,7 +11,9 @@ JSON envelope (``error_code``, ``message``) with the mapped status::
           │    └── InvalidPolicy     INVALID_PARAMETER_VALUE     400
           ├── NotFound               RESOURCE_DOES_NOT_EXIST     404
           ├── Conflict               RESOURCE_CONFLICT           409
-          └── Unavailable            TEMPORARILY_UNAVAILABLE     503
+          ├── Unavailable            TEMPORARILY_UNAVAILABLE     503
+          │    └── AuditUnavailable  TEMPORARILY_UNAVAILABLE     503
+          └── AuditChainBroken       DATA_LOSS                   500
 
 Messages name the resource and the rule, never SQL, file paths or policy internals.
 """
@@ -59,6 +61,14 @@ class Conflict(MlflowShareError):
 
 class Unavailable(MlflowShareError):
     error_code_value = databricks_pb2.TEMPORARILY_UNAVAILABLE
+
+
+class AuditUnavailable(Unavailable):
+    """The audit event could not be committed, so neither was the change it records."""
+
+
+class AuditChainBroken(MlflowShareError):
+    error_code_value = databricks_pb2.DATA_LOSS
 
 
 def envelope(error: MlflowException) -> tuple[int, bytes]:

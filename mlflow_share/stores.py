@@ -73,34 +73,3 @@ class ScopedTrackingStore(TrackingStore):  # type: ignore[misc]
             )
             clauses.append(SqlExperiment.experiment_id.in_(ids))
         return clauses
-
-
-def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> ScopedTrackingStore:
-    import os
-
-    from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
-
-    return ScopedTrackingStore(
-        store_uri, artifact_uri,
-        read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR),
-    )
-
-
-def build_registry_store(store_uri: str) -> ScopedRegistryStore:
-    import os
-
-    from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
-
-    return ScopedRegistryStore(
-        store_uri, read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR)
-    )
-
-
-def install_scoped_stores() -> None:
-    """Make this server process build the scoped stores for every SQL scheme."""
-    from mlflow.server import handlers
-    from mlflow.store.db.db_types import DATABASE_ENGINES
-
-    for scheme in DATABASE_ENGINES:
-        handlers._tracking_store_registry.register(scheme, build_tracking_store)
-        handlers._model_registry_store_registry.register(scheme, build_registry_store)

@@ -22,6 +22,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed
 
 from mlflow_share import directory as directory_module
+from mlflow_share.audit.log import AUDIT_CONTEXT
 from mlflow_share.auth.identity import Principal, parse_authorization
 from mlflow_share.auth.resolvers import MlflowLookups, validate_artifact_path
 from mlflow_share.directory import Directory
@@ -81,7 +82,6 @@ class Decision:
     principal: Principal | None = None
     rule: Rule | None = None
     scope: SearchScope | None = None
-    after: Callable[[int, bytes], None] | None = None
 
 
 def _error(exc: MlflowException, *, authenticate: bool = False) -> Decision:
@@ -143,11 +143,14 @@ class Interceptor:
         try:
             return self._decide(request, match)
         except MlflowShareError as exc:
+            _note_denial(exc.message)
             return _error(exc, authenticate=isinstance(exc, Unauthenticated))
         except MlflowException as exc:
+            _note_denial(exc.message)
             return _error(exc)
         except Exception:  # noqa: BLE001 - fail closed: an unexpected error denies, in the envelope
             _logger.exception("mlflow-share could not decide a request; denied")
+            _note_denial("The request could not be authorised.")
             return _plain_error(500, "INTERNAL_ERROR", "The request could not be authorised.")
 
     def _decide(self, request: IncomingRequest, match: Match) -> Decision:
@@ -161,8 +164,13 @@ class Interceptor:
         if credentials is None:
             raise Unauthenticated("Authentication required: send a token or username/password.")
         principal = self.policy.authenticate(credentials, int(time.time() * 1000))
+        audit = AUDIT_CONTEXT.get()
         if principal is None:
+            if audit is not None and credentials.username:
+                audit.extra["claimed"] = credentials.username[:128]
             raise Unauthenticated("Invalid, expired or revoked credentials.")
+        if audit is not None:
+            audit.principal = principal.name
         decision = Decision(True, principal=principal, rule=rule)
         if request.method == "OPTIONS" or rule.resolver == "authenticated":
             return decision
@@ -177,7 +185,12 @@ class Interceptor:
 
     # -- helpers ---------------------------------------------------------------------
     def _check(self, principal: Principal, kind: str, resource_id: str | None,
-               owner: str | None, action: str, label: str) -> None:
+               owner: str | None, action: str, label: str, name: str | None = None) -> None:
+        audit = AUDIT_CONTEXT.get()
+        if audit is not None and audit.resource_kind is None:
+            # The first resource a request is checked against is the one its event names.
+            audit.resource_kind, audit.resource_id = kind, resource_id
+            audit.resource_name, audit.owner_team = name, owner
         if not self.policy.is_allowed(principal, kind, resource_id, owner, action):
             raise PermissionDenied(
                 f"Permission denied: {principal.name!r} may not {action} {label}."
@@ -200,7 +213,7 @@ class Interceptor:
         if model_id is None and not principal.is_admin and not self.lookups.model_exists(name):
             raise NotFound(f"Registered model {name!r} does not exist.")
         self._check(principal, directory_module.MODEL, model_id, owner, action,
-                    f"registered model {name!r}")
+                    f"registered model {name!r}", name=name)
 
     def _experiment_of(self, what: str, key: str, load: Callable[[str], str | None]) -> str:
         experiment_id = load(key)
@@ -349,13 +362,9 @@ class Interceptor:
 
     def _resolve_model(self, principal: Principal, rule: Rule, params: _Params,
                        decision: Decision) -> None:
-        name = params.required(rule.fields[0])
-        self._check_model(principal, name, rule.action)
-        if rule.hook == "rename_model":
-            new_name = params.required("new_name")
-            decision.after = _on_success(lambda _b: self.directory.rename_model(name, new_name))
-        elif rule.hook == "forget_model":
-            decision.after = _on_success(lambda _b: self.directory.forget_model(name))
+        # Renames and deletions move or drop ownership inside MLflow's own transaction
+        # (mlflow_share.audit.store), so a grant can never outlive or miss its model.
+        self._check_model(principal, params.required(rule.fields[0]), rule.action)
 
     def _resolve_model_version_create(self, principal: Principal, rule: Rule, params: _Params,
                                       decision: Decision) -> None:
@@ -395,20 +404,19 @@ class Interceptor:
         if params.optional("artifact_location") and not principal.is_admin:
             # Where artifacts live is the server's choice: a path here could plant files anywhere.
             raise InvalidInput("Only org administrators may set an experiment's artifact_location.")
-        team = self._creator_team(principal, params, "tags")
-        if team is not None:
-            decision.after = _on_success(lambda body: self.directory.record_owner(
-                directory_module.EXPERIMENT, str(json.loads(body)["experiment_id"]), team,
-                principal.name))
+        self._own_new_resource(self._creator_team(principal, params, "tags"))
 
     def _resolve_create_model(self, principal: Principal, rule: Rule, params: _Params,
                               decision: Decision) -> None:
         params.required("name")
-        team = self._creator_team(principal, params, "tags")
-        if team is not None:
-            decision.after = _on_success(lambda body: self.directory.record_owner(
-                directory_module.MODEL, None, team, principal.name,
-                name=json.loads(body)["registered_model"]["name"]))
+        self._own_new_resource(self._creator_team(principal, params, "tags"))
+
+    @staticmethod
+    def _own_new_resource(team: str | None) -> None:
+        """The audited store records the owner team in the transaction that creates it."""
+        audit = AUDIT_CONTEXT.get()
+        if audit is not None and team is not None:
+            audit.create_team = audit.owner_team = team
 
     def _resolve_search(self, principal: Principal, rule: Rule, params: _Params,
                         decision: Decision) -> None:
@@ -421,6 +429,8 @@ class Interceptor:
     def _resolve_artifact(self, principal: Principal, rule: Rule, params: _Params,
                           decision: Decision) -> None:
         path = params.optional(rule.fields[0]) or ""
+        if (audit := AUDIT_CONTEXT.get()) is not None:
+            audit.extra["artifact_path"] = path[:1024]
         segments = validate_artifact_path(path, allow_empty=True)
         self._check_artifact(principal, segments, rule.action)
 
@@ -444,12 +454,10 @@ class Interceptor:
             )
 
 
-def _on_success(action: Callable[[bytes], Any]) -> Callable[[int, bytes], None]:
-    def after(status: int, body: bytes) -> None:
-        if 200 <= status < 300:
-            action(body)
-
-    return after
+def _note_denial(message: str) -> None:
+    audit = AUDIT_CONTEXT.get()
+    if audit is not None:
+        audit.decision, audit.reason = "deny", message[:1000]
 
 
 def _nested(value: Any, *path: str) -> Any:

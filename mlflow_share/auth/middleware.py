@@ -2,11 +2,14 @@
 
 Under uvicorn the outermost ASGI layer sees the routes FastAPI serves natively (artifact
 streaming, OTLP traces, jobs, gateway) as well as the Flask app mounted inside; under gunicorn
-or waitress the WSGI layer wraps Flask, which then serves every route itself.
+or waitress the WSGI layer wraps Flask, which then serves every route itself. Both audit every
+request but the public ones (health, the UI's static files): no response leaves before its
+event is committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Callable, Iterable
@@ -19,6 +22,7 @@ import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec er
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request as WerkzeugRequest
 
+from mlflow_share.audit.log import AUDIT_CONTEXT, AuditContext, AuditWriter, new_request_id
 from mlflow_share.auth.interceptor import (
     CURRENT_PRINCIPAL,
     MAX_JSON_BODY,
@@ -27,12 +31,16 @@ from mlflow_share.auth.interceptor import (
     IncomingRequest,
     Interceptor,
 )
+from mlflow_share.errors import AuditUnavailable
 
 _logger = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
+
+_UNAVAILABLE_BODY = (b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": '
+                     b'"The audit log is unavailable; the request was not served."}')
 
 
 def _parse_query(query_string: str) -> MultiDict[str, str]:
@@ -46,20 +54,57 @@ def _too_large() -> Decision:
     return Decision(False, 413, body, [("Content-Type", "application/json")])
 
 
-def _run_after(decision: Decision, status: int, body: bytes) -> None:
-    assert decision.after is not None
-    try:
-        decision.after(status, body)
-    except Exception:  # the MLflow change is done; never turn it into a 500 after the fact
-        _logger.exception("mlflow-share bookkeeping after a successful request failed")
+def _unavailable() -> Decision:
+    return Decision(False, 503, _UNAVAILABLE_BODY, [("Content-Type", "application/json")])
+
+
+def _audit_context(request: IncomingRequest) -> AuditContext:
+    request_id = request.headers.get("x-request-id", "")[:64] or new_request_id()
+    return AuditContext(request_id=request_id, method=request.method[:8],
+                        route=request.raw_path, client=request.client)
+
+
+class AuditGate:
+    """Holds each response until its audit event is committed; 503 if it cannot be.
+
+    A request whose change committed with its event (in MLflow's transaction) needs nothing
+    more, unless its status turns out not to be a success: then a correction is appended.
+    Reads, denials and failed writes get their event here, through the group-commit writer.
+    """
+
+    def __init__(self, writer: AuditWriter) -> None:
+        self.writer = writer
+
+    @staticmethod
+    def pending_event(ctx: AuditContext, status: int) -> dict[str, Any] | None:
+        if ctx.recorded_seq is None:
+            if status >= 400 and ctx.decision == "allow":
+                ctx.decision = "fail" if status >= 500 else "reject"
+            return ctx.event(status=status)
+        if 200 <= status < 300:
+            return None
+        row = ctx.event(status=status, action="request.outcome")
+        row["details"] = '{"amends":%d}' % ctx.recorded_seq
+        return row
+
+    async def record_async(self, ctx: AuditContext, status: int) -> None:
+        row = self.pending_event(ctx, status)
+        if row is not None:
+            await asyncio.wrap_future(self.writer.submit(row))
+
+    def record(self, ctx: AuditContext, status: int) -> None:
+        row = self.pending_event(ctx, status)
+        if row is not None:
+            self.writer.append(row)
 
 
 class ShareASGIMiddleware:
-    """Decides every HTTP request before the wrapped ASGI app sees it."""
+    """Decides every HTTP request before the wrapped ASGI app sees it, and audits it."""
 
-    def __init__(self, app: Callable[..., Any], interceptor: Interceptor) -> None:
+    def __init__(self, app: Callable[..., Any], interceptor: Interceptor, gate: AuditGate) -> None:
         self.app = app
         self.interceptor = interceptor
+        self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -78,46 +123,65 @@ class ShareASGIMiddleware:
             headers=headers,
             client=(scope.get("client") or ("", 0))[0],
         )
+        ctx = _audit_context(request)
         match = self.interceptor.match(request)
         if isinstance(match, Decision):
-            await self._deny(send, match)
+            ctx.action, ctx.decision = "unrouted", "deny"
+            await self._deny(send, match, ctx)
             return
+        ctx.action = match.key
         if self.interceptor.needs_body(match, request):
             body = await self._read_body(receive)
             if body is None:
-                await self._deny(send, _too_large())
+                ctx.decision, ctx.reason = "deny", "request body too large"
+                await self._deny(send, _too_large(), ctx)
                 return
             request.body = body
             receive = _replay(body)
-        decision = await anyio.to_thread.run_sync(self.interceptor.decide, request, match)
-        if not decision.allowed:
-            await self._deny(send, decision)
-            return
-        principal_token = CURRENT_PRINCIPAL.set(decision.principal)
-        scope_token = SEARCH_SCOPE.set(decision.scope)
+        audit_token = AUDIT_CONTEXT.set(ctx)
         try:
-            if decision.after is None:
-                await self.app(scope, receive, send)
-            else:
-                await self._call_then_record(scope, receive, send, decision)
+            decision = await anyio.to_thread.run_sync(self.interceptor.decide, request, match)
+            if not decision.allowed:
+                await self._deny(send, decision, ctx)
+                return
+            principal_token = CURRENT_PRINCIPAL.set(decision.principal)
+            scope_token = SEARCH_SCOPE.set(decision.scope)
+            try:
+                if decision.rule is not None and decision.rule.resolver == "public":
+                    await self.app(scope, receive, send)  # health checks and the UI's files
+                else:
+                    await self.app(scope, receive, self._gated(send, ctx))
+            finally:
+                SEARCH_SCOPE.reset(scope_token)
+                CURRENT_PRINCIPAL.reset(principal_token)
         finally:
-            SEARCH_SCOPE.reset(scope_token)
-            CURRENT_PRINCIPAL.reset(principal_token)
+            AUDIT_CONTEXT.reset(audit_token)
 
-    async def _call_then_record(self, scope: Scope, receive: Receive, send: Send,
-                                decision: Decision) -> None:
-        """Hold a (small) response until its bookkeeping is written, then send it."""
-        messages: list[dict[str, Any]] = []
+    def _gated(self, send: Send, ctx: AuditContext) -> Send:
+        """A ``send`` that lets the response out only once its audit event is committed."""
+        refused = False
 
-        async def capture(message: dict[str, Any]) -> None:
-            messages.append(message)
-
-        await self.app(scope, receive, capture)
-        status = next((m["status"] for m in messages if m["type"] == "http.response.start"), 500)
-        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-        await anyio.to_thread.run_sync(_run_after, decision, status, body)
-        for message in messages:
+        async def gated_send(message: dict[str, Any]) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start":
+                try:
+                    await self.gate.record_async(ctx, int(message["status"]))
+                except AuditUnavailable:
+                    refused = True
+                    await self._send(send, _unavailable())
+                    return
+            elif refused:
+                return
             await send(message)
+
+        return gated_send
+
+    async def _deny(self, send: Send, decision: Decision, ctx: AuditContext) -> None:
+        try:
+            await self.gate.record_async(ctx, decision.status)
+        except AuditUnavailable:
+            decision = _unavailable()
+        await self._send(send, decision)
 
     @staticmethod
     async def _read_body(receive: Receive) -> bytes | None:
@@ -137,7 +201,7 @@ class ShareASGIMiddleware:
         return b"".join(chunks)
 
     @staticmethod
-    async def _deny(send: Send, decision: Decision) -> None:
+    async def _send(send: Send, decision: Decision) -> None:
         headers = [(k.lower().encode(), v.encode()) for k, v in decision.headers]
         headers.append((b"content-length", str(len(decision.body)).encode()))
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
@@ -160,11 +224,13 @@ def _replay(body: bytes) -> Receive:
 
 
 class ShareWSGIMiddleware:
-    """The same decision point for WSGI servers (gunicorn, waitress)."""
+    """The same decision point and audit gate for WSGI servers (gunicorn, waitress)."""
 
-    def __init__(self, wsgi_app: Callable[..., Any], interceptor: Interceptor) -> None:
+    def __init__(self, wsgi_app: Callable[..., Any], interceptor: Interceptor,
+                 gate: AuditGate) -> None:
         self.wsgi_app = wsgi_app
         self.interceptor = interceptor
+        self.gate = gate
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         wrapped = WerkzeugRequest(environ, shallow=True)
@@ -177,47 +243,71 @@ class ShareWSGIMiddleware:
             headers={k.lower(): v for k, v in wrapped.headers.items()},
             client=environ.get("REMOTE_ADDR", ""),
         )
+        ctx = _audit_context(request)
         match = self.interceptor.match(request)
         if isinstance(match, Decision):
-            return self._deny(start_response, match)
+            ctx.action, ctx.decision = "unrouted", "deny"
+            return self._deny(start_response, match, ctx)
+        ctx.action = match.key
         if self.interceptor.needs_body(match, request):
             length = int(environ.get("CONTENT_LENGTH") or 0)
             if length > MAX_JSON_BODY:
-                return self._deny(start_response, _too_large())
+                ctx.decision, ctx.reason = "deny", "request body too large"
+                return self._deny(start_response, _too_large(), ctx)
             body = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
             request.body = body
-        decision = self.interceptor.decide(request, match)
-        if not decision.allowed:
-            return self._deny(start_response, decision)
-        principal_token = CURRENT_PRINCIPAL.set(decision.principal)
-        scope_token = SEARCH_SCOPE.set(decision.scope)
+        audit_token = AUDIT_CONTEXT.set(ctx)
         try:
-            if decision.after is None:
+            decision = self.interceptor.decide(request, match)
+            if not decision.allowed:
+                return self._deny(start_response, decision, ctx)
+            principal_token = CURRENT_PRINCIPAL.set(decision.principal)
+            scope_token = SEARCH_SCOPE.set(decision.scope)
+            try:
                 # Views run (and query the stores) when called; only the body iterates later.
-                return self.wsgi_app(environ, start_response)
-            return self._call_then_record(environ, start_response, decision)
+                if decision.rule is not None and decision.rule.resolver == "public":
+                    return self.wsgi_app(environ, start_response)
+                return self._gated(environ, start_response, ctx)
+            finally:
+                SEARCH_SCOPE.reset(scope_token)
+                CURRENT_PRINCIPAL.reset(principal_token)
         finally:
-            SEARCH_SCOPE.reset(scope_token)
-            CURRENT_PRINCIPAL.reset(principal_token)
+            AUDIT_CONTEXT.reset(audit_token)
 
-    def _call_then_record(self, environ: dict[str, Any], start_response: Callable[..., Any],
-                          decision: Decision) -> Iterable[bytes]:
-        captured: dict[str, Any] = {}
+    def _gated(self, environ: dict[str, Any], start_response: Callable[..., Any],
+               ctx: AuditContext) -> Iterable[bytes]:
+        refused = False
 
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            captured["status"], captured["headers"] = status, headers
-            return lambda _data: None
+        def gated_start_response(status: str, headers: list[tuple[str, str]],
+                                 exc_info: Any = None) -> Any:
+            nonlocal refused
+            try:
+                self.gate.record(ctx, int(status.split(" ", 1)[0]))
+            except AuditUnavailable:
+                refused = True
+                unavailable = _unavailable()
+                return start_response(
+                    "503 SERVICE UNAVAILABLE",
+                    [*unavailable.headers, ("Content-Length", str(len(unavailable.body)))],
+                    exc_info)
+            return start_response(status, headers, exc_info)
 
-        body = b"".join(self.wsgi_app(environ, capture))
-        status_line = captured.get("status", "500 INTERNAL SERVER ERROR")
-        _run_after(decision, int(status_line.split(" ", 1)[0]), body)
-        start_response(status_line, captured.get("headers", []))
-        return [body]
+        result = self.wsgi_app(environ, gated_start_response)
+        if refused:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            return [_UNAVAILABLE_BODY]
+        return result
 
-    @staticmethod
-    def _deny(start_response: Callable[..., Any], decision: Decision) -> Iterable[bytes]:
+    def _deny(self, start_response: Callable[..., Any], decision: Decision,
+              ctx: AuditContext) -> Iterable[bytes]:
+        try:
+            self.gate.record(ctx, decision.status)
+        except AuditUnavailable:
+            decision = _unavailable()
         reason = HTTPStatus(decision.status).phrase
         headers = list(decision.headers) + [("Content-Length", str(len(decision.body)))]
         start_response(f"{decision.status} {reason}", headers)

@@ -28,7 +28,6 @@ class Rule:
         fields: request parameters the resolver reads, in MLflow's precedence order.
         needs_body: the resolver reads the JSON body (so it must be buffered).
         search: restrict store searches in this request to what the caller may read.
-        hook: bookkeeping to run after MLflow answered with success.
         source: ``auto`` reads parameters as MLflow's REST handlers do (query string for a GET
             with one, else the JSON body); ``query`` for hand-written routes reading ``args``.
         lineage: a read also allowed to teams that may read a model registered from the run.
@@ -39,7 +38,6 @@ class Rule:
     fields: tuple[str, ...] = ()
     needs_body: bool = False
     search: bool = False
-    hook: str | None = None
     source: str = "auto"
     lineage: bool = False
 
@@ -74,7 +72,7 @@ _ARTIFACT_WRITE = _r("artifact", "write", "artifact_path")
 # REST API, keyed by protobuf message full name (or `fn:` + handler name).
 REST_RULES: Mapping[str, Rule] = {
     # experiments
-    "mlflow.CreateExperiment": _r("create_experiment", "create", hook="own_experiment"),
+    "mlflow.CreateExperiment": _r("create_experiment", "create"),
     "mlflow.GetExperiment": _EXPERIMENT_READ,
     "mlflow.GetExperimentByName": _r("experiment_by_name", "read", "experiment_name"),
     "mlflow.SearchExperiments": Rule("search", "read", search=True),
@@ -135,12 +133,12 @@ REST_RULES: Mapping[str, Rule] = {
     "mlflow.UpdateAssessment": _TRACE_WRITE,
     "mlflow.DeleteAssessment": _TRACE_WRITE,
     # registry
-    "mlflow.CreateRegisteredModel": _r("create_model", "create", "name", hook="own_model"),
+    "mlflow.CreateRegisteredModel": _r("create_model", "create", "name"),
     "mlflow.GetRegisteredModel": _MODEL_READ,
     "mlflow.SearchRegisteredModels": Rule("search", "read", search=True),
     "mlflow.UpdateRegisteredModel": _MODEL_WRITE,
-    "mlflow.RenameRegisteredModel": _r("model", "manage", "name", hook="rename_model"),
-    "mlflow.DeleteRegisteredModel": _r("model", "manage", "name", hook="forget_model"),
+    "mlflow.RenameRegisteredModel": _r("model", "manage", "name"),
+    "mlflow.DeleteRegisteredModel": _r("model", "manage", "name"),
     "mlflow.GetLatestVersions": _MODEL_READ,
     "mlflow.SetRegisteredModelTag": _MODEL_WRITE,
     "mlflow.DeleteRegisteredModelTag": _MODEL_WRITE,

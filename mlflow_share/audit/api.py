@@ -1,0 +1,108 @@
+"""The audit JSON API under ``/api/2.0/mlflow-share/audit/``: events, verification, head.
+
+Org admins see every event. A team maintainer sees the events of the team's resources,
+including every access to them by other teams: that is how an owner sees who retrieved a
+shared model. Verification and the head (for signed checkpoints) are for org admins.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from mlflow.exceptions import MlflowException
+from sqlalchemy.engine import Engine
+
+from mlflow_share.audit.verify import EventFilter, hash_at, search_events, verify_chain
+from mlflow_share.auth.identity import Principal
+from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL
+from mlflow_share.errors import InvalidInput, PermissionDenied, Unauthenticated
+from mlflow_share.policy.enforcer import PolicyEngine
+
+PREFIX = "/api/2.0/mlflow-share/audit"
+MAX_RESULTS = 1000
+
+
+def _principal() -> Principal:
+    principal = CURRENT_PRINCIPAL.get()
+    if principal is None:  # only reachable if the interceptor were bypassed
+        raise Unauthenticated("Authentication required.")
+    return principal
+
+
+def _int_arg(name: str, default: int | None = None, minimum: int = 0) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"Parameter {name!r} must be an integer.") from None
+    if value < minimum:
+        raise InvalidInput(f"Parameter {name!r} must be at least {minimum}.")
+    return value
+
+
+def _page_token(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        return int(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("Invalid page_token.") from None
+
+
+def event_filter_from_args(principal: Principal) -> EventFilter:
+    visible: tuple[str, ...] | None = None
+    if not principal.is_admin:
+        visible = tuple(sorted(t for t, role in principal.teams.items() if role == "maintainer"))
+        if not visible:
+            raise PermissionDenied(
+                "Only org admins and team maintainers may read the audit log.")
+    team = request.args.get("team") or None
+    if team is not None and visible is not None and team not in visible:
+        raise PermissionDenied(f"{principal.name!r} may not read the audit events of {team!r}.")
+    return EventFilter(
+        since=_int_arg("since"), until=_int_arg("until"),
+        principal=request.args.get("principal") or None, team=team,
+        resource=request.args.get("resource") or None,
+        action=request.args.get("action") or None, visible_teams=visible,
+    )
+
+
+def create_audit_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
+    api = Blueprint("mlflow_share_audit", __name__, url_prefix=PREFIX)
+
+    @api.errorhandler(MlflowException)
+    def _error(exc: MlflowException) -> Response:
+        response = Response(exc.serialize_as_json(), mimetype="application/json")
+        response.status_code = exc.get_http_status_code()
+        return response
+
+    @api.get("/events")
+    def events() -> Any:
+        event_filter = event_filter_from_args(_principal())
+        limit = _int_arg("max_results", 100, minimum=1) or 100
+        if limit > MAX_RESULTS:
+            raise InvalidInput(f"max_results must be at most {MAX_RESULTS}.")
+        rows = search_events(engine, event_filter, after_seq=_page_token(
+            request.args.get("page_token")), limit=limit + 1)
+        body: dict[str, Any] = {"events": rows[:limit]}
+        if len(rows) > limit:
+            body["next_page_token"] = base64.urlsafe_b64encode(
+                str(rows[limit - 1]["seq"]).encode()).decode()
+        return jsonify(body)
+
+    @api.get("/verify")
+    def verify() -> Any:
+        if not _principal().is_admin:
+            raise PermissionDenied("Only org administrators may verify the audit log.")
+        checkpoint_seq = _int_arg("checkpoint_seq", minimum=1)
+        result = verify_chain(engine).to_dict()
+        if checkpoint_seq is not None:
+            result["checkpoint_hash"] = hash_at(engine, checkpoint_seq)
+        return jsonify(result)
+
+    return api

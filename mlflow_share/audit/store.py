@@ -1,0 +1,390 @@
+"""``AuditingSqlAlchemyStore`` and ``AuditingRegistryStore``: MLflow's stores with every change audited.
+
+Every write transaction MLflow commits from a write session (``ManagedSessionMaker(
+read_only=False)``) appends its audit event inside it, just before the commit: the change and
+its event commit together, or neither does and MLflow answers 503. Write sessions MLflow opens
+inside another (``log_batch`` does) join the outer transaction through a SAVEPOINT, so one
+request is one transaction and one event. Public mutating methods note what they change
+(their arguments, and the value before for tags, aliases, stages, descriptions, names and
+deletions); a write from any other method is still audited, as ``unlisted``. The operator is
+the authenticated principal of the request, never a client-supplied field such as ``user_id``.
+
+Ownership bookkeeping (a new experiment or model's owner team, a rename, a deletion) runs in
+the same transaction too. The URI schemes ``audit+sqlite://``, ``audit+postgresql://`` (and
+MySQL, MSSQL) select these stores outside the server; ``mlflow server --app-name
+mlflow-share`` uses them for plain SQL URIs as well.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlflow_share import directory as directory_module
+from mlflow_share.audit.log import AUDIT_CONTEXT, committed, record_in_transaction, summarize
+from mlflow_share.stores import ScopedRegistryStore, ScopedTrackingStore
+
+_logger = logging.getLogger(__name__)
+
+SCHEME_PREFIX = "audit+"
+_WRITES_KEY = "mlflow_share_writes"
+_MUTATING_PREFIXES = (
+    "create_", "update_", "delete_", "set_", "log_", "rename_", "restore_", "transition_",
+    "record_", "finalize_", "link_", "start_", "upsert_", "add_", "remove_", "archive_",
+    "register_", "end_", "deprecated_",
+)
+
+# The outermost audited store call of this thread/task: its change record, and ownership
+# bookkeeping to run inside its write transaction.
+_CURRENT_CHANGE: contextvars.ContextVar[_Change | None] = contextvars.ContextVar(
+    "mlflow_share_current_change", default=None
+)
+
+
+class _Change:
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.bookkeeping: list[Callable[[sa.Connection], None]] = []
+
+
+def strip_scheme(uri: str) -> str:
+    return uri[len(SCHEME_PREFIX):] if uri.startswith(SCHEME_PREFIX) else uri
+
+
+# -- before-values: what a change replaces, read just before it --------------------------
+_BEFORE_QUERIES: dict[str, tuple[str, Callable[[inspect.BoundArguments], dict[str, Any]]]] = {
+    "set_tag": ("SELECT value FROM tags WHERE run_uuid = :a AND key = :b",
+                lambda b: {"a": b.arguments["run_id"], "b": b.arguments["tag"].key}),
+    "delete_tag": ("SELECT value FROM tags WHERE run_uuid = :a AND key = :b",
+                   lambda b: {"a": b.arguments["run_id"], "b": b.arguments["key"]}),
+    "set_experiment_tag": (
+        "SELECT value FROM experiment_tags WHERE experiment_id = :a AND key = :b",
+        lambda b: {"a": int(b.arguments["experiment_id"]), "b": b.arguments["tag"].key}),
+    "delete_experiment_tag": (
+        "SELECT value FROM experiment_tags WHERE experiment_id = :a AND key = :b",
+        lambda b: {"a": int(b.arguments["experiment_id"]), "b": b.arguments["key"]}),
+    "rename_experiment": ("SELECT name FROM experiments WHERE experiment_id = :a",
+                          lambda b: {"a": int(b.arguments["experiment_id"])}),
+    "delete_experiment": ("SELECT lifecycle_stage FROM experiments WHERE experiment_id = :a",
+                          lambda b: {"a": int(b.arguments["experiment_id"])}),
+    "restore_experiment": ("SELECT lifecycle_stage FROM experiments WHERE experiment_id = :a",
+                           lambda b: {"a": int(b.arguments["experiment_id"])}),
+    "delete_run": ("SELECT lifecycle_stage FROM runs WHERE run_uuid = :a",
+                   lambda b: {"a": b.arguments["run_id"]}),
+    "restore_run": ("SELECT lifecycle_stage FROM runs WHERE run_uuid = :a",
+                    lambda b: {"a": b.arguments["run_id"]}),
+    "update_run_info": ("SELECT status, end_time, name FROM runs WHERE run_uuid = :a",
+                        lambda b: {"a": b.arguments["run_id"]}),
+    "update_registered_model": ("SELECT description FROM registered_models WHERE name = :a",
+                                lambda b: {"a": b.arguments["name"]}),
+    "rename_registered_model": ("SELECT name FROM registered_models WHERE name = :a",
+                                lambda b: {"a": b.arguments["name"]}),
+    "delete_registered_model": (
+        "SELECT name, description FROM registered_models WHERE name = :a",
+        lambda b: {"a": b.arguments["name"]}),
+    "set_registered_model_tag": (
+        "SELECT value FROM registered_model_tags WHERE name = :a AND key = :b",
+        lambda b: {"a": b.arguments["name"], "b": b.arguments["tag"].key}),
+    "delete_registered_model_tag": (
+        "SELECT value FROM registered_model_tags WHERE name = :a AND key = :b",
+        lambda b: {"a": b.arguments["name"], "b": b.arguments["key"]}),
+    "set_registered_model_alias": (
+        "SELECT version FROM registered_model_aliases WHERE name = :a AND alias = :b",
+        lambda b: {"a": b.arguments["name"], "b": b.arguments["alias"]}),
+    "delete_registered_model_alias": (
+        "SELECT version FROM registered_model_aliases WHERE name = :a AND alias = :b",
+        lambda b: {"a": b.arguments["name"], "b": b.arguments["alias"]}),
+    "update_model_version": (
+        "SELECT description FROM model_versions WHERE name = :a AND version = :b",
+        lambda b: {"a": b.arguments["name"], "b": int(b.arguments["version"])}),
+    "transition_model_version_stage": (
+        "SELECT current_stage FROM model_versions WHERE name = :a AND version = :b",
+        lambda b: {"a": b.arguments["name"], "b": int(b.arguments["version"])}),
+    "delete_model_version": (
+        "SELECT source, run_id, current_stage, status FROM model_versions "
+        "WHERE name = :a AND version = :b",
+        lambda b: {"a": b.arguments["name"], "b": int(b.arguments["version"])}),
+    "set_model_version_tag": (
+        "SELECT value FROM model_version_tags WHERE name = :a AND version = :b AND key = :c",
+        lambda b: {"a": b.arguments["name"], "b": int(b.arguments["version"]),
+                   "c": b.arguments["tag"].key}),
+    "delete_model_version_tag": (
+        "SELECT value FROM model_version_tags WHERE name = :a AND version = :b AND key = :c",
+        lambda b: {"a": b.arguments["name"], "b": int(b.arguments["version"]),
+                   "c": b.arguments["key"]}),
+}
+
+
+def _before(store: Any, name: str, bound: inspect.BoundArguments) -> Any:
+    query = _BEFORE_QUERIES.get(name)
+    if query is None:
+        return None
+    sql, params = query
+    try:
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.text(sql), params(bound)).first()
+    except (KeyError, AttributeError, ValueError, TypeError, sa.exc.SQLAlchemyError):
+        return None  # MLflow validates the arguments and answers the error itself
+    if row is None:
+        return None
+    values = dict(row._mapping)
+    return values if len(values) > 1 else next(iter(values.values()))
+
+
+# -- ownership bookkeeping, run inside MLflow's transaction ------------------------------
+def _bookkeeping(name: str, bound: inspect.BoundArguments) -> Callable[[sa.Connection], None] | None:
+    ctx = AUDIT_CONTEXT.get()
+    args = bound.arguments
+    if name == "rename_registered_model":
+        return lambda conn: directory_module.rename_model_in(conn, args["name"], args["new_name"])
+    if name == "delete_registered_model":
+        return lambda conn: directory_module.forget_model_in(conn, args["name"])
+    if ctx is None or ctx.create_team is None:
+        return None
+    team, principal = ctx.create_team, ctx.principal
+    if name == "create_registered_model":
+        return lambda conn: _own(conn, directory_module.MODEL, None, team, principal, args["name"])
+    if name == "create_experiment":
+        def own_experiment(conn: sa.Connection) -> None:
+            experiment_id = conn.execute(
+                sa.text("SELECT experiment_id FROM experiments WHERE name = :n"),
+                {"n": args["name"]}).scalar()
+            if experiment_id is not None:
+                _own(conn, directory_module.EXPERIMENT, str(experiment_id), team, principal, None)
+        return own_experiment
+    return None
+
+
+def _own(conn: sa.Connection, kind: str, resource_id: str | None, team: str, principal: str,
+         name: str | None) -> None:
+    resource_id = directory_module.record_owner_in(conn, kind, resource_id, team, principal, name)
+    ctx = AUDIT_CONTEXT.get()
+    if ctx is not None and ctx.resource_id is None:
+        ctx.resource_kind, ctx.resource_id, ctx.resource_name = kind, resource_id, name
+        ctx.owner_team = team
+
+
+def _audited_method(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _CURRENT_CHANGE.get() is not None:  # nested call: the outer call describes it
+            return method(self, *args, **kwargs)
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+        except TypeError:
+            return method(self, *args, **kwargs)  # MLflow raises the real error
+        arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        change = _Change({"op": name, "args": summarize(arguments)})
+        before = _before(self, name, bound)
+        if before is not None:
+            change.record["before"] = summarize(before)
+        if (keep := _bookkeeping(name, bound)) is not None:
+            change.bookkeeping.append(keep)
+        token = _CURRENT_CHANGE.set(change)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _CURRENT_CHANGE.reset(token)
+
+    return wrapper
+
+
+def _wrap_mutating_methods(cls: type) -> type:
+    for name in dir(cls):
+        if name.startswith(_MUTATING_PREFIXES) and not name.startswith("_"):
+            attribute = getattr(cls, name)
+            if inspect.isfunction(attribute):
+                setattr(cls, name, _audited_method(name, attribute))
+    return cls
+
+
+# -- the write-session hook ---------------------------------------------------------------
+def _count_writes(conn: sa.Connection, cursor: Any, statement: str, parameters: Any,
+                  context: Any, executemany: bool) -> None:
+    if context is not None and (context.isinsert or context.isupdate or context.isdelete):
+        conn.info[_WRITES_KEY] = True
+    elif statement.lstrip()[:7].upper().startswith(("INSERT", "UPDATE", "DELETE", "REPLACE")):
+        conn.info[_WRITES_KEY] = True
+
+
+def _instrument_engine(engine: sa.Engine) -> None:
+    if not getattr(engine, "_mlflow_share_audited", False):
+        sa.event.listen(engine, "after_cursor_execute", _count_writes)
+        engine._mlflow_share_audited = True  # type: ignore[attr-defined]
+
+
+_AUDITED = "mlflow_share_audited"
+_PENDING_SEQ = "mlflow_share_seq"
+# The connection of the write transaction open in this context, per engine: a write session
+# opened inside it (MLflow nests them, e.g. log_batch) joins it through a SAVEPOINT.
+_OPEN_WRITES: contextvars.ContextVar[dict[int, sa.Connection] | None] = contextvars.ContextVar(
+    "mlflow_share_open_writes", default=None
+)
+
+
+def _after_begin(session: Any, transaction: Any, connection: sa.Connection) -> None:
+    if session.info.get(_AUDITED):
+        connection.info[_WRITES_KEY] = False
+
+
+def _before_commit(session: Any) -> None:
+    """Append the event of what this transaction changed, inside it, right before it commits."""
+    if not session.info.get(_AUDITED):
+        return
+    session.flush()
+    conn = session.connection()
+    change = _CURRENT_CHANGE.get()
+    if change is not None and change.bookkeeping:
+        for keep in change.bookkeeping:
+            keep(conn)
+        change.bookkeeping.clear()
+    if conn.info.get(_WRITES_KEY):
+        record = change.record if change is not None else {"op": "unlisted"}
+        session.info[_PENDING_SEQ] = record_in_transaction(conn, [record])
+
+
+def _after_commit(session: Any) -> None:
+    seq = session.info.pop(_PENDING_SEQ, None)
+    if seq is not None:
+        committed(seq)
+
+
+def _after_rollback(session: Any) -> None:
+    session.info.pop(_PENDING_SEQ, None)
+
+
+def _listen_once() -> None:
+    from sqlalchemy.orm import Session
+
+    if not sa.event.contains(Session, "before_commit", _before_commit):
+        sa.event.listen(Session, "after_begin", _after_begin)
+        sa.event.listen(Session, "before_commit", _before_commit)
+        sa.event.listen(Session, "after_commit", _after_commit)
+        sa.event.listen(Session, "after_rollback", _after_rollback)
+
+
+@contextmanager
+def _joined_session(conn: sa.Connection) -> Iterator[Any]:
+    """A write session nested in an open one: a SAVEPOINT on its connection, same semantics
+    (commit at the end, roll back on error) and the same errors as MLflow's own sessions."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
+    from sqlalchemy.orm import Session
+
+    session = Session(bind=conn, join_transaction_mode="create_savepoint")
+    try:
+        yield session
+        session.commit()
+    except MlflowException:
+        session.rollback()
+        raise
+    except sa.exc.OperationalError as exc:
+        session.rollback()
+        raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from exc
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        raise MlflowException(str(exc), error_code=BAD_REQUEST) from exc
+    except Exception as exc:
+        session.rollback()
+        raise MlflowException(str(exc), error_code=INTERNAL_ERROR) from exc
+    finally:
+        session.close()
+
+
+def _audit_sessions(store: Any) -> None:
+    """Make each write transaction of ``store`` carry its audit event (see module docstring)."""
+    _instrument_engine(store.engine)
+    _listen_once()
+    managed_session = store.ManagedSessionMaker
+    is_sqlite = store.db_type == "sqlite"
+    engine_key = id(store.engine)
+
+    @contextmanager
+    def audited_session(read_only: bool = True) -> Iterator[Any]:
+        if read_only:
+            with managed_session(read_only=True) as session:
+                yield session
+            return
+        open_writes = _OPEN_WRITES.get() or {}
+        outer = open_writes.get(engine_key)
+        if outer is not None:
+            with _joined_session(outer) as session:
+                yield session
+            return
+        with managed_session(read_only=False) as session:
+            session.info[_AUDITED] = True
+            if is_sqlite:
+                # Take the write lock first: a deferred transaction that reads, then writes,
+                # fails at once with "database is locked" when another writer got there first.
+                session.execute(sa.text("BEGIN IMMEDIATE"))
+            token = _OPEN_WRITES.set({**open_writes, engine_key: session.connection()})
+            try:
+                yield session
+            finally:
+                _OPEN_WRITES.reset(token)
+
+    store.ManagedSessionMaker = audited_session
+
+
+@_wrap_mutating_methods
+class AuditingSqlAlchemyStore(ScopedTrackingStore):  # type: ignore[misc]
+    """MLflow's SqlAlchemy tracking store with scoped searches and an audited write path."""
+
+    def __init__(self, db_uri: str, default_artifact_root: str | None,
+                 read_db_uri: str | None = None) -> None:
+        super().__init__(strip_scheme(db_uri), default_artifact_root,
+                         read_db_uri=strip_scheme(read_db_uri) if read_db_uri else None)
+        _audit_sessions(self)
+
+
+@_wrap_mutating_methods
+class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
+    """MLflow's SqlAlchemy model registry store with scoped searches and audited writes."""
+
+    def __init__(self, db_uri: str, read_db_uri: str | None = None) -> None:
+        super().__init__(strip_scheme(db_uri),
+                         read_db_uri=strip_scheme(read_db_uri) if read_db_uri else None)
+        _audit_sessions(self)
+
+
+def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> AuditingSqlAlchemyStore:
+    """The ``mlflow.tracking_store`` entry point for the ``audit+<db>`` schemes."""
+    import os
+
+    from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
+
+    return AuditingSqlAlchemyStore(
+        store_uri, artifact_uri, read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR)
+    )
+
+
+def build_registry_store(store_uri: str, tracking_uri: str | None = None) -> AuditingRegistryStore:
+    """The ``mlflow.model_registry_store`` entry point for the ``audit+<db>`` schemes."""
+    import os
+
+    from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
+
+    return AuditingRegistryStore(
+        store_uri, read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR)
+    )
+
+
+def install_audited_stores() -> None:
+    """Make this server process build the audited stores for every SQL scheme."""
+    from mlflow.server import handlers
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+
+    for scheme in DATABASE_ENGINES:
+        for registered in (scheme, SCHEME_PREFIX + scheme):
+            handlers._tracking_store_registry.register(registered, build_tracking_store)
+            handlers._model_registry_store_registry.register(registered, build_registry_store)

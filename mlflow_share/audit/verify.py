@@ -1,0 +1,259 @@
+"""Reading the audit chain back: verification, filtered export and signed checkpoints.
+
+``verify`` recomputes every hash from the stored columns and checks each link; it stops at the
+first bad sequence number and reports the expected and actual hash. A checkpoint (the head's
+seq and hash, signed with an Ed25519 key and kept outside the database) catches what a chain
+alone cannot: a truncated tail, or a chain recomputed from scratch by someone with write access.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mlflow_share.audit import models
+from mlflow_share.errors import InvalidInput
+
+_BATCH = 20_000
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of a verification.
+
+    Attributes:
+        ok: the chain (and the checkpoint, if given) holds.
+        events: number of events checked.
+        head_seq / head_hash: the last event's sequence number and hash.
+        first_bad_seq: the first sequence number that does not verify.
+        expected / actual: what that event's hash (or link) should be, and what is stored.
+        problem: a one-line explanation.
+    """
+
+    ok: bool
+    events: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    expected: str | None = None
+    actual: str | None = None
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rows(engine: Engine, after_seq: int = 0) -> Iterator[tuple[Any, ...]]:
+    columns = ", ".join(models.COLUMNS)
+    with engine.connect() as conn:
+        # A raw cursor on one snapshot: SQLAlchemy row objects would cost more than the hashing.
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(f"SELECT {columns} FROM {models.TABLE} WHERE seq > {int(after_seq)} "
+                           "ORDER BY seq")
+            while batch := cursor.fetchmany(_BATCH):
+                yield from batch
+        finally:
+            cursor.close()
+
+
+def verify_chain(engine: Engine, *, until_seq: int | None = None) -> VerifyResult:
+    """Recompute and check every link of the chain (up to ``until_seq``)."""
+    sha256 = hashlib.sha256
+    encode = models.canonical
+    expected_seq, prev_hash = 1, models.GENESIS_HASH
+    count = 0
+    for row in _rows(engine):
+        seq, stored_prev, *values, stored_hash = row
+        if until_seq is not None and seq > until_seq:
+            break
+        if seq != expected_seq:
+            problem = "missing events" if seq > expected_seq else "duplicate sequence number"
+            return VerifyResult(False, count, expected_seq - 1, prev_hash, expected_seq,
+                                f"seq {expected_seq}", f"seq {seq}", problem)
+        if stored_prev != prev_hash:
+            return VerifyResult(False, count, seq - 1, prev_hash, seq, prev_hash, stored_prev,
+                                "previous-hash link broken")
+        computed = sha256(encode(seq, prev_hash, values)).hexdigest()
+        if computed != stored_hash:
+            return VerifyResult(False, count, seq - 1, prev_hash, seq, computed, stored_hash,
+                                "event content does not match its hash")
+        prev_hash = stored_hash
+        expected_seq += 1
+        count += 1
+    return VerifyResult(True, count, expected_seq - 1, prev_hash)
+
+
+def hash_at(engine: Engine, seq: int) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(models.events.c.hash).where(
+            models.events.c.seq == seq)).scalar()
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+def _load_private_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"Cannot read an Ed25519 private key from {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidInput(f"{path} does not hold an Ed25519 private key.")
+    return key
+
+
+def _load_public_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+    data = path.read_bytes()
+    try:
+        if b"PRIVATE KEY" in data:
+            private = serialization.load_pem_private_key(data, password=None)
+            if isinstance(private, Ed25519PrivateKey):
+                return private.public_key()
+        else:
+            key = serialization.load_pem_public_key(data)
+            if isinstance(key, Ed25519PublicKey):
+                return key
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"Cannot read an Ed25519 key from {path}: {exc}") from None
+    raise InvalidInput(f"{path} does not hold an Ed25519 key.")
+
+
+def generate_key(private_path: Path, public_path: Path) -> None:
+    """Write a new Ed25519 key pair (PEM); the private key file is created mode 0600."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_pem)
+    public_path.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _checkpoint_payload(head: dict[str, Any]) -> bytes:
+    return json.dumps({k: head[k] for k in ("seq", "hash", "time")}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def sign_checkpoint(seq: int, head_hash: str, time_ms: int, key_path: Path) -> dict[str, Any]:
+    """A checkpoint document: the head and its Ed25519 signature."""
+    head = {"seq": seq, "hash": head_hash, "time": time_ms}
+    signature = _load_private_key(key_path).sign(_checkpoint_payload(head))
+    return {**head, "algorithm": "ed25519",
+            "signature": base64.b64encode(signature).decode()}
+
+
+def read_checkpoint(path: Path, key_path: Path) -> dict[str, Any]:
+    """Load a checkpoint and check its signature against a trusted key (public or private)."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        document = json.loads(path.read_text())
+        head = {"seq": int(document["seq"]), "hash": str(document["hash"]),
+                "time": int(document["time"])}
+        signature = base64.b64decode(document["signature"], validate=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"{path} is not an mlflow-share checkpoint: {exc}") from None
+    try:
+        _load_public_key(key_path).verify(signature, _checkpoint_payload(head))
+    except InvalidSignature:
+        raise InvalidInput(f"The signature of checkpoint {path} does not verify.") from None
+    return head
+
+
+def check_against_checkpoint(result: VerifyResult, checkpoint: dict[str, Any],
+                             stored_hash: str | None) -> VerifyResult:
+    """Combine a chain verification with a checkpoint: truncation and rewrites show here."""
+    if not result.ok:
+        return result
+    seq = int(checkpoint["seq"])
+    if result.head_seq < seq:
+        return VerifyResult(False, result.events, result.head_seq, result.head_hash,
+                            result.head_seq + 1, checkpoint["hash"], "missing",
+                            f"chain truncated: the checkpoint has seq {seq}")
+    if stored_hash != checkpoint["hash"]:
+        return VerifyResult(False, result.events, result.head_seq, result.head_hash, seq,
+                            checkpoint["hash"], stored_hash,
+                            "chain rewritten: the event at the checkpoint differs")
+    return result
+
+
+# -- export and paging ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class EventFilter:
+    since: int | None = None  # ms, inclusive
+    until: int | None = None  # ms, exclusive
+    principal: str | None = None
+    team: str | None = None
+    resource: str | None = None  # a resource ID or name
+    action: str | None = None
+    visible_teams: tuple[str, ...] | None = None  # None: everything (admins)
+
+    def clauses(self) -> list[Any]:
+        c = models.events.c
+        clauses: list[Any] = []
+        if self.since is not None:
+            clauses.append(c.ts >= self.since)
+        if self.until is not None:
+            clauses.append(c.ts < self.until)
+        if self.principal:
+            clauses.append(c.principal == self.principal)
+        if self.team:
+            clauses.append(c.owner_team == self.team)
+        if self.resource:
+            clauses.append(sa.or_(c.resource_id == self.resource,
+                                  c.resource_name == self.resource))
+        if self.action:
+            clauses.append(c.action == self.action)
+        if self.visible_teams is not None:
+            clauses.append(c.owner_team.in_(self.visible_teams))
+        return clauses
+
+
+def event_to_dict(row: Any) -> dict[str, Any]:
+    data = dict(row._mapping)
+    try:
+        data["details"] = json.loads(data["details"])
+    except (TypeError, ValueError):
+        pass
+    return data
+
+
+def search_events(engine: Engine, event_filter: EventFilter, *, after_seq: int = 0,
+                  limit: int = 1000) -> list[dict[str, Any]]:
+    query = (sa.select(models.events).where(models.events.c.seq > after_seq,
+                                            *event_filter.clauses())
+             .order_by(models.events.c.seq).limit(limit))
+    with engine.connect() as conn:
+        return [event_to_dict(row) for row in conn.execute(query)]
+
+
+def iter_events(engine: Engine, event_filter: EventFilter) -> Iterator[dict[str, Any]]:
+    after = 0
+    while page := search_events(engine, event_filter, after_seq=after, limit=5000):
+        yield from page
+        after = page[-1]["seq"]
