@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from mlflow.exceptions import MlflowException
 
+from mlflow_share.audit.log import note_resource
 from mlflow_share.auth.identity import Principal
 from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL
 from mlflow_share.directory import EXPERIMENT, MODEL, Directory
@@ -69,10 +70,13 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
             model_id = policy.model_id(model)
             if model_id is None:
                 raise NotFound(f"Registered model {model!r} has no owner team in mlflow-share.")
+            note_resource(MODEL, model_id, model, policy.owner_of(MODEL, model_id))
             return MODEL, model_id, f"registered model {model!r}"
         experiment_id = str(experiment_id)
-        if policy.owner_of(EXPERIMENT, experiment_id) is None:
+        owner = policy.owner_of(EXPERIMENT, experiment_id)
+        if owner is None:
             raise NotFound(f"Experiment {experiment_id!r} has no owner team in mlflow-share.")
+        note_resource(EXPERIMENT, experiment_id, None, owner)
         return EXPERIMENT, experiment_id, f"experiment {experiment_id!r}"
 
     def require_manage(principal: Principal, kind: str, resource_id: str, label: str) -> None:

@@ -84,6 +84,15 @@ AUDIT_CONTEXT: contextvars.ContextVar[AuditContext | None] = contextvars.Context
 )
 
 
+def note_resource(kind: str, resource_id: str | None, name: str | None,
+                  owner_team: str | None) -> None:
+    """Name the resource of the current request's event (the first one named wins)."""
+    ctx = AUDIT_CONTEXT.get()
+    if ctx is not None and ctx.resource_kind is None:
+        ctx.resource_kind, ctx.resource_id = kind, resource_id
+        ctx.resource_name, ctx.owner_team = name, owner_team
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

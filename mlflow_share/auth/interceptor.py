@@ -22,7 +22,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed
 
 from mlflow_share import directory as directory_module
-from mlflow_share.audit.log import AUDIT_CONTEXT
+from mlflow_share.audit.log import AUDIT_CONTEXT, note_resource
 from mlflow_share.auth.identity import Principal, parse_authorization
 from mlflow_share.auth.resolvers import MlflowLookups, validate_artifact_path
 from mlflow_share.directory import Directory
@@ -186,11 +186,8 @@ class Interceptor:
     # -- helpers ---------------------------------------------------------------------
     def _check(self, principal: Principal, kind: str, resource_id: str | None,
                owner: str | None, action: str, label: str, name: str | None = None) -> None:
-        audit = AUDIT_CONTEXT.get()
-        if audit is not None and audit.resource_kind is None:
-            # The first resource a request is checked against is the one its event names.
-            audit.resource_kind, audit.resource_id = kind, resource_id
-            audit.resource_name, audit.owner_team = name, owner
+        # The first resource a request is checked against is the one its event names.
+        note_resource(kind, resource_id, name, owner)
         if not self.policy.is_allowed(principal, kind, resource_id, owner, action):
             raise PermissionDenied(
                 f"Permission denied: {principal.name!r} may not {action} {label}."

@@ -145,7 +145,9 @@ def test_every_request_gets_exactly_one_complete_event(audited: ShareServer, uni
          params={"name": model, "version": "1"})
     call("GET", f"{API}/model-versions/get", "carl", "mlflow.GetModelVersion", 403, "deny",
          params={"name": model, "version": "1"})
-    call("GET", "/get-artifact", "bob", "fn:get_artifact_handler", 404, "reject",
+    call("GET", "/get-artifact", "ava", "fn:get_artifact_handler", 404, "reject",
+         params={"run_id": run_id, "path": "model/MLmodel"})
+    call("GET", "/get-artifact", "bob", "fn:get_artifact_handler", 403, "deny",
          params={"run_id": run_id, "path": "model/MLmodel"})
     call("POST", f"{API}/runs/set-tag", "nobody", "mlflow.SetTag", 403, "deny",
          json={"run_id": run_id, "key": "x", "value": "y"})
