@@ -64,6 +64,11 @@ def canonical(seq: int, prev_hash: str, values: Sequence[Any]) -> bytes:
     return _encode([seq, prev_hash, *values]).encode("utf-8")
 
 
+def encode_row(row: Sequence[Any]) -> bytes:
+    """``canonical`` of a row read in ``COLUMNS`` order (the trailing hash is left out)."""
+    return _encode(row[:-1]).encode("utf-8")
+
+
 def event_hash(seq: int, prev_hash: str, values: Sequence[Any]) -> str:
     return hashlib.sha256(canonical(seq, prev_hash, values)).hexdigest()
 

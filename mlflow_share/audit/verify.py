@@ -23,6 +23,7 @@ from mlflow_share.audit import models
 from mlflow_share.errors import InvalidInput
 
 _BATCH = 20_000
+_PARALLEL_FROM = 200_000  # below this, one process is faster than starting more
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class VerifyResult:
         return asdict(self)
 
 
-def _rows(engine: Engine, after_seq: int = 0) -> Iterator[tuple[Any, ...]]:
+def _rows(engine: Engine, first: int, last: int) -> Iterator[tuple[Any, ...]]:
     columns = ", ".join(models.COLUMNS)
     with engine.connect() as conn:
         # A raw cursor on one snapshot: SQLAlchemy row objects would cost more than the hashing.
@@ -59,32 +60,38 @@ def _rows(engine: Engine, after_seq: int = 0) -> Iterator[tuple[Any, ...]]:
         assert dbapi is not None
         cursor = dbapi.cursor()
         try:
-            cursor.execute(f"SELECT {columns} FROM {models.TABLE} WHERE seq > {int(after_seq)} "
-                           "ORDER BY seq")
+            cursor.execute(f"SELECT {columns} FROM {models.TABLE} "
+                           f"WHERE seq >= {int(first)} AND seq <= {int(last)} ORDER BY seq")
             while batch := cursor.fetchmany(_BATCH):
                 yield from batch
         finally:
             cursor.close()
 
 
-def verify_chain(engine: Engine, *, until_seq: int | None = None) -> VerifyResult:
-    """Recompute and check every link of the chain (up to ``until_seq``)."""
+def _verify_range(engine: Engine, first: int, last: int) -> VerifyResult:
+    """Check events ``first..last``; the event before ``first`` only provides its hash."""
     sha256 = hashlib.sha256
-    encode = models.canonical
-    expected_seq, prev_hash = 1, models.GENESIS_HASH
+    encode = models.encode_row
+    expected_seq, prev_hash = first, models.GENESIS_HASH
     count = 0
-    for row in _rows(engine):
-        seq, stored_prev, *values, stored_hash = row
-        if until_seq is not None and seq > until_seq:
-            break
+    rows = _rows(engine, max(first - 1, 1), last)
+    if first > 1:
+        before = next(rows, None)
+        if before is None or before[0] != first - 1:
+            return VerifyResult(False, 0, first - 1, "", first - 1, f"seq {first - 1}",
+                                "nothing", "missing events")
+        prev_hash = before[-1]
+    for row in rows:
+        seq = row[0]
         if seq != expected_seq:
             problem = "missing events" if seq > expected_seq else "duplicate sequence number"
             return VerifyResult(False, count, expected_seq - 1, prev_hash, expected_seq,
                                 f"seq {expected_seq}", f"seq {seq}", problem)
-        if stored_prev != prev_hash:
-            return VerifyResult(False, count, seq - 1, prev_hash, seq, prev_hash, stored_prev,
+        if row[1] != prev_hash:
+            return VerifyResult(False, count, seq - 1, prev_hash, seq, prev_hash, row[1],
                                 "previous-hash link broken")
-        computed = sha256(encode(seq, prev_hash, values)).hexdigest()
+        computed = sha256(encode(row)).hexdigest()
+        stored_hash = row[-1]
         if computed != stored_hash:
             return VerifyResult(False, count, seq - 1, prev_hash, seq, computed, stored_hash,
                                 "event content does not match its hash")
@@ -92,6 +99,48 @@ def verify_chain(engine: Engine, *, until_seq: int | None = None) -> VerifyResul
         expected_seq += 1
         count += 1
     return VerifyResult(True, count, expected_seq - 1, prev_hash)
+
+
+def _verify_range_in_process(uri: str, first: int, last: int) -> VerifyResult:
+    from mlflow_share import db
+
+    engine = db.get_engine(uri)
+    engine.dispose(close=False)  # connections inherited through fork belong to the parent
+    return _verify_range(engine, first, last)
+
+
+def verify_chain(engine: Engine, *, processes: int | None = None,
+                 parallel_from: int = _PARALLEL_FROM) -> VerifyResult:
+    """Recompute every event's hash and check every link, from seq 1 to the head.
+
+    Long chains are split into ranges checked by several processes (each range re-reads the
+    hash of the event before it); the result is the same as one pass: the first bad event.
+    """
+    import os
+
+    with engine.connect() as conn:
+        head = conn.execute(sa.select(sa.func.max(models.events.c.seq))).scalar() or 0
+    processes = processes or min(os.cpu_count() or 1, 8)
+    if head < parallel_from or processes < 2:
+        return _verify_range(engine, 1, max(head, 1) if head else 0)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = [1 + head * k // processes for k in range(processes + 1)]
+    ranges = [(bounds[k], bounds[k + 1] - 1) for k in range(processes)]
+    ranges[-1] = (ranges[-1][0], head)
+    uri = engine.url.render_as_string(hide_password=False)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+        parts = list(pool.map(_verify_range_in_process, [uri] * processes,
+                              [a for a, _ in ranges], [b for _, b in ranges]))
+    verified = 0
+    for part in parts:
+        if not part.ok:
+            return VerifyResult(False, verified + part.events, part.head_seq, part.head_hash,
+                                part.first_bad_seq, part.expected, part.actual, part.problem)
+        verified += part.events
+    # Events appended after `head` was read are left for the next run.
+    return VerifyResult(True, verified, parts[-1].head_seq, parts[-1].head_hash)
 
 
 def hash_at(engine: Engine, seq: int) -> str | None:

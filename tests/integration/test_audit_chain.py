@@ -107,6 +107,21 @@ def test_edited_or_deleted_event_is_named(chain: str, statement: str, bad_seq: i
     assert f"FAILED at seq {bad_seq}:" in result.stderr
 
 
+@pytest.mark.parametrize("bad_seq", [1, 17, 18, 34, 50])
+def test_parallel_verification_finds_the_same_first_bad_event(chain: str, bad_seq: int) -> None:
+    from mlflow_share.audit.verify import verify_chain
+
+    engine = sa.create_engine(chain)
+    assert verify_chain(engine, processes=3, parallel_from=1).events == EVENTS
+    later = [f"DELETE FROM share_audit_events WHERE seq = {bad_seq + 20}"] if bad_seq <= 30 else []
+    _tamper(chain, f"UPDATE share_audit_events SET client = 'x' WHERE seq = {bad_seq}", *later)
+    serial = verify_chain(engine, processes=1)
+    parallel = verify_chain(engine, processes=3, parallel_from=1)
+    engine.dispose()
+    assert serial.first_bad_seq == parallel.first_bad_seq == bad_seq
+    assert (serial.expected, serial.actual) == (parallel.expected, parallel.actual)
+
+
 def test_edit_with_recomputed_hash_breaks_the_next_link(chain: str) -> None:
     engine = sa.create_engine(chain)
     with engine.connect() as conn:

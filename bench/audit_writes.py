@@ -1,0 +1,184 @@
+"""Write throughput with the audit log on, against stock MLflow; and `audit verify` speed.
+
+    .venv/bin/python bench/audit_writes.py [--quick] [--workers 2] [--clients 4] [--no-postgres]
+    .venv/bin/python bench/audit_writes.py --verify-only [--events 1000000]
+
+Part 1 starts, side by side on 127.0.0.1 with the same uvicorn workers and database kind:
+  plain          mlflow server (stock SqlAlchemy stores: no auth, no audit)
+  mlflow-share   mlflow server --app-name mlflow-share (token auth + audited stores: every
+                 request's event committed before the response is sent)
+on SQLite and on a fresh database of this machine's PostgreSQL, then drives the same write mix
+(log-metric, log-batch of 10 metrics, set-tag, create-model-version) from client processes on
+kept-alive connections. The target is mlflow-share >= 0.90x plain. The baseline is stricter
+than "the same server with audit off": it also pays for authentication and authorisation.
+
+Part 2 appends 1,000,000 events to a fresh SQLite audit table and times `verify_chain`
+(target >= 200,000 events/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+from _common import PYTHON, Call, Server, drive, free_port, table, temp_dir
+
+ADMIN_PASSWORD = "bench-admin-password-1"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+
+
+def make_server(kind: str, root: Path, uri: str, workers: int) -> Server:
+    home = root / f"{kind}-{uri.split(':', 1)[0]}"
+    home.mkdir()
+    argv = [PYTHON, "-m", "mlflow", "server"]
+    env = {}
+    if kind == "mlflow-share":
+        argv += ["--app-name", "mlflow-share"]
+        env = {"MLFLOW_SHARE_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    port = free_port()
+    argv += ["--backend-store-uri", uri, "--artifacts-destination", str(home / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    return Server(kind, argv, port, home / "server.log", env=env, cwd=home)
+
+
+def _ok(resp: requests.Response) -> dict:
+    if resp.status_code != 200:
+        raise RuntimeError(f"{resp.request.method} {resp.url} -> {resp.status_code}: {resp.text[:300]}")
+    return resp.json() if resp.content else {}
+
+
+def headers_for(server: Server) -> dict[str, str]:
+    if server.name == "plain":
+        return {}
+    api = f"{server.url}/api/2.0/mlflow-share"
+    admin = ("admin", ADMIN_PASSWORD)
+    _ok(requests.post(f"{api}/teams", auth=admin, json={"name": "team-a"}))
+    _ok(requests.post(f"{api}/users", auth=admin, json={"name": "alice", "service_account": True}))
+    _ok(requests.post(f"{api}/teams/members", auth=admin,
+                      json={"team": "team-a", "user": "alice", "role": "engineer"}))
+    token = _ok(requests.post(f"{api}/tokens", auth=admin, json={"user": "alice"}))["token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def write_mix(server: Server, headers: dict[str, str]) -> list[Call]:
+    api = f"{server.url}/api/2.0/mlflow"
+    s = requests.Session()
+    s.headers.update(headers)
+    exp = _ok(s.post(f"{api}/experiments/create", json={"name": "bench"}))["experiment_id"]
+    run = _ok(s.post(f"{api}/runs/create", json={"experiment_id": exp}))["run"]["info"]["run_id"]
+    _ok(s.post(f"{api}/registered-models/create", json={"name": "bench-model"}))
+    calls = []
+    for i in range(200):
+        calls.append(Call("POST", "/api/2.0/mlflow/runs/log-metric", json.dumps(
+            {"run_id": run, "key": "loss", "value": i / 7, "timestamp": i, "step": i}).encode()))
+        calls.append(Call("POST", "/api/2.0/mlflow/runs/log-batch", json.dumps(
+            {"run_id": run, "metrics": [{"key": f"m{k}", "value": k, "timestamp": i, "step": i}
+                                        for k in range(10)]}).encode()))
+        calls.append(Call("POST", "/api/2.0/mlflow/runs/set-tag", json.dumps(
+            {"run_id": run, "key": f"t{i % 20}", "value": str(i)}).encode()))
+        calls.append(Call("POST", "/api/2.0/mlflow/model-versions/create", json.dumps(
+            {"name": "bench-model", "source": f"runs:/{run}/model", "run_id": run}).encode()))
+    return calls
+
+
+def bench_writes(args: argparse.Namespace) -> None:
+    import sqlalchemy as sa
+
+    root = temp_dir("mlflow-share-audit-bench-")
+    backends = [("sqlite", lambda kind: f"sqlite:///{root / (kind + '.db')}")]
+    databases: list[str] = []
+    if not args.no_postgres:
+        def pg(kind: str) -> str:
+            name = f"share_bench_{kind.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+            with sa.create_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT").connect() as c:
+                c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            databases.append(name)
+            return f"{POSTGRES}/{name}"
+        backends.append(("postgresql", pg))
+    rows = []
+    try:
+        for backend, make_uri in backends:
+            results = {}
+            for kind in ("plain", "mlflow-share"):
+                server = make_server(kind, root, make_uri(kind), args.workers).start()
+                try:
+                    server.wait_ready()
+                    headers = headers_for(server)
+                    calls = write_mix(server, headers)
+                    results[kind] = drive(server.url, calls, headers, keepalive=True,
+                                          clients=args.clients, duration=args.duration)
+                finally:
+                    server.stop()
+            base = results["plain"].rps
+            for kind, result in results.items():
+                rows.append([backend, kind, result.rps, result.p50, result.p99, result.errors,
+                             result.rps / base])
+    finally:
+        engine = sa.create_engine(f"{POSTGRES}/test", isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            for name in databases:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    print(f"\nwrite mix, {args.clients} clients, {args.workers} workers, kept-alive, "
+          f"{args.duration:.0f} s each")
+    print(table(["database", "server", "req/s", "p50 ms", "p99 ms", "errors", "x plain"], rows))
+
+
+def bench_verify(events: int) -> None:
+    from mlflow_share import db
+    from mlflow_share.audit import log, models
+    from mlflow_share.audit.verify import verify_chain
+
+    root = temp_dir("mlflow-share-verify-bench-")
+    engine = db.get_engine(f"sqlite:///{root / 'audit.db'}")
+    db.create_schema(engine)
+    models.install_triggers(engine)
+    template = {"request_id": None, "source": "request", "principal": "alice",
+                "action": "mlflow.LogMetric", "method": "POST",
+                "route": "/api/2.0/mlflow/runs/log-metric", "resource_kind": "experiment",
+                "resource_id": "1", "resource_name": None, "owner_team": "team-a",
+                "decision": "allow", "status": 200, "client": "127.0.0.1"}
+    start = time.perf_counter()
+    batch = 20_000
+    for first in range(0, events, batch):
+        rows = [{**template, "ts": 1_700_000_000_000 + i, "request_id": uuid.uuid4().hex,
+                 "details": models.encode_details({"changes": [{"op": "log_metric", "i": i}]})}
+                for i in range(first, min(events, first + batch))]
+        with engine.connect() as conn:
+            log.begin_write(conn)
+            log.append(conn, rows)
+            conn.commit()
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    result = verify_chain(engine)
+    elapsed = time.perf_counter() - start
+    assert result.ok and result.events == events, result
+    print(f"\naudit verify on SQLite: {events:,} events in {elapsed:.2f} s = "
+          f"{events / elapsed:,.0f} events/s (target >= 200,000; appending them took {built:.1f} s, "
+          f"{events / built:,.0f} events/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 s per server, 100k events")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--verify-only", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.events = 5.0, 100_000
+    if not args.verify_only:
+        bench_writes(args)
+    bench_verify(args.events)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
