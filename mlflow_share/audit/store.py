@@ -301,8 +301,27 @@ def _joined_session(conn: sa.Connection) -> Iterator[Any]:
         session.close()
 
 
+_SCHEMA_READY: set[str] = set()
+
+
+def _ensure_schema(db_uri: str) -> None:
+    """Create mlflow-share's tables and the audit triggers once per process, as MLflow's
+    stores create theirs: code that opens an ``audit+`` URI directly finds them in place."""
+    if db_uri in _SCHEMA_READY:
+        return
+    from mlflow_share import db
+    from mlflow_share.audit.models import install_triggers
+
+    engine = db.get_engine(db_uri)
+    db.enable_wal(engine)
+    db.create_schema(engine)
+    install_triggers(engine)
+    _SCHEMA_READY.add(db_uri)
+
+
 def _audit_sessions(store: Any) -> None:
     """Make each write transaction of ``store`` carry its audit event (see module docstring)."""
+    _ensure_schema(store.db_uri)
     _instrument_engine(store.engine)
     _listen_once()
     managed_session = store.ManagedSessionMaker
@@ -362,7 +381,14 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> Aud
     import os
 
     from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
+    from mlflow.tracking._tracking_service.utils import (
+        _SERVER_ARTIFACT_ROOT_ENV_VAR,
+        DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH,
+    )
 
+    if artifact_uri is None:  # as MLflow's own builder: the server's root, else ./mlruns
+        artifact_uri = os.environ.get(_SERVER_ARTIFACT_ROOT_ENV_VAR,
+                                      DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
     return AuditingSqlAlchemyStore(
         store_uri, artifact_uri, read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR)
     )

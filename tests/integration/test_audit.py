@@ -337,8 +337,14 @@ def test_verify_and_export_through_the_server(audited: ShareServer, tmp_path: Pa
     assert denied.returncode != 0 and "PERMISSION_DENIED" in denied.stderr
 
 
-def test_kill_9_during_writes_loses_no_event(tmp_path: Path) -> None:
-    server = start_server(tmp_path, workers=2)
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_kill_9_during_writes_loses_no_event(tmp_path: Path, kind: str) -> None:
+    with _database(kind, tmp_path) as uri:
+        _kill_during_writes(tmp_path, uri)
+
+
+def _kill_during_writes(tmp_path: Path, uri: str) -> None:
+    server = start_server(tmp_path, uri, workers=2)
     try:
         populate(server)
         token = server.tokens["aaron"]
@@ -373,7 +379,7 @@ def test_kill_9_during_writes_loses_no_event(tmp_path: Path) -> None:
         stop_server(server)
     result = _cli("audit", "verify", "--backend-store-uri", server.backend_uri)
     assert result.returncode == 0, result.stderr
-    engine = sa.create_engine(server.backend_uri)
+    engine = sa.create_engine(_sql_uri(server.backend_uri))
     with engine.connect() as conn:
         tags = set(conn.execute(sa.text("SELECT key FROM tags WHERE run_uuid = :r AND key LIKE 'k-%'"),
                                 {"r": run_id}).scalars())
@@ -388,3 +394,155 @@ def test_kill_9_during_writes_loses_no_event(tmp_path: Path) -> None:
         assert again.api("GET", f"{API}/runs/get", auth=again.admin_auth(),
                          params={"run_id": run_id}).status_code == 200
     assert _cli("audit", "verify", "--backend-store-uri", server.backend_uri).returncode == 0
+
+
+def _route_requests() -> list[tuple[str, str, bool]]:
+    """(method, concrete path, is_public) for every Flask route of MLflow and mlflow-share."""
+    import re
+
+    from mlflow.server import app as flask_app
+
+    from mlflow_share.policy.routes import RouteTable
+
+    table = RouteTable(flask_app)
+    out = []
+    for rule in flask_app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:>]+:)?[^>]+>", "x1", rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            match = table.match(path, method)
+            public = match is not None and match.rule is not None and match.rule.resolver == "public"
+            out.append((method, path, public))
+    return out
+
+
+def test_every_route_answers_with_exactly_one_event(audited: ShareServer) -> None:
+    calls = {}
+    for method, path, public in _route_requests():
+        request_id = uuid.uuid4().hex
+        try:
+            response = audited.api(method, path, token=audited.tokens["carl"], json={},
+                                   headers={"X-Request-Id": request_id})
+        except requests.RequestException as exc:  # pragma: no cover - reported below
+            raise AssertionError(f"{method} {path}: {exc}") from None
+        calls[request_id] = (method, path, public, response.status_code)
+    assert len(calls) > 200
+    events: dict[str, list[dict[str, Any]]] = {}
+    for event in _events(audited, "request_id IS NOT NULL"):
+        events.setdefault(event["request_id"], []).append(event)
+    for request_id, (method, path, public, status) in calls.items():
+        mine = [e for e in events.get(request_id, []) if e["source"] == "request"]
+        if public:
+            assert mine == [], (method, path)
+            continue
+        assert len(mine) == 1, (method, path, status, events.get(request_id))
+        assert mine[0]["status"] == status and mine[0]["principal"] == "carl", (method, path)
+        assert mine[0]["method"] == method
+
+
+def test_artifact_uploads_and_downloads_are_audited(audited: ShareServer, unique: str,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", audited.tokens["aaron"])
+    client = MlflowClient(audited.url)
+    experiment_id = client.create_experiment(f"files-{unique}")
+    run = client.create_run(experiment_id)
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"\x00" * 1000)
+    client.log_artifact(run.info.run_id, str(source), "model")
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="model/weights.bin", dst_path=str(tmp_path / "dl"),
+        tracking_uri=audited.url)
+    assert Path(local).read_bytes() == source.read_bytes()
+    suffix = f"{run.info.run_id}/artifacts/model/weights.bin"
+    denied = audited.api("GET", f"/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{suffix}",
+                         token=audited.tokens["bob"])
+    assert denied.status_code == 403
+    events = [e for e in _events(audited, "route LIKE :r", r=f"%{suffix}")
+              if e["source"] == "request"]
+    summary = sorted((e["principal"], e["method"], e["status"], e["decision"]) for e in events)
+    assert ("aaron", "PUT", 200, "allow") in summary
+    assert ("aaron", "GET", 200, "allow") in summary
+    assert ("bob", "GET", 403, "deny") in summary
+    assert all(e["details"]["artifact_path"].endswith("model/weights.bin") for e in events)
+    assert all(e["resource_kind"] == "experiment" and e["resource_id"] == experiment_id
+               for e in events)
+
+
+@pytest.mark.postgres
+def test_postgres_app_role_cannot_rewrite_or_unprotect_the_log(tmp_path: Path) -> None:
+    """The documented setup: the tables belong to an owner role, the server's role may only
+    SELECT and INSERT on the audit table, so it can neither rewrite events nor drop triggers."""
+    from mlflow_share import db
+    from mlflow_share.audit import log, models
+
+    name = f"mlflow_share_roles_{uuid.uuid4().hex[:8]}"
+    app_role = f"share_app_{uuid.uuid4().hex[:8]}"
+    admin = _admin_engine()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        conn.execute(sa.text(f'CREATE ROLE "{app_role}" LOGIN'))
+    owner_uri = f"postgresql+psycopg://{POSTGRES_URL.split('://', 1)[1]}/{name}"
+    base = POSTGRES_URL.split("://", 1)[1].split("@", 1)[-1]
+    app_uri = f"postgresql+psycopg://{app_role}@{base}/{name}"
+    try:
+        owner = db.get_engine(owner_uri)
+        db.create_schema(owner)
+        models.install_triggers(owner)
+        with owner.begin() as conn:
+            conn.exec_driver_sql(f'GRANT SELECT, INSERT ON share_audit_events TO "{app_role}"')
+            conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA public TO "{app_role}"')
+        app = sa.create_engine(app_uri)
+        with app.connect() as conn:  # the server's role appends
+            log.append(conn, [{"ts": 1, "request_id": "r", "source": "request",
+                               "principal": "alice", "action": "mlflow.GetRun", "method": "GET",
+                               "route": "/", "resource_kind": None, "resource_id": None,
+                               "resource_name": None, "owner_team": None, "decision": "allow",
+                               "status": 200, "client": "127.0.0.1", "details": "{}"}])
+            conn.commit()
+        for statement in ("UPDATE share_audit_events SET principal = 'x'",
+                          "DELETE FROM share_audit_events", "TRUNCATE share_audit_events",
+                          "DROP TRIGGER share_audit_no_update ON share_audit_events",
+                          "ALTER TABLE share_audit_events DISABLE TRIGGER ALL"):
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied|must be owner"):
+                with app.begin() as conn:
+                    conn.exec_driver_sql(statement)
+        app.dispose()
+        owner.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'DROP ROLE IF EXISTS "{app_role}"'))
+        admin.dispose()
+
+
+def test_audit_scheme_audits_direct_database_writes(tmp_path: Path) -> None:
+    """`audit+sqlite://` gives code that opens the database directly the audited stores."""
+    uri = f"audit+sqlite:///{tmp_path / 'direct.db'}"
+    script = (
+        "from mlflow import MlflowClient\n"
+        f"client = MlflowClient(tracking_uri={uri!r}, registry_uri={uri!r})\n"
+        "experiment_id = client.create_experiment('direct')\n"
+        "run = client.create_run(experiment_id)\n"
+        "client.set_tag(run.info.run_id, 'k', 'v1')\n"
+        "client.set_tag(run.info.run_id, 'k', 'v2')\n"
+        "client.create_registered_model('direct-model')\n"
+        "print(type(client._tracking_client.store).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "AuditingSqlAlchemyStore"
+    engine = sa.create_engine(uri.replace("audit+", "", 1))
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT principal, details FROM share_audit_events ORDER BY seq")).all()
+    engine.dispose()
+    ops = [json.loads(d)["changes"][0]["op"] for _, d in rows]
+    assert ops == ["create_experiment", "create_run", "set_tag", "set_tag",
+                   "create_registered_model"]
+    assert all(p.startswith("system:") for p, _ in rows)
+    assert json.loads(rows[3][1])["changes"][0]["before"] == "v1"
+    assert _cli("audit", "verify", "--backend-store-uri", uri).returncode == 0
