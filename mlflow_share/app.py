@@ -87,7 +87,7 @@ def create_app(flask_app: Any = None) -> Any:
 
     from mlflow_share.admin.api import create_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
-    from mlflow_share.audit.log import AuditWriter
+    from mlflow_share.audit.log import AuditAppender
     from mlflow_share.audit.models import install_triggers
     from mlflow_share.audit.store import install_audited_stores
     from mlflow_share.auth.graphql import make_graphql_view
@@ -117,10 +117,11 @@ def create_app(flask_app: Any = None) -> Any:
     policy = PolicyEngine(engine, settings.password_cache_seconds)
     lookups = MlflowLookups(engine)
 
+    gate = AuditGate(AuditAppender(engine))
     if "mlflow_share_api" not in flask_app.blueprints:
         flask_app.register_blueprint(create_blueprint(policy, directory))
         flask_app.register_blueprint(create_audit_blueprint(policy, engine))
-    gate = AuditGate(AuditWriter(engine))
+        flask_app.after_request(gate.flask_after_request)
 
     wsgi = settings.server_kind in ("gunicorn", "waitress")
     fastapi_app = None

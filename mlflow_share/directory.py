@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from mlflow_share import db
-from mlflow_share.audit.log import begin_write, committed, record_in_transaction
+from mlflow_share.audit.log import begin_write, committed, record_in_transaction, writer_lock
 from mlflow_share.auth.identity import hash_password, new_token
 from mlflow_share.errors import Conflict, InvalidInput, NotFound
 from mlflow_share.policy.enforcer import (
@@ -55,7 +55,7 @@ class Directory:
     @contextmanager
     def _write(self, change: dict[str, Any]) -> Iterator[sa.Connection]:
         """One write transaction with its audit event; the body may add to ``change``."""
-        with self.engine.connect() as conn:
+        with writer_lock(self.engine), self.engine.connect() as conn:
             begin_write(conn)
             yield conn
             seq = record_in_transaction(conn, [change], action=f"share.{change['op']}")

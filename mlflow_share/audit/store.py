@@ -28,7 +28,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlflow_share import directory as directory_module
-from mlflow_share.audit.log import AUDIT_CONTEXT, committed, record_in_transaction, summarize
+from mlflow_share.audit.log import (
+    AUDIT_CONTEXT,
+    committed,
+    record_in_transaction,
+    summarize,
+    writer_lock,
+)
 from mlflow_share.stores import ScopedRegistryStore, ScopedTrackingStore
 
 _logger = logging.getLogger(__name__)
@@ -340,7 +346,7 @@ def _audit_sessions(store: Any) -> None:
             with _joined_session(outer) as session:
                 yield session
             return
-        with managed_session(read_only=False) as session:
+        with writer_lock(store.engine), managed_session(read_only=False) as session:
             session.info[_AUDITED] = True
             if is_sqlite:
                 # Take the write lock first: a deferred transaction that reads, then writes,

@@ -9,7 +9,6 @@ event is committed.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 from collections.abc import Callable, Iterable
@@ -22,7 +21,7 @@ import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec er
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request as WerkzeugRequest
 
-from mlflow_share.audit.log import AUDIT_CONTEXT, AuditContext, AuditWriter, new_request_id
+from mlflow_share.audit.log import AUDIT_CONTEXT, AuditAppender, AuditContext, new_request_id
 from mlflow_share.auth.interceptor import (
     CURRENT_PRINCIPAL,
     MAX_JSON_BODY,
@@ -68,34 +67,53 @@ class AuditGate:
     """Holds each response until its audit event is committed; 503 if it cannot be.
 
     A request whose change committed with its event (in MLflow's transaction) needs nothing
-    more, unless its status turns out not to be a success: then a correction is appended.
-    Reads, denials and failed writes get their event here, through the group-commit writer.
+    more, unless its status turns out different from the one recorded: then a correction is
+    appended. Flask routes record their event in ``after_request``, on the serving thread;
+    the ASGI and WSGI adapters record what is left (denials, native routes, errors Flask did
+    not turn into a response) when the response starts.
     """
 
-    def __init__(self, writer: AuditWriter) -> None:
-        self.writer = writer
+    def __init__(self, appender: AuditAppender) -> None:
+        self.appender = appender
 
     @staticmethod
     def pending_event(ctx: AuditContext, status: int) -> dict[str, Any] | None:
+        if ctx.public:
+            return None
         if ctx.recorded_seq is None:
             if status >= 400 and ctx.decision == "allow":
                 ctx.decision = "fail" if status >= 500 else "reject"
             return ctx.event(status=status)
-        if 200 <= status < 300:
+        if status == ctx.recorded_status:
             return None
         row = ctx.event(status=status, action="request.outcome")
         row["details"] = '{"amends":%d}' % ctx.recorded_seq
         return row
 
-    async def record_async(self, ctx: AuditContext, status: int) -> None:
-        row = self.pending_event(ctx, status)
-        if row is not None:
-            await asyncio.wrap_future(self.writer.submit(row))
-
     def record(self, ctx: AuditContext, status: int) -> None:
         row = self.pending_event(ctx, status)
         if row is not None:
-            self.writer.append(row)
+            seq = self.appender.append(row)
+            if ctx.recorded_seq is None:
+                ctx.recorded_seq = seq
+            ctx.recorded_status = status
+
+    async def record_async(self, ctx: AuditContext, status: int) -> None:
+        if self.pending_event(ctx, status) is not None:
+            await anyio.to_thread.run_sync(self.record, ctx, status)
+
+    def flask_after_request(self, response: Any) -> Any:
+        """Flask ``after_request``: record the event on the thread that served the request."""
+        ctx = AUDIT_CONTEXT.get()
+        if ctx is None:
+            return response
+        try:
+            self.record(ctx, response.status_code)
+        except AuditUnavailable:
+            from flask import Response
+
+            return Response(_UNAVAILABLE_BODY, status=503, mimetype="application/json")
+        return response
 
 
 class ShareASGIMiddleware:
@@ -148,6 +166,7 @@ class ShareASGIMiddleware:
             scope_token = SEARCH_SCOPE.set(decision.scope)
             try:
                 if decision.rule is not None and decision.rule.resolver == "public":
+                    ctx.public = True
                     await self.app(scope, receive, send)  # health checks and the UI's files
                 else:
                     await self.app(scope, receive, self._gated(send, ctx))
@@ -268,6 +287,7 @@ class ShareWSGIMiddleware:
             try:
                 # Views run (and query the stores) when called; only the body iterates later.
                 if decision.rule is not None and decision.rule.resolver == "public":
+                    ctx.public = True
                     return self.wsgi_app(environ, start_response)
                 return self._gated(environ, start_response, ctx)
             finally:
