@@ -1,6 +1,6 @@
 """One authorisation decision: ``PolicyEngine.is_allowed`` at 10, 1,000 and 100,000 grants.
 
-    /work/venv/bin/python bench/decision.py [--quick]
+    .venv/bin/python bench/decision.py [--quick]
 
 Builds a temp SQLite database per scenario (1,000 teams, 2,000 users in 3 teams each, grants
 spread over resources at 10 per resource) by bulk inserts, then ``PolicyEngine(engine)`` and

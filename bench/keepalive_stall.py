@@ -1,6 +1,6 @@
 """The ~40 ms stall on kept-alive connections with uvicorn --workers > 1, and its fix.
 
-    /work/venv/bin/python bench/keepalive_stall.py [--quick] [--no-mlflow]
+    .venv/bin/python bench/keepalive_stall.py [--quick] [--no-mlflow]
 
 One client, one requests.Session (as the MLflow client keeps connections), sequential small
 GETs; p50/p90 latency on the kept-alive connection and with a new connection per request.

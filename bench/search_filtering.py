@@ -1,6 +1,6 @@
 """First page of ``search_registered_models`` at 10,000 models, 100 of them readable.
 
-    /work/venv/bin/python bench/search_filtering.py [--quick]
+    .venv/bin/python bench/search_filtering.py [--quick]
 
 One SQLite database is seeded once (10,000 registered models through MLflow's own store, the
 owner rows mlflow-share keeps beside them: 100 models owned by the caller's team, the rest by

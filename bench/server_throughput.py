@@ -1,6 +1,6 @@
 """Authenticated read throughput: plain MLflow vs stock basic-auth vs mlflow-share, one run.
 
-    /work/venv/bin/python bench/server_throughput.py [--quick] [--workers 2] [--clients 4]
+    .venv/bin/python bench/server_throughput.py [--quick] [--workers 2] [--clients 4]
 
 Starts every server on 127.0.0.1 (ephemeral ports, same uvicorn worker count, SQLite, MLflow's
 job runner off for all), seeds the same data over REST as a non-admin user, then drives the
