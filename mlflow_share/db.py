@@ -101,18 +101,24 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def get_engine(uri: str) -> Engine:
-    """One engine per URI and process (engines are not shared across fork)."""
+def get_engine(uri: str, *, purpose: str = "default") -> Engine:
+    """One engine per URI, purpose and process (engines are not shared across fork).
+
+    ``purpose="audit"`` is the audit appender's: no ping on checkout (an append that meets a
+    dead connection is retried on a fresh one) and a small pool, since every request uses it.
+    """
     with _engines_lock:
-        engine = _engines.get(uri)
+        engine = _engines.get(f"{purpose}:{uri}")
         if engine is None:
-            kwargs: dict[str, object] = {"pool_pre_ping": True}
+            kwargs: dict[str, object] = {"pool_pre_ping": purpose != "audit"}
             if uri.startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            if purpose == "audit":
+                kwargs.update(pool_size=4, max_overflow=12)
             engine = sa.create_engine(uri, **kwargs)
             if uri.startswith("sqlite"):
                 sa.event.listen(engine, "connect", _sqlite_pragmas)
-            _engines[uri] = engine
+            _engines[f"{purpose}:{uri}"] = engine
         return engine
 
 

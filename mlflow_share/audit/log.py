@@ -281,43 +281,39 @@ def record_in_transaction(conn: sa.Connection, changes: list[dict[str, Any]],
 class AuditAppender:
     """Appends request events (reads, denials, failures) from the thread that served them.
 
-    Each thread keeps its own connection, so an append is one short transaction on the
-    driver (~0.1 ms on SQLite in WAL mode), with no hand-off to another thread: handing off
+    An append is one short transaction on the driver (~0.1 ms on SQLite in WAL mode) on a
+    connection of a small pool of its own, with no hand-off to another thread: handing off
     costs more than the append, because a waiting thread can need up to Python's 5 ms switch
     interval to get the GIL back from busy request threads.
     """
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._local = threading.local()
+        from mlflow_share import db
+
+        self.engine = db.get_engine(engine.url.render_as_string(hide_password=False),
+                                    purpose="audit")
 
     def append(self, row: dict[str, Any]) -> int:
         """Append one event and commit it; ``AuditUnavailable`` if that cannot be done."""
         dialect = self.engine.dialect
         for attempt in range(3):
-            connection = self._connection()
             try:
-                dbapi_connection = connection.connection.dbapi_connection
-                with writer_lock(self.engine):
-                    return append_raw(dbapi_connection, dialect.name, dialect.paramstyle,
-                                      [row])[0]
-            except Exception as exc:  # noqa: BLE001 - reconnect and retry, then refuse
-                self._local.connection = None
-                connection.invalidate()
-                connection.close()
+                with self.engine.connect() as connection:
+                    dbapi_connection = connection.connection.dbapi_connection
+                    try:
+                        with writer_lock(self.engine):
+                            return append_raw(dbapi_connection, dialect.name,
+                                              dialect.paramstyle, [row])[0]
+                    except Exception:
+                        connection.invalidate()  # never hand a broken connection back
+                        raise
+            except Exception as exc:  # noqa: BLE001 - retry on a fresh connection, then refuse
                 if attempt == 2:
                     _logger.error("mlflow-share could not append to the audit log: %s", exc)
                     raise AuditUnavailable(
                         "The audit log is unavailable; the request was not served.") from None
                 time.sleep(0.02 * (attempt + 1))
         raise AssertionError("unreachable")
-
-    def _connection(self) -> sa.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or connection.closed or self._local.pid != os.getpid():
-            connection = self._local.connection = self.engine.connect()
-            self._local.pid = os.getpid()
-        return connection  # type: ignore[no-any-return]
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -57,8 +58,13 @@ def _unavailable() -> Decision:
     return Decision(False, 503, _UNAVAILABLE_BODY, [("Content-Type", "application/json")])
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
 def _audit_context(request: IncomingRequest) -> AuditContext:
-    request_id = request.headers.get("x-request-id", "")[:64] or new_request_id()
+    # A client's X-Request-Id correlates its logs with ours; anything else gets a fresh id.
+    supplied = request.headers.get("x-request-id", "")
+    request_id = supplied if _REQUEST_ID.fullmatch(supplied) else new_request_id()
     return AuditContext(request_id=request_id, method=request.method[:8],
                         route=request.raw_path, client=request.client)
 
