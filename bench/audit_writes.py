@@ -147,7 +147,7 @@ def bench_verify(events: int) -> None:
                 "action": "mlflow.LogMetric", "method": "POST",
                 "route": "/api/2.0/mlflow/runs/log-metric", "resource_kind": "experiment",
                 "resource_id": "1", "resource_name": None, "owner_team": "team-a",
-                "decision": "allow", "status": 200, "client": "127.0.0.1"}
+                "decision": "allow", "status": 200, "client": "127.0.0.1", "owner_teams": ",team-a,"}
     start = time.perf_counter()
     batch = 20_000
     for first in range(0, events, batch):

@@ -20,7 +20,8 @@ ADMIN_USERNAME_ENV = "MLFLOW_SHARE_ADMIN_USERNAME"
 ADMIN_PASSWORD_ENV = "MLFLOW_SHARE_ADMIN_PASSWORD"
 PASSWORD_CACHE_SECONDS_ENV = "MLFLOW_SHARE_PASSWORD_CACHE_SECONDS"
 
-_SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# The audit log's append-only triggers and chain lock exist for these two.
+_SQL_SCHEMES = ("sqlite", "postgresql")
 AUDIT_SCHEME_PREFIX = "audit+"
 
 

@@ -23,6 +23,7 @@ from mlflow_share.policy.enforcer import PolicyEngine
 
 PREFIX = "/api/2.0/mlflow-share/audit"
 MAX_RESULTS = 1000
+_MAX_INT = 2**63 - 1
 
 
 def _principal() -> Principal:
@@ -40,8 +41,8 @@ def _int_arg(name: str, default: int | None = None, minimum: int = 0) -> int | N
         value = int(raw)
     except ValueError:
         raise InvalidInput(f"Parameter {name!r} must be an integer.") from None
-    if value < minimum:
-        raise InvalidInput(f"Parameter {name!r} must be at least {minimum}.")
+    if not minimum <= value <= _MAX_INT:
+        raise InvalidInput(f"Parameter {name!r} must be between {minimum} and {_MAX_INT}.")
     return value
 
 
@@ -49,9 +50,12 @@ def _page_token(token: str | None) -> int:
     if not token:
         return 0
     try:
-        return int(base64.urlsafe_b64decode(token.encode()).decode())
+        value = int(base64.urlsafe_b64decode(token.encode()).decode())
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput("Invalid page_token.") from None
+    if not 0 <= value <= _MAX_INT:
+        raise InvalidInput("Invalid page_token.")
+    return value
 
 
 def event_filter_from_args(principal: Principal) -> EventFilter:
@@ -100,7 +104,8 @@ def create_audit_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         if not _principal().is_admin:
             raise PermissionDenied("Only org administrators may verify the audit log.")
         checkpoint_seq = _int_arg("checkpoint_seq", minimum=1)
-        result = verify_chain(engine).to_dict()
+        # One process: forking a multi-threaded server worker is not safe.
+        result = verify_chain(engine, processes=1).to_dict()
         if checkpoint_seq is not None:
             result["checkpoint_hash"] = hash_at(engine, checkpoint_seq)
         return jsonify(result)

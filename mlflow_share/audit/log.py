@@ -13,6 +13,7 @@ import contextvars
 import getpass
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -56,6 +57,7 @@ class AuditContext:
     reason: str | None = None
     create_team: str | None = None  # the team that will own what this request creates
     public: bool = False  # health checks and the UI's files: not audited
+    other_teams: list[str] = field(default_factory=list)  # every owner team the request touched
     recorded_status: int | None = None
     recorded_seq: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +76,7 @@ class AuditContext:
             "resource_kind": self.resource_kind, "resource_id": self.resource_id,
             "resource_name": self.resource_name, "owner_team": self.owner_team,
             "decision": self.decision, "status": status, "client": self.client[:64],
+            "owner_teams": models.encode_teams(self.other_teams, self.owner_team),
             "details": models.encode_details(details),
         }
 
@@ -87,7 +90,11 @@ def note_resource(kind: str, resource_id: str | None, name: str | None,
                   owner_team: str | None) -> None:
     """Name the resource of the current request's event (the first one named wins)."""
     ctx = AUDIT_CONTEXT.get()
-    if ctx is not None and ctx.resource_kind is None:
+    if ctx is None:
+        return
+    if owner_team is not None and owner_team not in ctx.other_teams:
+        ctx.other_teams.append(owner_team)
+    if ctx.resource_kind is None:
         ctx.resource_kind, ctx.resource_id = kind, resource_id
         ctx.resource_name, ctx.owner_team = name, owner_team
 
@@ -234,13 +241,21 @@ def append_raw(dbapi_connection: Any, dialect: str, paramstyle: str,
         seqs = _chain_rows(rows, seq, prev_hash)
         cursor.executemany(_raw_insert(paramstyle),
                            [[row[name] for name in models.COLUMNS] for row in rows])
-        dbapi_connection.commit()
-        return seqs
     except BaseException:
         dbapi_connection.rollback()
         raise
     finally:
         cursor.close()
+    try:
+        dbapi_connection.commit()
+    except Exception as exc:
+        # The commit may have reached the database: retrying could record the event twice.
+        raise CommitUncertain(str(exc)) from exc
+    return seqs
+
+
+class CommitUncertain(Exception):
+    """A commit failed in a way that does not tell whether it happened."""
 
 
 def record_in_transaction(conn: sa.Connection, changes: list[dict[str, Any]],
@@ -261,7 +276,7 @@ def record_in_transaction(conn: sa.Connection, changes: list[dict[str, Any]],
                 "principal": system_principal(), "action": action or "store.write",
                 "method": None, "route": None, "resource_kind": None, "resource_id": None,
                 "resource_name": None, "owner_team": None, "decision": "allow",
-                "status": None, "client": None,
+                "status": None, "client": None, "owner_teams": None,
                 "details": models.encode_details({"changes": changes}),
             }
             return append(conn, [row])[0]
@@ -308,7 +323,7 @@ class AuditAppender:
                         connection.invalidate()  # never hand a broken connection back
                         raise
             except Exception as exc:  # noqa: BLE001 - retry on a fresh connection, then refuse
-                if attempt == 2:
+                if attempt == 2 or isinstance(exc, CommitUncertain):
                     _logger.error("mlflow-share could not append to the audit log: %s", exc)
                     raise AuditUnavailable(
                         "The audit log is unavailable; the request was not served.") from None
@@ -325,14 +340,30 @@ def request_context(ctx: AuditContext) -> Iterator[AuditContext]:
         AUDIT_CONTEXT.reset(token)
 
 
+# Argument and field names whose values never enter the log: it can never be scrubbed.
+_SECRET_NAME = re.compile(r"secret|passw|token|api_?key|auth_config|credential|private",
+                          re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def _is_secret(name: str) -> bool:
+    # A secret's name or ID identifies it without revealing it.
+    return bool(_SECRET_NAME.search(name)) and not name.lower().endswith(("name", "id", "ids"))
+
+
 def summarize(value: Any, depth: int = 0) -> Any:
-    """A JSON-able, bounded copy of a store argument for an event's ``changes``."""
+    """A JSON-able, bounded copy of a store argument for an event's ``changes``.
+
+    Values under secret-looking names (secrets, passwords, tokens, API keys, auth configs)
+    are replaced by ``<redacted>``, at any depth.
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value[:2000] if isinstance(value, str) else value
     if depth > 4:
         return repr(value)[:200]
     if isinstance(value, Mapping):
-        return {str(k): summarize(v, depth + 1) for k, v in list(value.items())[:100]}
+        return {str(k): REDACTED if _is_secret(str(k)) else summarize(v, depth + 1)
+                for k, v in list(value.items())[:100]}
     if isinstance(value, (list, tuple, set)):
         items = list(value)
         out = [summarize(v, depth + 1) for v in items[:100]]

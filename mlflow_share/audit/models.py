@@ -40,6 +40,9 @@ events = sa.Table(
     sa.Column("decision", sa.String(8), nullable=False),
     sa.Column("status", sa.Integer, nullable=True),
     sa.Column("client", sa.String(64), nullable=True),
+    # Every owner team the request touched, as ",team-a,team-b," (team names have no commas):
+    # a maintainer sees an event if any of the team's resources was involved.
+    sa.Column("owner_teams", sa.String(1024), nullable=True),
     sa.Column("details", sa.Text, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
@@ -52,7 +55,8 @@ events = sa.Table(
 # The hashed fields, in hashing order (seq and prev_hash come first, hash is the result).
 FIELDS: tuple[str, ...] = (
     "ts", "request_id", "source", "principal", "action", "method", "route", "resource_kind",
-    "resource_id", "resource_name", "owner_team", "decision", "status", "client", "details",
+    "resource_id", "resource_name", "owner_team", "decision", "status", "client", "owner_teams",
+    "details",
 )
 COLUMNS: tuple[str, ...] = ("seq", "prev_hash", *FIELDS, "hash")
 
@@ -71,6 +75,12 @@ def encode_row(row: Sequence[Any]) -> bytes:
 
 def event_hash(seq: int, prev_hash: str, values: Sequence[Any]) -> str:
     return hashlib.sha256(canonical(seq, prev_hash, values)).hexdigest()
+
+
+def encode_teams(teams: Sequence[str], first: str | None = None) -> str | None:
+    names = [t for t in ([first] if first else []) + list(teams) if t]
+    unique = list(dict.fromkeys(names))
+    return ("," + ",".join(unique) + ",")[:1024] if unique else None
 
 
 def encode_details(details: Mapping[str, Any]) -> str:
@@ -96,7 +106,7 @@ _SQLITE_TRIGGERS = (
 _POSTGRES_TRIGGERS = (
     f"""CREATE OR REPLACE FUNCTION share_audit_refuse() RETURNS trigger AS $$
     BEGIN RAISE EXCEPTION 'mlflow-share audit events are append-only'; END
-    $$ LANGUAGE plpgsql""",
+    $$ LANGUAGE plpgsql SET search_path = {{schema}}, pg_temp""",
     f"""CREATE OR REPLACE FUNCTION share_audit_check_append() RETURNS trigger AS $$
     DECLARE head_seq BIGINT; head_hash TEXT;
     BEGIN
@@ -106,7 +116,7 @@ _POSTGRES_TRIGGERS = (
         RAISE EXCEPTION 'mlflow-share audit events are append-only';
       END IF;
       RETURN NEW;
-    END $$ LANGUAGE plpgsql""",
+    END $$ LANGUAGE plpgsql SET search_path = {{schema}}, pg_temp""",
     f"DROP TRIGGER IF EXISTS share_audit_no_update ON {TABLE}",
     f"""CREATE TRIGGER share_audit_no_update BEFORE UPDATE OR DELETE ON {TABLE}
     FOR EACH ROW EXECUTE FUNCTION share_audit_refuse()""",
@@ -140,5 +150,7 @@ def install_triggers(engine: Engine) -> None:
                 "SELECT tgname FROM pg_trigger WHERE tgrelid = %(t)s::regclass "
                 "AND tgenabled = 'A'", {"t": TABLE})}
             if not set(_POSTGRES_TRIGGER_NAMES) <= present:
+                # pg_temp last: a session's temporary table cannot stand in for the real one.
+                schema = conn.exec_driver_sql("SELECT quote_ident(current_schema())").scalar()
                 for statement in _POSTGRES_TRIGGERS:
-                    conn.exec_driver_sql(statement)
+                    conn.exec_driver_sql(statement.replace("{schema}", str(schema)))

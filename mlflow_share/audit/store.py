@@ -10,9 +10,9 @@ deletions); a write from any other method is still audited, as ``unlisted``. The
 the authenticated principal of the request, never a client-supplied field such as ``user_id``.
 
 Ownership bookkeeping (a new experiment or model's owner team, a rename, a deletion) runs in
-the same transaction too. The URI schemes ``audit+sqlite://``, ``audit+postgresql://`` (and
-MySQL, MSSQL) select these stores outside the server; ``mlflow server --app-name
-mlflow-share`` uses them for plain SQL URIs as well.
+the same transaction too. The URI schemes ``audit+sqlite://`` and ``audit+postgresql://``
+select these stores outside the server; ``mlflow server --app-name mlflow-share`` uses them
+for plain SQLite and PostgreSQL URIs as well.
 """
 
 from __future__ import annotations
@@ -416,7 +416,7 @@ def install_audited_stores() -> None:
     from mlflow.server import handlers
     from mlflow.store.db.db_types import DATABASE_ENGINES
 
-    for scheme in DATABASE_ENGINES:
+    for scheme in DATABASE_ENGINES:  # Settings refuses MySQL and MSSQL before this runs
         for registered in (scheme, SCHEME_PREFIX + scheme):
             handlers._tracking_store_registry.register(registered, build_tracking_store)
             handlers._model_registry_store_registry.register(registered, build_registry_store)

@@ -272,15 +272,23 @@ class EventFilter:
         if self.principal:
             clauses.append(c.principal == self.principal)
         if self.team:
-            clauses.append(c.owner_team == self.team)
+            clauses.append(_touches(self.team))
         if self.resource:
             clauses.append(sa.or_(c.resource_id == self.resource,
                                   c.resource_name == self.resource))
         if self.action:
             clauses.append(c.action == self.action)
         if self.visible_teams is not None:
-            clauses.append(c.owner_team.in_(self.visible_teams))
+            clauses.append(sa.or_(sa.false(), *(_touches(t) for t in self.visible_teams)))
         return clauses
+
+
+def _touches(team: str) -> Any:
+    """Events whose request involved a resource owned by ``team`` (team names are validated
+    identifiers: no commas, no LIKE wildcards but ``_``, escaped here)."""
+    c = models.events.c
+    pattern = "%," + team.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ",%"
+    return sa.or_(c.owner_team == team, c.owner_teams.like(pattern, escape="\\"))
 
 
 def event_to_dict(row: Any) -> dict[str, Any]:

@@ -304,10 +304,12 @@ class Interceptor:
     def _readable_model(self, principal: Principal, names: list[str]) -> bool:
         for name in names:
             model_id = self.policy.model_id(name)
-            if model_id is not None and self.policy.is_allowed(
-                principal, directory_module.MODEL, model_id,
-                self.policy.owner_of(directory_module.MODEL, model_id), "read",
-            ):
+            if model_id is None:
+                continue
+            owner = self.policy.owner_of(directory_module.MODEL, model_id)
+            if self.policy.is_allowed(principal, directory_module.MODEL, model_id, owner, "read"):
+                # Read through the model's grant: its owner team sees this access too.
+                note_resource(directory_module.MODEL, model_id, name, owner)
                 return True
         return False
 
@@ -433,6 +435,9 @@ class Interceptor:
 
     def _check_artifact(self, principal: Principal, segments: list[str], action: str) -> None:
         if principal.is_admin:
+            if segments and segments[0].isdigit():  # name the owner team in the event
+                note_resource(directory_module.EXPERIMENT, segments[0], None,
+                              self.policy.owner_of(directory_module.EXPERIMENT, segments[0]))
             return
         if not segments or not segments[0].isdigit():
             raise PermissionDenied("Only artifacts under an experiment can be reached.")

@@ -500,7 +500,8 @@ def test_postgres_app_role_cannot_rewrite_or_unprotect_the_log(tmp_path: Path) -
                                "principal": "alice", "action": "mlflow.GetRun", "method": "GET",
                                "route": "/", "resource_kind": None, "resource_id": None,
                                "resource_name": None, "owner_team": None, "decision": "allow",
-                               "status": 200, "client": "127.0.0.1", "details": "{}"}])
+                               "status": 200, "client": "127.0.0.1", "owner_teams": None,
+                               "details": "{}"}])
             conn.commit()
         for statement in ("UPDATE share_audit_events SET principal = 'x'",
                           "DELETE FROM share_audit_events", "TRUNCATE share_audit_events",
@@ -546,3 +547,46 @@ def test_audit_scheme_audits_direct_database_writes(tmp_path: Path) -> None:
     assert all(p.startswith("system:") for p, _ in rows)
     assert json.loads(rows[3][1])["changes"][0]["before"] == "v1"
     assert _cli("audit", "verify", "--backend-store-uri", uri).returncode == 0
+
+
+def test_every_owner_team_of_a_request_sees_it(audited: ShareServer, unique: str) -> None:
+    api = "/api/2.0/mlflow-share"
+    a_exp = audited.api("POST", f"{API}/experiments/create", token=audited.tokens["alice"],
+                        json={"name": f"a-{unique}"}).json()["experiment_id"]
+    b_exp = audited.api("POST", f"{API}/experiments/create", token=audited.tokens["bob"],
+                        json={"name": f"b-{unique}"}).json()["experiment_id"]
+    audited.api("POST", f"{api}/grants", token=audited.tokens["bob"],
+                json={"experiment_id": b_exp, "team": "team-a", "permission": "read"})
+    request_id = f"both-{unique}"
+    assert _call(audited, "POST", f"{API}/runs/search", "aaron", request_id,
+                 json={"experiment_ids": [a_exp, b_exp]}).status_code == 200
+    for maintainer in ("alice", "bob"):
+        events = audited.api("GET", f"{api}/audit/events", token=audited.tokens[maintainer],
+                             params={"principal": "aaron", "action": "mlflow.SearchRuns",
+                                     "max_results": 1000}).json()["events"]
+        assert request_id in [e["request_id"] for e in events], maintainer
+    carl_view = audited.api("GET", f"{api}/audit/events", auth=audited.admin_auth(),
+                            params={"team": "team-c", "principal": "aaron"}).json()["events"]
+    assert request_id not in [e["request_id"] for e in carl_view]
+    for bad in ({"since": str(10**30)}, {"page_token": "MTAwMDAwMDAwMDAwMDAwMDAwMDAwMA=="},
+                {"max_results": "0"}, {"until": "soon"}):
+        response = audited.api("GET", f"{api}/audit/events", auth=audited.admin_auth(),
+                               params=bad)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_secrets_never_enter_the_log(tmp_path: Path) -> None:
+    from mlflow_share.audit.store import AuditingSqlAlchemyStore
+
+    uri = f"sqlite:///{tmp_path / 'secrets.db'}"
+    store = AuditingSqlAlchemyStore(uri, str(tmp_path / "artifacts"))
+    store.create_gateway_secret(secret_name="openai", secret_value={"api_key": "sk-LEAKED-123"},
+                                provider="openai")
+    engine = sa.create_engine(uri)
+    with engine.connect() as conn:
+        details = conn.execute(sa.text("SELECT details FROM share_audit_events")).scalars().all()
+    engine.dispose()
+    assert details and all("sk-LEAKED" not in d for d in details)
+    args = json.loads(details[-1])["changes"][0]["args"]
+    assert args["secret_value"] == "<redacted>" and args["secret_name"] == "openai"

@@ -33,7 +33,7 @@ def _row(i: int) -> dict[str, object]:
             "principal": f"user{i % 3}", "action": "mlflow.SetTag", "method": "POST",
             "route": "/api/2.0/mlflow/runs/set-tag", "resource_kind": "experiment",
             "resource_id": str(i % 4), "resource_name": None, "owner_team": "team-a",
-            "decision": "allow", "status": 200, "client": "127.0.0.1",
+            "decision": "allow", "status": 200, "client": "127.0.0.1", "owner_teams": None,
             "details": models.encode_details({"changes": [{"op": "set_tag", "i": i}]})}
 
 
