@@ -15,26 +15,11 @@ from typing import Any
 import click
 
 from mlflow_share import config
-from mlflow_share.client import ShareAdminClient, ShareApiError, ShareClientError
+from mlflow_share.commands import admin_client as _client
+from mlflow_share.commands import call_server as _run
 
 PERMISSION = click.Choice(["read", "execute", "write", "manage"])
 ROLE = click.Choice(["viewer", "engineer", "maintainer"])
-
-
-def _client(ctx: click.Context) -> ShareAdminClient:
-    try:
-        return ShareAdminClient(ctx.obj.get("tracking_uri"))
-    except ShareClientError as exc:
-        raise click.UsageError(exc.message) from None
-
-
-def _run(call: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return call(*args, **kwargs)
-    except ShareApiError as exc:
-        raise click.ClickException(f"{exc.remote_error_code} ({exc.status}): {exc.message}") from None
-    except ShareClientError as exc:
-        raise click.UsageError(exc.message) from None
 
 
 @click.group()

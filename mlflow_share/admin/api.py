@@ -22,7 +22,7 @@ from mlflow_share.policy.enforcer import PolicyEngine
 PREFIX = "/api/2.0/mlflow-share"
 
 
-def _principal() -> Principal:
+def current_principal() -> Principal:
     principal = CURRENT_PRINCIPAL.get()
     if principal is None:  # only reachable if the interceptor were bypassed
         raise Unauthenticated("Authentication required.")
@@ -50,14 +50,20 @@ def _string(data: dict[str, Any], name: str, *, required: bool = True) -> str | 
     return value
 
 
-def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
-    api = Blueprint("mlflow_share_api", __name__, url_prefix=PREFIX)
+def json_errors(blueprint: Blueprint) -> Blueprint:
+    """Answer the blueprint's errors in MLflow's JSON envelope with the mapped status."""
 
-    @api.errorhandler(MlflowException)
+    @blueprint.errorhandler(MlflowException)
     def _error(exc: MlflowException) -> Response:
         response = Response(exc.serialize_as_json(), mimetype="application/json")
         response.status_code = exc.get_http_status_code()
         return response
+
+    return blueprint
+
+
+def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
+    api = json_errors(Blueprint("mlflow_share_api", __name__, url_prefix=PREFIX))
 
     def resource_of(data: dict[str, Any]) -> tuple[str, str, str]:
         """(kind, resource_id, label) from ``model`` (a name) or ``experiment_id``."""
@@ -86,13 +92,13 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.get("/whoami")
     def whoami() -> Response:
-        principal = _principal()
+        principal = current_principal()
         return jsonify({"user": principal.name, "is_admin": principal.is_admin,
                         "teams": principal.teams, "authenticated_by": principal.via})
 
     @api.post("/teams")
     def create_team() -> Response:
-        _require_admin(_principal())
+        _require_admin(current_principal())
         name = _string(_body(), "name")
         assert name is not None
         directory.create_team(name)
@@ -100,7 +106,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.get("/teams")
     def list_teams() -> Response:
-        principal = _principal()
+        principal = current_principal()
         teams = directory.list_teams()
         if not principal.is_admin:
             teams = [t for t in teams if t["name"] in principal.teams]
@@ -108,7 +114,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.post("/teams/members")
     def add_member() -> Response:
-        principal = _principal()
+        principal = current_principal()
         data = _body()
         team, user, role = (_string(data, k) for k in ("team", "user", "role"))
         assert team and user and role
@@ -119,7 +125,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.delete("/teams/members")
     def remove_member() -> Response:
-        principal = _principal()
+        principal = current_principal()
         data = _body()
         team, user = _string(data, "team"), _string(data, "user")
         assert team and user
@@ -130,7 +136,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.post("/users")
     def create_user() -> Response:
-        _require_admin(_principal())
+        _require_admin(current_principal())
         data = _body()
         name = _string(data, "name")
         assert name is not None
@@ -142,12 +148,12 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.get("/users")
     def list_users() -> Response:
-        _require_admin(_principal())
+        _require_admin(current_principal())
         return jsonify({"users": directory.list_users()})
 
     @api.post("/tokens")
     def create_token() -> Response:
-        principal = _principal()
+        principal = current_principal()
         data = _body()
         user = _string(data, "user", required=False) or principal.name
         if user != principal.name and not principal.is_admin:
@@ -161,7 +167,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.get("/tokens")
     def list_tokens() -> Response:
-        principal = _principal()
+        principal = current_principal()
         user = request.args.get("user")
         if principal.is_admin:
             return jsonify({"tokens": directory.list_tokens(user)})
@@ -169,7 +175,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.delete("/tokens")
     def revoke_token() -> Response:
-        principal = _principal()
+        principal = current_principal()
         token_id = _string(_body(), "token_id")
         assert token_id is not None
         directory.revoke_token(token_id, owner=None if principal.is_admin else principal.name)
@@ -177,7 +183,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.post("/grants")
     def grant() -> Response:
-        principal = _principal()
+        principal = current_principal()
         data = _body()
         kind, resource_id, label = resource_of(data)
         require_manage(principal, kind, resource_id, label)
@@ -188,7 +194,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.delete("/grants")
     def revoke() -> Response:
-        principal = _principal()
+        principal = current_principal()
         data = _body()
         kind, resource_id, label = resource_of(data)
         require_manage(principal, kind, resource_id, label)
@@ -199,7 +205,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.get("/grants")
     def list_grants() -> Response:
-        principal = _principal()
+        principal = current_principal()
         if request.args.get("model") is None and request.args.get("experiment_id") is None:
             _require_admin(principal)
             return jsonify({"grants": directory.list_grants()})
@@ -211,12 +217,12 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.get("/policy")
     def export_policy() -> Response:
-        _require_admin(_principal())
+        _require_admin(current_principal())
         return jsonify({"policy": policy_io.export_policy(directory)})
 
     @api.post("/policy")
     def import_policy() -> Response:
-        principal = _principal()
+        principal = current_principal()
         _require_admin(principal)
         data = _body()
         text = _string(data, "policy")

@@ -11,26 +11,18 @@ import base64
 import binascii
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
-from mlflow.exceptions import MlflowException
+from flask import Blueprint, jsonify, request
 from sqlalchemy.engine import Engine
 
+from mlflow_share.admin.api import current_principal, json_errors
 from mlflow_share.audit.verify import EventFilter, hash_at, search_events, verify_chain
 from mlflow_share.auth.identity import Principal
-from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL
-from mlflow_share.errors import InvalidInput, PermissionDenied, Unauthenticated
+from mlflow_share.errors import InvalidInput, PermissionDenied
 from mlflow_share.policy.enforcer import PolicyEngine
 
 PREFIX = "/api/2.0/mlflow-share/audit"
 MAX_RESULTS = 1000
 _MAX_INT = 2**63 - 1
-
-
-def _principal() -> Principal:
-    principal = CURRENT_PRINCIPAL.get()
-    if principal is None:  # only reachable if the interceptor were bypassed
-        raise Unauthenticated("Authentication required.")
-    return principal
 
 
 def _int_arg(name: str, default: int | None = None, minimum: int = 0) -> int | None:
@@ -77,17 +69,11 @@ def event_filter_from_args(principal: Principal) -> EventFilter:
 
 
 def create_audit_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
-    api = Blueprint("mlflow_share_audit", __name__, url_prefix=PREFIX)
-
-    @api.errorhandler(MlflowException)
-    def _error(exc: MlflowException) -> Response:
-        response = Response(exc.serialize_as_json(), mimetype="application/json")
-        response.status_code = exc.get_http_status_code()
-        return response
+    api = json_errors(Blueprint("mlflow_share_audit", __name__, url_prefix=PREFIX))
 
     @api.get("/events")
     def events() -> Any:
-        event_filter = event_filter_from_args(_principal())
+        event_filter = event_filter_from_args(current_principal())
         limit = _int_arg("max_results", 100, minimum=1) or 100
         if limit > MAX_RESULTS:
             raise InvalidInput(f"max_results must be at most {MAX_RESULTS}.")
@@ -101,7 +87,7 @@ def create_audit_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
 
     @api.get("/verify")
     def verify() -> Any:
-        if not _principal().is_admin:
+        if not current_principal().is_admin:
             raise PermissionDenied("Only org administrators may verify the audit log.")
         checkpoint_seq = _int_arg("checkpoint_seq", minimum=1)
         # One process: forking a multi-threaded server worker is not safe.

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
-from mlflow_share.client import ShareAdminClient, ShareApiError, ShareClientError
+from mlflow_share.client import ShareApiError, ShareClientError
+from mlflow_share.commands import admin_client as _client
+from mlflow_share.commands import call_server as _server_call
 
 _DB_OPTION = click.option(
     "--backend-store-uri", default=None,
@@ -26,22 +28,6 @@ def _engine(uri: str) -> Any:
     from mlflow_share.audit.store import strip_scheme
 
     return db.get_engine(strip_scheme(uri))
-
-
-def _client(ctx: click.Context) -> ShareAdminClient:
-    try:
-        return ShareAdminClient((ctx.find_root().obj or {}).get("tracking_uri"))
-    except ShareClientError as exc:
-        raise click.UsageError(exc.message) from None
-
-
-def _server_call(call: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return call(*args, **kwargs)
-    except ShareApiError as exc:
-        raise click.ClickException(f"{exc.remote_error_code} ({exc.status}): {exc.message}") from None
-    except ShareClientError as exc:
-        raise click.UsageError(exc.message) from None
 
 
 def _time(value: str | None) -> int | None:
