@@ -24,51 +24,13 @@ import json
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import requests
 
-from _common import PYTHON, Call, Server, drive, free_port, table, temp_dir
+from _common import Call, Server, drive, table, temp_dir
+from server_throughput import _ok, make_server, user_headers
 
-ADMIN_PASSWORD = "bench-admin-password-1"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
-
-
-def make_server(kind: str, root: Path, uri: str, workers: int) -> Server:
-    home = root / f"{kind}-{uri.split(':', 1)[0]}"
-    home.mkdir()
-    argv = [PYTHON, "-m", "mlflow", "server"]
-    env: dict[str, str] = {}
-    if kind == "mlflow-share":
-        argv += ["--app-name", "mlflow-share"]
-        env = {"MLFLOW_SHARE_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    port = free_port()
-    argv += ["--backend-store-uri", uri, "--artifacts-destination", str(home / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-             # Both servers without uvicorn's 40 ms Nagle stall (bench/keepalive_stall.py), so
-             # the ratio measures the audit and authorisation work, not the stall.
-             "--uvicorn-opts", "--loop _nodelay_app:new_event_loop"]
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent)
-    return Server(kind, argv, port, home / "server.log", env=env, cwd=home)
-
-
-def _ok(resp: requests.Response) -> dict:
-    if resp.status_code != 200:
-        raise RuntimeError(f"{resp.request.method} {resp.url} -> {resp.status_code}: {resp.text[:300]}")
-    return resp.json() if resp.content else {}
-
-
-def headers_for(server: Server) -> dict[str, str]:
-    if server.name == "plain":
-        return {}
-    api = f"{server.url}/api/2.0/mlflow-share"
-    admin = ("admin", ADMIN_PASSWORD)
-    _ok(requests.post(f"{api}/teams", auth=admin, json={"name": "team-a"}))
-    _ok(requests.post(f"{api}/users", auth=admin, json={"name": "alice", "service_account": True}))
-    _ok(requests.post(f"{api}/teams/members", auth=admin,
-                      json={"team": "team-a", "user": "alice", "role": "engineer"}))
-    token = _ok(requests.post(f"{api}/tokens", auth=admin, json={"user": "alice"}))["token"]
-    return {"Authorization": f"Bearer {token}"}
 
 
 def write_mix(server: Server, headers: dict[str, str]) -> list[Call]:
@@ -110,11 +72,16 @@ def bench_writes(args: argparse.Namespace) -> None:
     try:
         for backend, make_uri in backends:
             results = {}
+            home = root / backend
+            home.mkdir()
             for kind in ("plain", "mlflow-share"):
-                server = make_server(kind, root, make_uri(kind), args.workers).start()
+                # Both servers without uvicorn's 40 ms Nagle stall (bench/keepalive_stall.py),
+                # so the ratio measures the audit and authorisation work, not the stall.
+                server = make_server(kind, home, args.workers, fix_nodelay=True,
+                                     backend_uri=make_uri(kind)).start()
                 try:
                     server.wait_ready()
-                    headers = headers_for(server)
+                    headers = user_headers(server)
                     calls = write_mix(server, headers)
                     results[kind] = drive(server.url, calls, headers, keepalive=True,
                                           clients=args.clients, duration=args.duration)

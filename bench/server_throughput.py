@@ -73,7 +73,9 @@ def auth_extra_path() -> str | None:
     return str(target)
 
 
-def make_server(kind: str, root: Path, workers: int, fix_nodelay: bool = False) -> Server:
+def make_server(kind: str, root: Path, workers: int, fix_nodelay: bool = False,
+                backend_uri: str | None = None) -> Server:
+    """``kind`` (see ALL_SERVERS) on SQLite in ``root/kind``, or on ``backend_uri``."""
     home = root / kind
     home.mkdir()
     port = free_port()
@@ -92,7 +94,7 @@ def make_server(kind: str, root: Path, workers: int, fix_nodelay: bool = False) 
     elif kind == "mlflow-share":
         argv += ["--app-name", "mlflow-share"]
         env = {"MLFLOW_SHARE_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    argv += ["--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+    argv += ["--backend-store-uri", backend_uri or f"sqlite:///{home / 'mlflow.db'}",
              "--artifacts-destination", str(home / "artifacts"),
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if fix_nodelay:  # preview of the TCP_NODELAY fix (bench/_nodelay_app.py) on every server

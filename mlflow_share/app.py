@@ -88,7 +88,6 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.admin.api import create_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
-    from mlflow_share.audit.models import install_triggers
     from mlflow_share.audit.store import install_audited_stores
     from mlflow_share.auth.graphql import make_graphql_view
     from mlflow_share.auth.interceptor import Interceptor
@@ -101,14 +100,12 @@ def create_app(flask_app: Any = None) -> Any:
     flask_app = flask_app or mlflow_flask_app
 
     install_audited_stores()
-    # Build MLflow's stores now: this runs MLflow's migrations before our tables are read.
+    # Build MLflow's stores now: this runs MLflow's migrations, then creates mlflow-share's
+    # tables and the audit triggers (audit.store.ensure_schema), before anything reads them.
     handlers._get_tracking_store()
     handlers._get_model_registry_store()
 
     engine = db.get_engine(settings.backend_store_uri)
-    db.enable_wal(engine)
-    db.create_schema(engine)
-    install_triggers(engine)
     directory = Directory(engine)
     generated = bootstrap_admin(directory)
     if generated is not None:

@@ -70,17 +70,14 @@ def _prepare_database(uri: str) -> None:
 
     from mlflow_share import db
     from mlflow_share.app import announce_generated_admin, bootstrap_admin
-    from mlflow_share.audit.models import install_triggers
-    from mlflow_share.audit.store import strip_scheme
+    from mlflow_share.audit.store import ensure_schema, strip_scheme
     from mlflow_share.directory import Directory
 
     uri = strip_scheme(uri)
     TrackingStore(uri, "file:///nonexistent-unused")
     RegistryStore(uri)
+    ensure_schema(uri)
     engine = db.get_engine(uri)
-    db.enable_wal(engine)
-    db.create_schema(engine)
-    install_triggers(engine)
     generated = bootstrap_admin(Directory(engine))
     if generated is not None:
         announce_generated_admin(os.environ.get(config.ADMIN_USERNAME_ENV) or "admin", generated)

@@ -43,10 +43,10 @@ class AuditContext:
     it in the same request (a second transaction) links back through ``request_id``.
     """
 
-    request_id: str
-    method: str
-    route: str
-    client: str
+    request_id: str | None = None  # None (and no method, route, client) outside a request
+    method: str | None = None
+    route: str | None = None
+    client: str | None = None
     action: str = ""
     principal: str = "anonymous"
     resource_kind: str | None = None
@@ -72,10 +72,11 @@ class AuditContext:
         return {
             "ts": now_ms(), "request_id": self.request_id, "source": source,
             "principal": self.principal, "action": action or self.action,
-            "method": self.method, "route": self.route[:512],
+            "method": self.method, "route": self.route[:512] if self.route else None,
             "resource_kind": self.resource_kind, "resource_id": self.resource_id,
             "resource_name": self.resource_name, "owner_team": self.owner_team,
-            "decision": self.decision, "status": status, "client": self.client[:64],
+            "decision": self.decision, "status": status,
+            "client": self.client[:64] if self.client is not None else None,
             "owner_teams": models.encode_teams(self.other_teams, self.owner_team),
             "details": models.encode_details(details),
         }
@@ -177,23 +178,19 @@ def begin_write(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _lock_chain(conn: sa.Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})")
-    # SQLite: the caller holds the write lock (BEGIN IMMEDIATE, or its own earlier writes).
-
-
 def append(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[int]:
-    """Chain ``rows`` after the current head inside ``conn``'s transaction; returns their seqs."""
-    _lock_chain(conn)
-    head = conn.execute(
-        sa.select(models.events.c.seq, models.events.c.hash)
-        .order_by(models.events.c.seq.desc()).limit(1)
-    ).first()
-    seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, models.GENESIS_HASH)
-    seqs = _chain_rows(rows, seq, prev_hash)
-    conn.execute(models.events.insert(), rows)
-    return seqs
+    """Chain ``rows`` after the current head inside ``conn``'s transaction; returns their seqs.
+
+    SQLite: the caller holds the write lock (``BEGIN IMMEDIATE``, or its own earlier writes).
+    """
+    if not conn.in_transaction():
+        conn.begin()  # so that the caller's ``conn.commit()`` commits what the driver wrote
+    dbapi_connection = conn.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return _append_on(cursor, conn.dialect.name, conn.dialect.paramstyle, rows)
+    finally:
+        cursor.close()
 
 
 def committed(seq: int) -> None:
@@ -203,7 +200,21 @@ def committed(seq: int) -> None:
         ctx.recorded_seq, ctx.recorded_status = seq, 200
 
 
-def _chain_rows(rows: list[dict[str, Any]], seq: int, prev_hash: str) -> list[int]:
+_RAW_HEAD = f"SELECT seq, hash FROM {models.TABLE} ORDER BY seq DESC LIMIT 1"
+
+
+def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, Any]]
+               ) -> list[int]:
+    """Lock the chain (PostgreSQL), read its head and insert ``rows`` linked after it.
+
+    Talks to the driver directly: SQLAlchemy's per-statement work costs several times the
+    SQLite commit itself (~0.1 ms in WAL mode), and an append runs on every request.
+    """
+    if dialect == "postgresql":
+        cursor.execute(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})")
+    cursor.execute(_RAW_HEAD)
+    head = cursor.fetchone()
+    seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, models.GENESIS_HASH)
     seqs = []
     for row in rows:
         seq += 1
@@ -211,36 +222,21 @@ def _chain_rows(rows: list[dict[str, Any]], seq: int, prev_hash: str) -> list[in
         prev_hash = row["hash"] = models.event_hash(seq, prev_hash,
                                                     [row[name] for name in models.FIELDS])
         seqs.append(seq)
+    marks = ", ".join(["?" if paramstyle == "qmark" else "%s"] * len(models.COLUMNS))
+    cursor.executemany(
+        f"INSERT INTO {models.TABLE} ({', '.join(models.COLUMNS)}) VALUES ({marks})",
+        [[row[name] for name in models.COLUMNS] for row in rows])
     return seqs
 
 
-_RAW_HEAD = f"SELECT seq, hash FROM {models.TABLE} ORDER BY seq DESC LIMIT 1"
-
-
-def _raw_insert(paramstyle: str) -> str:
-    marks = ", ".join(["?" if paramstyle == "qmark" else "%s"] * len(models.COLUMNS))
-    return f"INSERT INTO {models.TABLE} ({', '.join(models.COLUMNS)}) VALUES ({marks})"
-
-
-def append_raw(dbapi_connection: Any, dialect: str, paramstyle: str,
-               rows: list[dict[str, Any]]) -> list[int]:
-    """``append`` on a bare DB-API connection, committing: the group writer's fast path.
-
-    SQLAlchemy's per-statement work costs several times the SQLite commit itself (~0.1 ms in
-    WAL mode); the writer appends on every read request, so it talks to the driver directly.
-    """
+def append_and_commit(dbapi_connection: Any, dialect: str, paramstyle: str,
+                      rows: list[dict[str, Any]]) -> list[int]:
+    """``append`` in a transaction of its own on a bare DB-API connection, committed."""
     cursor = dbapi_connection.cursor()
     try:
         if dialect == "sqlite":
             cursor.execute("BEGIN IMMEDIATE")
-        elif dialect == "postgresql":
-            cursor.execute(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})")
-        cursor.execute(_RAW_HEAD)
-        head = cursor.fetchone()
-        seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, models.GENESIS_HASH)
-        seqs = _chain_rows(rows, seq, prev_hash)
-        cursor.executemany(_raw_insert(paramstyle),
-                           [[row[name] for name in models.COLUMNS] for row in rows])
+        seqs = _append_on(cursor, dialect, paramstyle, rows)
     except BaseException:
         dbapi_connection.rollback()
         raise
@@ -271,15 +267,9 @@ def record_in_transaction(conn: sa.Connection, changes: list[dict[str, Any]],
     ctx = AUDIT_CONTEXT.get()
     try:
         if ctx is None:
-            row = {
-                "ts": now_ms(), "request_id": None, "source": "store",
-                "principal": system_principal(), "action": action or "store.write",
-                "method": None, "route": None, "resource_kind": None, "resource_id": None,
-                "resource_name": None, "owner_team": None, "decision": "allow",
-                "status": None, "client": None, "owner_teams": None,
-                "details": models.encode_details({"changes": changes}),
-            }
-            return append(conn, [row])[0]
+            system = AuditContext(principal=system_principal(), action="store.write")
+            return append(conn, [system.event(status=None, changes=changes, source="store",
+                                              action=action)])[0]
         if ctx.recorded_seq is None:
             return append(conn, [ctx.event(status=200, changes=changes)])[0]
         row = ctx.event(status=None, changes=changes, source="store", action=action)
@@ -317,8 +307,8 @@ class AuditAppender:
                     dbapi_connection = connection.connection.dbapi_connection
                     try:
                         with writer_lock(self.engine):
-                            return append_raw(dbapi_connection, dialect.name,
-                                              dialect.paramstyle, [row])[0]
+                            return append_and_commit(dbapi_connection, dialect.name,
+                                                     dialect.paramstyle, [row])[0]
                     except Exception:
                         connection.invalidate()  # never hand a broken connection back
                         raise
@@ -329,15 +319,6 @@ class AuditAppender:
                         "The audit log is unavailable; the request was not served.") from None
                 time.sleep(0.02 * (attempt + 1))
         raise AssertionError("unreachable")
-
-
-@contextmanager
-def request_context(ctx: AuditContext) -> Iterator[AuditContext]:
-    token = AUDIT_CONTEXT.set(ctx)
-    try:
-        yield ctx
-    finally:
-        AUDIT_CONTEXT.reset(token)
 
 
 # Argument and field names whose values never enter the log: it can never be scrubbed.

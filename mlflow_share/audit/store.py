@@ -31,6 +31,7 @@ from mlflow_share import directory as directory_module
 from mlflow_share.audit.log import (
     AUDIT_CONTEXT,
     committed,
+    note_resource,
     record_in_transaction,
     summarize,
     writer_lock,
@@ -55,9 +56,10 @@ _CURRENT_CHANGE: contextvars.ContextVar[_Change | None] = contextvars.ContextVar
 
 
 class _Change:
-    def __init__(self, record: dict[str, Any]) -> None:
+    def __init__(self, record: dict[str, Any],
+                 bookkeeping: Callable[[sa.Connection], None] | None) -> None:
         self.record = record
-        self.bookkeeping: list[Callable[[sa.Connection], None]] = []
+        self.bookkeeping = bookkeeping  # runs once, in the first write transaction
 
 
 def strip_scheme(uri: str) -> str:
@@ -171,10 +173,7 @@ def _bookkeeping(name: str, bound: inspect.BoundArguments) -> Callable[[sa.Conne
 def _own(conn: sa.Connection, kind: str, resource_id: str | None, team: str, principal: str,
          name: str | None) -> None:
     resource_id = directory_module.record_owner_in(conn, kind, resource_id, team, principal, name)
-    ctx = AUDIT_CONTEXT.get()
-    if ctx is not None and ctx.resource_id is None:
-        ctx.resource_kind, ctx.resource_id, ctx.resource_name = kind, resource_id, name
-        ctx.owner_team = team
+    note_resource(kind, resource_id, name, team)
 
 
 def _audited_method(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -190,12 +189,10 @@ def _audited_method(name: str, method: Callable[..., Any]) -> Callable[..., Any]
         except TypeError:
             return method(self, *args, **kwargs)  # MLflow raises the real error
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
-        change = _Change({"op": name, "args": summarize(arguments)})
+        change = _Change({"op": name, "args": summarize(arguments)}, _bookkeeping(name, bound))
         before = _before(self, name, bound)
         if before is not None:
             change.record["before"] = summarize(before)
-        if (keep := _bookkeeping(name, bound)) is not None:
-            change.bookkeeping.append(keep)
         token = _CURRENT_CHANGE.set(change)
         try:
             return method(self, *args, **kwargs)
@@ -250,10 +247,9 @@ def _before_commit(session: Any) -> None:
     session.flush()
     conn = session.connection()
     change = _CURRENT_CHANGE.get()
-    if change is not None and change.bookkeeping:
-        for keep in change.bookkeeping:
-            keep(conn)
-        change.bookkeeping.clear()
+    if change is not None and change.bookkeeping is not None:
+        change.bookkeeping(conn)
+        change.bookkeeping = None
     if conn.info.get(_WRITES_KEY):
         record = change.record if change is not None else {"op": "unlisted"}
         session.info[_PENDING_SEQ] = record_in_transaction(conn, [record])
@@ -310,9 +306,9 @@ def _joined_session(conn: sa.Connection) -> Iterator[Any]:
 _SCHEMA_READY: set[str] = set()
 
 
-def _ensure_schema(db_uri: str) -> None:
+def ensure_schema(db_uri: str) -> None:
     """Create mlflow-share's tables and the audit triggers once per process, as MLflow's
-    stores create theirs: code that opens an ``audit+`` URI directly finds them in place."""
+    stores create theirs: the server and code that opens an ``audit+`` URI find them there."""
     if db_uri in _SCHEMA_READY:
         return
     from mlflow_share import db
@@ -327,7 +323,7 @@ def _ensure_schema(db_uri: str) -> None:
 
 def _audit_sessions(store: Any) -> None:
     """Make each write transaction of ``store`` carry its audit event (see module docstring)."""
-    _ensure_schema(store.db_uri)
+    ensure_schema(store.db_uri)
     _instrument_engine(store.engine)
     _listen_once()
     managed_session = store.ManagedSessionMaker

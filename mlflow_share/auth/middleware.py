@@ -99,14 +99,18 @@ class AuditGate:
     def record(self, ctx: AuditContext, status: int) -> None:
         row = self.pending_event(ctx, status)
         if row is not None:
-            seq = self.appender.append(row)
-            if ctx.recorded_seq is None:
-                ctx.recorded_seq = seq
-            ctx.recorded_status = status
+            self._recorded(ctx, self.appender.append(row), status)
 
     async def record_async(self, ctx: AuditContext, status: int) -> None:
-        if self.pending_event(ctx, status) is not None:
-            await anyio.to_thread.run_sync(self.record, ctx, status)
+        row = self.pending_event(ctx, status)
+        if row is not None:
+            self._recorded(ctx, await anyio.to_thread.run_sync(self.appender.append, row), status)
+
+    @staticmethod
+    def _recorded(ctx: AuditContext, seq: int, status: int) -> None:
+        if ctx.recorded_seq is None:
+            ctx.recorded_seq = seq
+        ctx.recorded_status = status
 
     def flask_after_request(self, response: Any) -> Any:
         """Flask ``after_request``: record the event on the thread that served the request."""
