@@ -86,6 +86,8 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow.server import handlers
 
     from mlflow_share.admin.api import create_blueprint
+    from mlflow_share.artifacts import serving
+    from mlflow_share.artifacts.api import create_artifacts_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
     from mlflow_share.audit.store import install_audited_stores
@@ -118,6 +120,7 @@ def create_app(flask_app: Any = None) -> Any:
     if "mlflow_share_api" not in flask_app.blueprints:
         flask_app.register_blueprint(create_blueprint(policy, directory))
         flask_app.register_blueprint(create_audit_blueprint(policy, engine))
+        flask_app.register_blueprint(create_artifacts_blueprint(policy, engine))
         flask_app.after_request(gate.flask_after_request)
 
     wsgi = settings.server_kind in ("gunicorn", "waitress")
@@ -127,6 +130,7 @@ def create_app(flask_app: Any = None) -> Any:
 
         enable_tcp_nodelay()
         fastapi_app = create_fastapi_app(flask_app)
+    serving.install(flask_app, fastapi_app, gate.appender)
     interceptor = Interceptor(RouteTable(flask_app, fastapi_app), policy, directory, lookups)
     flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
     if fastapi_app is None:

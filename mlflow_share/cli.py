@@ -38,7 +38,7 @@ def cli(ctx: click.Context, tracking_uri: str | None) -> None:
               help=f"Folder for the embedded default (${config.HOME_ENV}, else ~/.mlflow-share).")
 @click.option("--backend-store-uri", default=None, help="SQL URI (default: SQLite in --home).")
 @click.option("--artifacts-destination", default=None,
-              help="Artifact root (default: <home>/artifacts).")
+              help="Artifact root (default: checksum+file://<home>/artifacts).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int)
@@ -52,7 +52,7 @@ def server(home: Path | None, backend_store_uri: str | None, artifacts_destinati
     home = (home or config.default_home()).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     uri = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
-    destination = artifacts_destination or str(home / "artifacts")
+    destination = artifacts_destination or f"checksum+file://{home / 'artifacts'}"
     _prepare_database(uri)
     command = [
         sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-share",

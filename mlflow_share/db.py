@@ -90,6 +90,35 @@ state = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
 )
 
+# The SHA-256 and size of every file written through a checksum+ artifact repository, keyed
+# by its path under the server's artifact root, and the audit event that recorded it.
+artifact_digests = sa.Table(
+    "share_artifact_digests",
+    metadata,
+    sa.Column("path", sa.String(1024), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("audit_seq", sa.BigInteger, nullable=True),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+)
+
+# The manifest of each registered model version's files (an in-toto statement, canonical
+# JSON), its digest, the version's identity and the audit event that recorded them.
+model_manifests = sa.Table(
+    "share_model_manifests",
+    metadata,
+    sa.Column("model_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False, index=True),
+    sa.Column("location", sa.String(1024), nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Column("identity", sa.String(64), nullable=False),
+    sa.Column("signature", sa.Text, nullable=True),
+    sa.Column("audit_seq", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
 POLICY_VERSION = "policy_version"
 RESOURCE_VERSION = "resource_version"
 

@@ -13,7 +13,8 @@ JSON envelope (``error_code``, ``message``) with the mapped status::
           ├── Conflict               RESOURCE_CONFLICT           409
           ├── Unavailable            TEMPORARILY_UNAVAILABLE     503
           │    └── AuditUnavailable  TEMPORARILY_UNAVAILABLE     503
-          └── AuditChainBroken       DATA_LOSS                   500
+          ├── AuditChainBroken       DATA_LOSS                   500
+          └── DataLoss               DATA_LOSS                   500
 
 Messages name the resource and the rule, never SQL, file paths or policy internals.
 """
@@ -68,6 +69,12 @@ class AuditUnavailable(Unavailable):
 
 
 class AuditChainBroken(MlflowShareError):
+    error_code_value = databricks_pb2.DATA_LOSS
+
+
+class DataLoss(MlflowShareError):
+    """Stored bytes do not match their recorded size and SHA-256."""
+
     error_code_value = databricks_pb2.DATA_LOSS
 
 

@@ -74,14 +74,15 @@ def start_server(tmp: Path, backend_uri: str | None = None, *, workers: int = 1,
         # (it passes both `--call` and `create_app()`); serve the factory as MLflow would.
         env.update(_MLFLOW_SERVER_FILE_STORE=backend_uri, _MLFLOW_SGI_NAME="waitress",
                    _MLFLOW_SERVER_ARTIFACT_ROOT="mlflow-artifacts:/",
-                   _MLFLOW_SERVER_ARTIFACT_DESTINATION=str(artifacts),
+                   _MLFLOW_SERVER_ARTIFACT_DESTINATION=f"checksum+file://{artifacts}",
                    _MLFLOW_SERVER_SERVE_ARTIFACTS="true")
         command = [sys.executable, "-m", "waitress", "--host=127.0.0.1", f"--port={port}",
                    "--threads=4", "--call", "mlflow_share.app:create_app"]
     else:
         command = [
             sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-share",
-            "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
+            "--backend-store-uri", backend_uri,
+            "--artifacts-destination", f"checksum+file://{artifacts}",
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra,
         ]
     with open(log, "wb") as out:

@@ -377,6 +377,65 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
                          read_db_uri=strip_scheme(read_db_uri) if read_db_uri else None)
         _audit_sessions(self)
 
+    def create_model_version(self, name: str, source: str, run_id: str | None = None,
+                             tags: Any = None, run_link: str | None = None,
+                             description: str | None = None, local_model_path: str | None = None,
+                             model_id: str | None = None) -> Any:
+        """With a checksum artifact root, a new version's files are copied write-once to its
+        own location and its manifest taken (``mlflow_share.artifacts.registration``)."""
+        from mlflow_share.artifacts import registration
+
+        create = functools.partial(
+            super().create_model_version, name, source, run_id=run_id, tags=tags,
+            run_link=run_link, description=description, local_model_path=local_model_path,
+            model_id=model_id)
+        repo = registration.destination()
+        if repo is None:
+            return create()
+        with self.ManagedSessionMaker(read_only=False) as session:
+            created = create()
+            conn = session.connection()
+            version = int(created.version)
+            row = conn.execute(sa.text(
+                "SELECT storage_location, run_id FROM model_versions "
+                "WHERE name = :n AND version = :v"), {"n": name, "v": version}).one()
+            source_base = registration.source_folder(conn, source, row.storage_location)
+            folder = registration.model_key(conn, name)
+            location = registration.version_location(folder, version)
+            conn.execute(sa.text(
+                "UPDATE model_versions SET status = 'PENDING_REGISTRATION', "
+                "storage_location = :l WHERE name = :n AND version = :v"),
+                {"l": registration.PROXY_SCHEME + location, "n": name, "v": version})
+            params = registration.run_params(conn, row.run_id)
+            source_run = row.run_id
+        try:
+            registered = registration.copy_and_describe(
+                repo, name=name, version=version, model_id=folder, source=source,
+                source_base=source_base, run_id=source_run, params=params)
+            registration.finish(repo, model_id=folder, name=name, version=version,
+                                registered=registered)
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            registration.fail(repo, name=name, version=version, reason=reason)
+            raise
+        return self.get_model_version(name, str(version))
+
+    def set_model_version_tag(self, name: str, version: str, tag: Any) -> Any:
+        _refuse_reserved_tag(tag.key)
+        return super().set_model_version_tag(name, version, tag)
+
+    def delete_model_version_tag(self, name: str, version: str, key: str) -> Any:
+        _refuse_reserved_tag(key)
+        return super().delete_model_version_tag(name, version, key)
+
+
+def _refuse_reserved_tag(key: str) -> None:
+    from mlflow_share.artifacts.manifest import RESERVED_TAG_PREFIX
+    from mlflow_share.errors import Conflict
+
+    if str(key).startswith(RESERVED_TAG_PREFIX):
+        raise Conflict(f"Tag {key!r} is set by mlflow-share at registration and cannot change.")
+
 
 def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> AuditingSqlAlchemyStore:
     """The ``mlflow.tracking_store`` entry point for the ``audit+<db>`` schemes."""

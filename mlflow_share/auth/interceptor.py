@@ -27,6 +27,7 @@ from mlflow_share.auth.identity import Principal, parse_authorization
 from mlflow_share.auth.resolvers import MlflowLookups, validate_artifact_path
 from mlflow_share.directory import Directory
 from mlflow_share.errors import (
+    Conflict,
     InvalidInput,
     MlflowShareError,
     NotFound,
@@ -42,6 +43,7 @@ TEAM_HEADER = "x-mlflow-share-team"
 TEAM_TAG = "mlflow-share.team"
 MAX_JSON_BODY = 64 * 1024 * 1024
 _METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+MODELS_DIR = "models"  # registered versions' copies (mlflow_share.artifacts)
 _BODYLESS_RESOLVERS = frozenset({"public", "authenticated", "admin", "search", "graphql", "artifact"})
 
 
@@ -434,6 +436,9 @@ class Interceptor:
         self._check_artifact(principal, segments, rule.action)
 
     def _check_artifact(self, principal: Principal, segments: list[str], action: str) -> None:
+        if segments and segments[0] == MODELS_DIR:
+            self._check_registered_files(principal, segments, action)
+            return
         if principal.is_admin:
             if segments and segments[0].isdigit():  # name the owner team in the event
                 note_resource(directory_module.EXPERIMENT, segments[0], None,
@@ -454,6 +459,25 @@ class Interceptor:
                 f"Permission denied: {principal.name!r} may not read artifacts of experiment "
                 f"{experiment_id!r}."
             )
+
+    def _check_registered_files(self, principal: Principal, segments: list[str],
+                                action: str) -> None:
+        """``models/<model id>/<version>/...``: registered copies, readable through the model."""
+        if action != "read":
+            raise Conflict("Registered model versions' files are written once, by registration, "
+                           "and never changed or deleted.")
+        if len(segments) < 2:
+            if principal.is_admin:
+                return
+            raise PermissionDenied("Only the files of a registered model version can be reached.")
+        model_id = segments[1]
+        owner = self.policy.owner_of(directory_module.MODEL, model_id)
+        if principal.is_admin or self.policy.is_allowed(principal, directory_module.MODEL,
+                                                        model_id, owner, "read"):
+            note_resource(directory_module.MODEL, model_id, None, owner)
+            return
+        raise PermissionDenied(
+            f"Permission denied: {principal.name!r} may not read this registered model's files.")
 
 
 def _note_denial(message: str) -> None:

@@ -1,0 +1,1 @@
+"""Checksum-validating artifact storage, version manifests and identity."""

@@ -1,0 +1,51 @@
+"""``/api/2.0/mlflow-share/model-versions/{manifest,verify}``: a version's manifest and a check.
+
+Both need read access to the registered model (a team it is shared with has it).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.engine import Engine
+
+from mlflow_share.admin.api import PREFIX, current_principal, json_errors
+from mlflow_share.artifacts import registration
+from mlflow_share.audit.log import note_resource
+from mlflow_share.directory import MODEL
+from mlflow_share.errors import InvalidInput, NotFound, PermissionDenied
+from mlflow_share.policy.enforcer import PolicyEngine
+
+
+def create_artifacts_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
+    api = json_errors(Blueprint("mlflow_share_artifacts", __name__,
+                                url_prefix=PREFIX + "/model-versions"))
+
+    def readable_version() -> tuple[str, str]:
+        name, version = request.args.get("name"), request.args.get("version")
+        if not name or not version or not version.isdigit():
+            raise InvalidInput("Give 'name' and a numeric 'version' of a model version.")
+        principal = current_principal()
+        model_id = policy.model_id(name)
+        owner = policy.owner_of(MODEL, model_id) if model_id is not None else None
+        if model_id is None and not principal.is_admin:
+            raise NotFound(f"Registered model {name!r} does not exist.")
+        note_resource(MODEL, model_id, name, owner)
+        if not policy.is_allowed(principal, MODEL, model_id, owner, "read"):
+            raise PermissionDenied(
+                f"Permission denied: {principal.name!r} may not read registered model {name!r}.")
+        return name, version
+
+    @api.get("/manifest")
+    def get_manifest() -> Response:
+        name, version = readable_version()
+        return jsonify(registration.find_manifest(engine, name, version).to_dict())
+
+    @api.get("/verify")
+    def verify() -> Response:
+        name, version = readable_version()
+        repo = registration.destination()
+        if repo is None:
+            raise InvalidInput("This server's artifact root is not a checksum+ repository.")
+        return jsonify(registration.verify_version(engine, repo, name, version).to_dict())
+
+    return api

@@ -1,0 +1,174 @@
+"""The digest ledger: the size and SHA-256 of every stored file, recorded with its audit event.
+
+A file is published (renamed into place) inside the transaction that records its digest row
+and its audit event, while that transaction holds the chain's write lock: two uploads to one
+path publish and record in the same order, so the file and its row always agree. If the
+transaction cannot commit, the staged file is discarded and nothing is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mlflow_share import db
+from mlflow_share.audit import models as audit_models
+from mlflow_share.audit.log import begin_write, committed, record_in_transaction, writer_lock
+from mlflow_share.errors import AuditUnavailable, InvalidInput
+
+_logger = logging.getLogger(__name__)
+
+_T = db.artifact_digests
+
+
+@dataclass(frozen=True)
+class Digest:
+    path: str
+    size: int
+    sha256: str
+    audit_seq: int | None
+
+
+class Ledger:
+    """Digest rows in mlflow-share's database (MLflow's tracking database)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def for_environment(cls) -> Ledger:
+        """The ledger of the server this process belongs to (or of ``MLFLOW_TRACKING_URI``)."""
+        from mlflow.server import BACKEND_STORE_URI_ENV_VAR
+
+        from mlflow_share.audit.store import ensure_schema, strip_scheme
+
+        uri = os.environ.get(BACKEND_STORE_URI_ENV_VAR) or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri or not strip_scheme(uri).startswith(("sqlite:", "postgresql")):
+            raise InvalidInput(
+                "A checksum+ artifact repository records digests in mlflow-share's database: "
+                "use it as `--artifacts-destination` of an mlflow-share server, or set "
+                "MLFLOW_TRACKING_URI to that database's URI."
+            )
+        uri = strip_scheme(uri)
+        ensure_schema(uri)
+        return cls(db.get_engine(uri))
+
+    # -- reading ----------------------------------------------------------------------------
+    def get(self, path: str) -> Digest | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_T).where(_T.c.path == path)).first()
+        return _digest(row) if row is not None else None
+
+    def under(self, prefix: str) -> dict[str, Digest]:
+        """Every digest at ``prefix`` or below it (a file or a folder)."""
+        prefix = prefix.rstrip("/")
+        with self.engine.connect() as conn:
+            if prefix:
+                pattern = _like_escape(prefix) + "/%"
+                rows = conn.execute(sa.select(_T).where(
+                    sa.or_(_T.c.path == prefix, _T.c.path.like(pattern, escape="\\"))
+                )).all()
+            else:
+                rows = conn.execute(sa.select(_T)).all()
+        return {str(row.path): _digest(row) for row in rows}
+
+    def audited_sha256(self, digest: Digest) -> str | None:
+        """The SHA-256 the audit chain recorded for this row's path at its ``audit_seq``.
+
+        A row edited to match a replaced file no longer matches its event (the chain itself
+        is checked by ``mlflow-share audit verify``).
+        """
+        if digest.audit_seq is None:
+            return None
+        table = audit_models.events
+        with self.engine.connect() as conn:
+            details = conn.execute(
+                sa.select(table.c.details).where(table.c.seq == digest.audit_seq)
+            ).scalar()
+        if details is None:
+            return None
+        try:
+            changes = json.loads(details).get("changes") or []
+        except (ValueError, AttributeError):
+            return None
+        for change in changes:
+            for entry in change.get("files") or []:
+                if entry.get("path") == digest.path:
+                    return str(entry.get("sha256"))
+        return None
+
+    # -- writing ----------------------------------------------------------------------------
+    def record(self, files: Iterable[tuple[str, int, str]], change: dict[str, Any],
+               publish: Callable[[], None] | None = None) -> int:
+        """Record ``(path, size, sha256)`` rows and their audit event in one transaction.
+
+        ``publish`` (moving staged bytes into place) runs inside it, after the rows are
+        written and before the commit: if it fails, nothing is recorded.
+        """
+        rows = [{"path": p, "size": size, "sha256": sha} for p, size, sha in files]
+        change = {**change, "files": rows}
+        return self.audited(change, lambda conn, seq: self._upsert(conn, rows, seq), publish)
+
+    def forget(self, prefix: str, change: dict[str, Any],
+               remove: Callable[[], None] | None = None) -> int:
+        """Drop the rows at or under ``prefix`` with an audit event; ``remove`` deletes bytes."""
+        prefix = prefix.rstrip("/")
+
+        def delete(conn: sa.Connection, seq: int) -> None:
+            if prefix:
+                conn.execute(_T.delete().where(sa.or_(
+                    _T.c.path == prefix,
+                    _T.c.path.like(_like_escape(prefix) + "/%", escape="\\"))))
+            else:
+                conn.execute(_T.delete())
+
+        return self.audited({**change, "path": prefix}, delete, remove)
+
+    def audited(self, change: dict[str, Any], rows: Callable[[sa.Connection, int], None],
+                effect: Callable[[], None] | None = None) -> int:
+        """One write transaction: the audit event of ``change``, then ``rows(conn, seq)``,
+        then ``effect()`` (a file operation), then the commit; all or nothing."""
+        with writer_lock(self.engine), self.engine.connect() as conn:
+            begin_write(conn)
+            try:
+                seq = record_in_transaction(conn, [change], action=change.get("op"))
+                rows(conn, seq)
+                if effect is not None:
+                    effect()
+            except BaseException:
+                conn.rollback()
+                raise
+            try:
+                conn.commit()
+            except sa.exc.SQLAlchemyError as exc:
+                _logger.error("mlflow-share could not record artifact digests: %s", exc)
+                raise AuditUnavailable(
+                    "The artifact's digest could not be recorded; try again later.") from None
+        committed(seq)
+        return seq
+
+    @staticmethod
+    def _upsert(conn: sa.Connection, rows: list[dict[str, Any]], seq: int) -> None:
+        now = db.now_ms()
+        for row in rows:
+            values = {**row, "audit_seq": seq, "recorded_at": now}
+            updated = conn.execute(
+                _T.update().where(_T.c.path == row["path"]).values(**values)).rowcount
+            if not updated:
+                conn.execute(_T.insert().values(**values))
+
+
+def _digest(row: Any) -> Digest:
+    return Digest(str(row.path), int(row.size), str(row.sha256),
+                  int(row.audit_seq) if row.audit_seq is not None else None)
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -1,0 +1,278 @@
+"""Registering a model version: copy its files write-once, take the manifest, fix its identity.
+
+When the server's artifact root is a ``checksum+`` repository, ``create_model_version``:
+
+1. creates the version as MLflow does, then, in the same transaction, marks it
+   ``PENDING_REGISTRATION`` with its own storage location ``models/<model id>/<version>/``
+   (``mlflow-artifacts:/models/...``: clients download it through the checked proxy);
+2. copies every file of the source there, each checked against its recorded digest while it
+   is read, and records the copies' digests (one audit event);
+3. stores the manifest, sets the identity tags and marks the version ``READY`` (a second
+   event, carrying the manifest digest and identity). A failure marks it
+   ``FAILED_REGISTRATION`` with the reason.
+
+Later writes or deletions under the run's artifacts cannot change the registered copy, and
+nothing writes under ``models/`` but registration (409).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlflow_share import db
+from mlflow_share.artifacts import manifest as mf
+from mlflow_share.artifacts.repository import MODELS_DIR, ChecksumArtifactRepository
+from mlflow_share.errors import DataLoss, InvalidInput, NotFound
+
+_logger = logging.getLogger(__name__)
+
+PROXY_SCHEME = "mlflow-artifacts:/"
+
+
+def destination() -> ChecksumArtifactRepository | None:
+    """The server's artifact root, if it is a checksum repository."""
+    from mlflow.server.constants import ARTIFACTS_DESTINATION_ENV_VAR
+
+    if not os.environ.get(ARTIFACTS_DESTINATION_ENV_VAR, "").startswith("checksum+"):
+        return None
+    from mlflow.server.handlers import _get_artifact_repo_mlflow_artifacts
+
+    repo = _get_artifact_repo_mlflow_artifacts()
+    return repo if isinstance(repo, ChecksumArtifactRepository) else None
+
+
+def model_key(conn: sa.Connection, name: str) -> str:
+    """mlflow-share's ID of a registered model (its folder under ``models/``)."""
+    model_id = conn.execute(sa.select(db.resources.c.resource_id).where(
+        db.resources.c.kind == "registered_model", db.resources.c.name == name)).scalar()
+    if model_id is None:  # registered before mlflow-share: a stable folder from its name
+        model_id = "n" + mf.sha256_hex(name.encode())[:31]
+    return str(model_id)
+
+
+def version_location(model_id: str, version: int | str) -> str:
+    return f"{MODELS_DIR}/{model_id}/{version}"
+
+
+def source_folder(conn: sa.Connection, source: str, storage_location: str | None) -> str:
+    """The folder under the artifact root that holds a version's source files (400 if none)."""
+    for uri in (storage_location, source):
+        if uri and uri.startswith(PROXY_SCHEME) and not uri.startswith(PROXY_SCHEME + "/"):
+            return uri[len(PROXY_SCHEME):].strip("/")
+    if source.startswith("runs:/"):
+        run_id, _, path = source[len("runs:/"):].partition("/")
+        artifact_uri = conn.execute(sa.text(
+            "SELECT artifact_uri FROM runs WHERE run_uuid = :r"), {"r": run_id}).scalar()
+        if artifact_uri and str(artifact_uri).startswith(PROXY_SCHEME):
+            base = str(artifact_uri)[len(PROXY_SCHEME):].strip("/")
+            return "/".join(p for p in (base, path.strip("/")) if p)
+    raise InvalidInput(
+        f"Model version source {source!r} is not stored on this server's artifact root; "
+        "register a runs:/, models:/ or mlflow-artifacts:/ source logged through this server.")
+
+
+def run_params(conn: sa.Connection, run_id: str | None) -> dict[str, str]:
+    if not run_id:
+        return {}
+    rows = conn.execute(sa.text("SELECT key, value FROM params WHERE run_uuid = :r"),
+                        {"r": run_id}).all()
+    return {str(k): str(v) for k, v in rows}
+
+
+@dataclass
+class Registered:
+    statement: dict[str, Any]
+    manifest_sha256: str
+    identity: str
+    signature: str | None
+
+
+def copy_and_describe(repo: ChecksumArtifactRepository, *, name: str, version: int,
+                      model_id: str, source: str, source_base: str, run_id: str | None,
+                      params: dict[str, str]) -> Registered:
+    """Copy the source files to the version's location and build its manifest."""
+    sources = repo.files_under(source_base)
+    if not sources:
+        raise NotFound(f"Model version source {source!r} has no files.")
+    target = version_location(model_id, version)
+    files = repo.copy_verified(sources, source_base, target,
+                               {"op": "model_version.copy", "name": name, "version": version,
+                                "from": source_base, "to": target})
+    params_sha256 = mf.params_digest(params)
+    statement = mf.build_statement(name, version, files, run_id=run_id,
+                                   params_sha256=params_sha256, source=source)
+    manifest_sha256 = mf.statement_digest(statement)
+    return Registered(statement, manifest_sha256,
+                      mf.identity(manifest_sha256, run_id, params_sha256), mf.sign(statement))
+
+
+def finish(repo: ChecksumArtifactRepository, *, model_id: str, name: str, version: int,
+           registered: Registered) -> None:
+    """Store the manifest, set the identity tags and mark the version READY: one event."""
+    change = {"op": "model_version.manifest", "name": name, "version": version,
+              "manifest_sha256": registered.manifest_sha256, "identity": registered.identity,
+              "signed": registered.signature is not None}
+
+    def write(conn: sa.Connection, seq: int) -> None:
+        key = {"n": name, "v": version}
+        workspace = conn.execute(sa.text(
+            "SELECT workspace FROM model_versions WHERE name = :n AND version = :v"), key).scalar()
+        conn.execute(db.model_manifests.insert().values(
+            model_id=model_id, version=version, name=name,
+            location=version_location(model_id, version),
+            manifest=mf.canonical(registered.statement).decode(),
+            manifest_sha256=registered.manifest_sha256, identity=registered.identity,
+            signature=registered.signature, audit_seq=seq, created_at=db.now_ms()))
+        for tag, value in ((mf.IDENTITY_TAG, registered.identity),
+                           (mf.MANIFEST_TAG, registered.manifest_sha256)):
+            conn.execute(sa.text(
+                "DELETE FROM model_version_tags WHERE name = :n AND version = :v AND key = :k"),
+                {**key, "k": tag})
+            conn.execute(sa.text(
+                "INSERT INTO model_version_tags (workspace, name, version, key, value) "
+                "VALUES (:w, :n, :v, :k, :value)"), {**key, "w": workspace, "k": tag,
+                                                     "value": value})
+        conn.execute(sa.text(
+            "UPDATE model_versions SET status = 'READY', status_message = NULL, "
+            "last_updated_time = :t WHERE name = :n AND version = :v"),
+            {**key, "t": db.now_ms()})
+
+    repo.ledger.audited(change, write)
+
+
+def fail(repo: ChecksumArtifactRepository, *, name: str, version: int, reason: str) -> None:
+    """Mark a version FAILED_REGISTRATION with the reason (audited)."""
+    def write(conn: sa.Connection, seq: int) -> None:
+        conn.execute(sa.text(
+            "UPDATE model_versions SET status = 'FAILED_REGISTRATION', status_message = :m, "
+            "last_updated_time = :t WHERE name = :n AND version = :v"),
+            {"m": reason[:500], "t": db.now_ms(), "n": name, "v": version})
+
+    repo.ledger.audited({"op": "model_version.failed", "name": name, "version": version,
+                         "reason": reason[:500]}, write)
+
+
+# -- reading and verifying -----------------------------------------------------------------------
+@dataclass
+class ManifestRecord:
+    model_id: str
+    version: int
+    name: str
+    location: str
+    statement: dict[str, Any]
+    manifest_sha256: str
+    identity: str
+    signature: str | None
+    audit_seq: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": str(self.version), "location": self.location,
+                "storage_location": PROXY_SCHEME + self.location,
+                "manifest": self.statement, "manifest_sha256": self.manifest_sha256,
+                "identity": self.identity, "signature": self.signature}
+
+
+def find_manifest(engine: sa.Engine, name: str, version: str) -> ManifestRecord:
+    """The manifest of version ``version`` of the model now called ``name`` (404 if none)."""
+    with engine.connect() as conn:
+        location = conn.execute(sa.text(
+            "SELECT storage_location FROM model_versions WHERE name = :n AND version = :v"),
+            {"n": name, "v": int(version) if str(version).isdigit() else -1}).scalar()
+        t = db.model_manifests
+        row = None
+        if location and str(location).startswith(PROXY_SCHEME + MODELS_DIR + "/"):
+            row = conn.execute(sa.select(t).where(
+                t.c.location == str(location)[len(PROXY_SCHEME):])).first()
+    if row is None:
+        raise NotFound(f"Model version {name!r} version {version!r} has no manifest.")
+    return ManifestRecord(str(row.model_id), int(row.version), str(row.name), str(row.location),
+                          json.loads(row.manifest), str(row.manifest_sha256), str(row.identity),
+                          row.signature, row.audit_seq)
+
+
+@dataclass
+class Report:
+    name: str
+    version: str
+    identity: str
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.changed or self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "identity": self.identity,
+                "ok": self.ok, "checked": self.checked, "missing": self.missing,
+                "extra": self.extra, "changed": self.changed, "problems": self.problems}
+
+
+def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
+                   version: str) -> Report:
+    """Check every stored byte of a version against its manifest (and the manifest itself)."""
+    import hashlib
+
+    record = find_manifest(engine, name, version)
+    report = Report(name, str(version), record.identity)
+    statement = record.statement
+    if mf.statement_digest(statement) != record.manifest_sha256:
+        report.problems.append("The stored manifest does not match its recorded digest.")
+    params_sha256 = str(statement["predicate"]["mlflow"]["params_sha256"])
+    run_id = str(statement["predicate"]["mlflow"]["run_id"]) or None
+    if mf.identity(record.manifest_sha256, run_id, params_sha256) != record.identity:
+        report.problems.append("The version's identity does not match its manifest.")
+    audited = _audited_manifest(engine, record.audit_seq)
+    if audited is not None and audited != (record.manifest_sha256, record.identity):
+        report.problems.append("The manifest does not match the one the audit log recorded.")
+    expected = mf.resources(statement)
+    base = record.location
+    present = {key[len(base) + 1:]: key for key in _files(repo, base)}
+    report.missing = sorted(set(expected) - set(present))
+    report.extra = sorted(set(present) - set(expected))
+    for relative in sorted(set(expected) & set(present)):
+        size, sha = expected[relative]
+        digest, length = hashlib.sha256(), 0
+        with open(repo._fs_path(present[relative]), "rb") as f:
+            while chunk := f.read(1024 * 1024):
+                digest.update(chunk)
+                length += len(chunk)
+        report.checked += 1
+        if (length, digest.hexdigest()) != (size, sha):
+            report.changed.append({"path": relative, "expected_sha256": sha,
+                                   "actual_sha256": digest.hexdigest(),
+                                   "expected_size": size, "actual_size": length})
+    return report
+
+
+def _files(repo: ChecksumArtifactRepository, base: str) -> list[str]:
+    try:
+        return repo.files_under(base) if os.path.isdir(repo._fs_path(base)) else []
+    except InvalidInput as exc:
+        raise DataLoss(exc.message) from None
+
+
+def _audited_manifest(engine: sa.Engine, seq: int | None) -> tuple[str, str] | None:
+    if seq is None:
+        return None
+    from mlflow_share.audit import models as audit_models
+
+    with engine.connect() as conn:
+        details = conn.execute(sa.select(audit_models.events.c.details).where(
+            audit_models.events.c.seq == seq)).scalar()
+    try:
+        for change in json.loads(details or "{}").get("changes") or []:
+            if change.get("op") == "model_version.manifest":
+                return str(change["manifest_sha256"]), str(change["identity"])
+    except (ValueError, KeyError, AttributeError):
+        return None
+    return None
