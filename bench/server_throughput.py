@@ -74,8 +74,9 @@ def auth_extra_path() -> str | None:
 
 
 def make_server(kind: str, root: Path, workers: int, fix_nodelay: bool = False,
-                backend_uri: str | None = None) -> Server:
-    """``kind`` (see ALL_SERVERS) on SQLite in ``root/kind``, or on ``backend_uri``."""
+                backend_uri: str | None = None, checksum_artifacts: bool = False) -> Server:
+    """``kind`` (see ALL_SERVERS) on SQLite in ``root/kind``, or on ``backend_uri``; artifacts
+    in ``root/kind/artifacts`` (through the ``checksum+file`` repository if asked)."""
     home = root / kind
     home.mkdir()
     port = free_port()
@@ -94,8 +95,10 @@ def make_server(kind: str, root: Path, workers: int, fix_nodelay: bool = False,
     elif kind == "mlflow-share":
         argv += ["--app-name", "mlflow-share"]
         env = {"MLFLOW_SHARE_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    artifacts = str(home / "artifacts")
     argv += ["--backend-store-uri", backend_uri or f"sqlite:///{home / 'mlflow.db'}",
-             "--artifacts-destination", str(home / "artifacts"),
+             "--artifacts-destination",
+             f"checksum+file://{artifacts}" if checksum_artifacts else artifacts,
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if fix_nodelay:  # preview of the TCP_NODELAY fix (bench/_nodelay_app.py) on every server
         argv += ["--uvicorn-opts", "--loop _nodelay_app:new_event_loop"]

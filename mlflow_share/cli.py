@@ -282,9 +282,11 @@ def policy_import(ctx: click.Context, file: Path, dry_run: bool) -> None:
 
 
 def _add_subcommands() -> None:
+    from mlflow_share.artifacts.cli import verify
     from mlflow_share.audit.cli import audit
 
     cli.add_command(audit)
+    cli.add_command(verify)
 
 
 _add_subcommands()

@@ -152,3 +152,37 @@ class ShareAdminClient:
     def verify_audit(self, checkpoint_seq: int | None = None) -> dict[str, Any]:
         params = {"checkpoint_seq": checkpoint_seq} if checkpoint_seq else None
         return self._call("GET", "/audit/verify", params=params)
+
+    # -- registered model versions: manifests and integrity --------------------------------
+    def resolve_model_version(self, model_uri: str) -> tuple[str, str]:
+        """``(name, version)`` of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+        name, version, alias = parse_model_uri(model_uri)
+        if alias is None:
+            return name, str(version)
+        response = self.session.get(f"{self.base}/api/2.0/mlflow/registered-models/alias",
+                                    params={"name": name, "alias": alias}, timeout=self.timeout)
+        data = response.json() if response.content else {}
+        if response.status_code >= 400:
+            raise ShareApiError(response.status_code, data.get("error_code", "INTERNAL_ERROR"),
+                                data.get("message", response.text[:200]))
+        return name, str(data["model_version"]["version"])
+
+    def model_version_manifest(self, name: str, version: str) -> dict[str, Any]:
+        return self._call("GET", "/model-versions/manifest",
+                          params={"name": name, "version": version})
+
+    def verify_model_version(self, name: str, version: str) -> dict[str, Any]:
+        return self._call("GET", "/model-versions/verify",
+                          params={"name": name, "version": version})
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """``(name, version, alias)`` of a registered model version URI."""
+    import re
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([A-Za-z0-9_-]+))/?", model_uri)
+    if match is None:
+        raise ShareClientError(
+            f"{model_uri!r} is not models:/NAME/VERSION or models:/NAME@ALIAS.")
+    return match.group(1), match.group(2), match.group(3)
+

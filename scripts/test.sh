@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test]" -e plugins/mlflow-share-client
 .venv/bin/python -m mypy mlflow_share
 set +e
 .venv/bin/python -m pytest tests "$@"

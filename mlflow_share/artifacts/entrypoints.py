@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def file_repository(artifact_uri: str, tracking_uri: str | None = None,
+def checksum_repository(artifact_uri: str, tracking_uri: str | None = None,
                     registry_uri: str | None = None) -> Any:
     from mlflow_share.artifacts.repository import ChecksumArtifactRepository
 

@@ -97,9 +97,7 @@ def copy_and_describe(repo: ChecksumArtifactRepository, *, name: str, version: i
                       model_id: str, source: str, source_base: str, run_id: str | None,
                       params: dict[str, str]) -> Registered:
     """Copy the source files to the version's location and build its manifest."""
-    sources = repo.files_under(source_base)
-    if not sources:
-        raise NotFound(f"Model version source {source!r} has no files.")
+    sources = repo.files_under(source_base) if repo.exists(source_base) else []
     target = version_location(model_id, version)
     files = repo.copy_verified(sources, source_base, target,
                                {"op": "model_version.copy", "name": name, "version": version,
@@ -242,8 +240,8 @@ def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: st
     for relative in sorted(set(expected) & set(present)):
         size, sha = expected[relative]
         digest, length = hashlib.sha256(), 0
-        with open(repo._fs_path(present[relative]), "rb") as f:
-            while chunk := f.read(1024 * 1024):
+        with repo.open_raw(present[relative]) as stream:
+            while chunk := stream.read(1024 * 1024):
                 digest.update(chunk)
                 length += len(chunk)
         report.checked += 1
@@ -256,7 +254,7 @@ def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: st
 
 def _files(repo: ChecksumArtifactRepository, base: str) -> list[str]:
     try:
-        return repo.files_under(base) if os.path.isdir(repo._fs_path(base)) else []
+        return repo.files_under(base) if repo.exists(base) else []
     except InvalidInput as exc:
         raise DataLoss(exc.message) from None
 

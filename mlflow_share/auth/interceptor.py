@@ -119,6 +119,8 @@ class Interceptor:
     def match(self, request: IncomingRequest) -> Match | Decision:
         """Route the request; a ``Decision`` here is a refusal before any identity work."""
         if "//" in request.raw_path or "//" in request.path:
+            if "/mlflow-artifacts/" in request.path:  # an absolute path after the route prefix
+                return _error(InvalidInput("Invalid artifact path."))
             return _plain_error(404, "ENDPOINT_NOT_FOUND", "No such endpoint.")
         if request.method != request.method.upper():
             # h11 passes `get` through, werkzeug routes it as GET: refuse the ambiguity.

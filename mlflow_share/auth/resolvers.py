@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import posixpath
 import threading
+from urllib.parse import unquote
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -158,6 +159,10 @@ def validate_artifact_path(path: str, *, allow_empty: bool = False) -> list[str]
     """
     if path == "" and allow_empty:
         return []
+    if "%" in path and unquote(path) != path:
+        # MLflow decodes paths again before using them: an encoded "/", "." or "\\" here
+        # would become a traversal there.
+        raise InvalidInput(f"Invalid artifact path {path!r}: percent-encoded characters.")
     if (
         not path
         or path.startswith("/")
