@@ -57,15 +57,17 @@ class ShareServer:
 
 
 def start_server(tmp: Path, backend_uri: str | None = None, *, workers: int = 1,
-                 extra: tuple[str, ...] = ()) -> ShareServer:
+                 extra: tuple[str, ...] = (), artifacts_uri: str | None = None,
+                 env_extra: dict[str, str] | None = None) -> ShareServer:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     backend_uri = backend_uri or f"sqlite:///{tmp / 'mlflow.db'}"
     artifacts = tmp / "artifacts"
+    artifacts_uri = artifacts_uri or f"checksum+file://{artifacts}"
     log = tmp / "server.log"
     # No huey job runners: they start ~8 processes per server and no test here uses jobs.
     env = {**os.environ, "MLFLOW_SHARE_ADMIN_PASSWORD": ADMIN_PASSWORD,
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env_extra or {})}
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
                  "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
@@ -74,7 +76,7 @@ def start_server(tmp: Path, backend_uri: str | None = None, *, workers: int = 1,
         # (it passes both `--call` and `create_app()`); serve the factory as MLflow would.
         env.update(_MLFLOW_SERVER_FILE_STORE=backend_uri, _MLFLOW_SGI_NAME="waitress",
                    _MLFLOW_SERVER_ARTIFACT_ROOT="mlflow-artifacts:/",
-                   _MLFLOW_SERVER_ARTIFACT_DESTINATION=f"checksum+file://{artifacts}",
+                   _MLFLOW_SERVER_ARTIFACT_DESTINATION=artifacts_uri,
                    _MLFLOW_SERVER_SERVE_ARTIFACTS="true")
         command = [sys.executable, "-m", "waitress", "--host=127.0.0.1", f"--port={port}",
                    "--threads=4", "--call", "mlflow_share.app:create_app"]
@@ -82,7 +84,7 @@ def start_server(tmp: Path, backend_uri: str | None = None, *, workers: int = 1,
         command = [
             sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-share",
             "--backend-store-uri", backend_uri,
-            "--artifacts-destination", f"checksum+file://{artifacts}",
+            "--artifacts-destination", artifacts_uri,
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), *extra,
         ]
     with open(log, "wb") as out:

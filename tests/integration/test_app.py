@@ -101,6 +101,22 @@ def test_wsgi_servers_enforce_the_same_policy(tmp_path: Path, server_option) -> 
         assert server.api("PUT", path, token=alice, data=b"hello").status_code == 200
         assert server.api("GET", path, token=bob).status_code == 403
         assert server.api("GET", path, token=alice).content == b"hello"
+        # ... and checked: declared digests, streamed large files, tampered bytes.
+        import base64
+        import hashlib
+
+        other = "sha-256=:" + base64.b64encode(hashlib.sha256(b"x").digest()).decode() + ":"
+        refused = server.api("PUT", path + ".2", token=alice, data=b"hello",
+                             headers={"Content-Digest": other})
+        assert refused.status_code == 400, refused.text
+        big = os.urandom(9 * 1024 * 1024)
+        assert server.api("PUT", path + ".big", token=alice, data=big).status_code == 200
+        fetched = server.api("GET", path + ".big", token=alice)
+        assert fetched.content == big
+        assert fetched.headers["Content-Digest"].startswith("sha-256=:")
+        (server.artifacts / f"{exp}/run/artifacts/f.txt").write_bytes(b"hellO")
+        tampered = server.api("GET", path, token=alice)
+        assert tampered.status_code == 500 and tampered.json()["error_code"] == "DATA_LOSS"
 
 
 def test_policy_changes_reach_every_worker_at_once(tmp_path: Path) -> None:

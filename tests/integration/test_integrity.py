@@ -477,3 +477,28 @@ def test_two_gigabytes_stream_through_in_constant_memory(share_server: ShareServ
     growth_mib = (_peak_rss_kib(share_server.process.pid) - before) / 1024
     assert growth_mib < 200, f"server peak memory grew by {growth_mib:.0f} MiB for 2 GiB"
     (share_server.artifacts / key).unlink()
+
+
+def test_large_tampered_file_is_cut_off_before_its_end_and_audited(share_server: ShareServer,
+                                                                   unique: str) -> None:
+    experiment_id = _experiment(share_server, "alice", f"cutoff-{unique}")
+    key = f"{experiment_id}/upload/large.bin"
+    token = share_server.tokens["alice"]
+    data = os.urandom(20 * 1024 * 1024)
+    assert share_server.api("PUT", f"{ARTIFACTS}/{key}", token=token, data=data).status_code == 200
+    tampered = bytearray(data)
+    tampered[15 * 1024 * 1024] ^= 0xFF  # same size: found only by the digest, at the end
+    (share_server.artifacts / key).write_bytes(bytes(tampered))
+    received = b""
+    with pytest.raises(requests.exceptions.RequestException):
+        with requests.get(share_server.url + f"{ARTIFACTS}/{key}", stream=True, timeout=60,
+                          headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status_code == 200  # the size matched; the bytes stream
+            for chunk in response.iter_content(1024 * 1024):
+                received += chunk
+    assert len(received) < len(data)  # never the complete, wrong file
+    events = _sql(share_server, "SELECT action, status, decision, details FROM "
+                                "share_audit_events WHERE route = :r ORDER BY seq",
+                  r=f"{ARTIFACTS}/{key}")
+    assert events[-1][:3] == ("artifact.data_loss", 500, "fail")
+    assert "large.bin" in json.loads(events[-1][3])["reason"]

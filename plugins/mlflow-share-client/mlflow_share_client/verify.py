@@ -157,6 +157,8 @@ def download_verified(model_uri: str, dst_path: str | None = None, *,
     report: dict[str, Any] = {"identity": record["identity"], "missing": [], "changed": [],
                               "problems": check_record(record)}
     report["extra"] = sorted(set(_listing(creds, location)) - set(expected))
+    if dst_path is not None:
+        Path(dst_path).mkdir(parents=True, exist_ok=True)
     target = Path(tempfile.mkdtemp(dir=dst_path))
     try:
         for relative, (size, sha) in sorted(expected.items()):
