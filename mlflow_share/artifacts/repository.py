@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import posixpath
 import tempfile
@@ -34,7 +35,10 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 
 from mlflow_share.artifacts.ledger import Digest, Ledger
 from mlflow_share.artifacts.storage import STAGING_PREFIX, LocalStorage, S3Storage, Staged
+from mlflow_share.audit.log import AUDIT_CONTEXT
 from mlflow_share.errors import Conflict, DataLoss, InvalidInput
+
+_logger = logging.getLogger(__name__)
 
 SCHEMES = ("checksum+file", "checksum+s3")
 CHUNK = 1024 * 1024
@@ -52,11 +56,9 @@ class Verified:
 
 
 def mismatch(key: str, expected: Digest, size: int, sha256: str) -> DataLoss:
-    if size != expected.size:
-        what = f"size {size} bytes, expected {expected.size}"
-    else:
-        what = f"SHA-256 {sha256}, expected {expected.sha256}"
-    return DataLoss(f"Artifact {key!r} does not match its recorded digest: {what}.")
+    return DataLoss(
+        f"Artifact {key!r} does not match its recorded digest: expected SHA-256 "
+        f"{expected.sha256} ({expected.size} bytes), actual {sha256} ({size} bytes).")
 
 
 def _split(path: str, *, allow_empty: bool = False) -> list[str]:
@@ -262,7 +264,10 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
         try:
             digest = self.ledger.get(key)
             if digest is not None and size != digest.size:
-                raise mismatch(key, digest, size, "(not read)")
+                actual = hashlib.sha256()
+                while chunk := stream.read(CHUNK):  # name the actual digest too
+                    actual.update(chunk)
+                raise mismatch(key, digest, size, actual.hexdigest())
             if digest is not None:
                 audited = self.ledger.audited_sha256(digest)
                 if audited is not None and audited != digest.sha256:
@@ -271,6 +276,11 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
         except BaseException:
             stream.close()
             raise
+        if digest is None:
+            _logger.warning("mlflow-share: artifact %r has no recorded digest; served "
+                            "unverified", key)
+            if (ctx := AUDIT_CONTEXT.get()) is not None:
+                ctx.extra["integrity"] = f"unverified: {key}"[:1024]
         return Verified(key, size, digest, stream)
 
     @staticmethod

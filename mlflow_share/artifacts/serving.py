@@ -113,7 +113,8 @@ def _open(repo: ChecksumArtifactRepository, artifact_path: str
     """Open and, for a small file, read and check it whole; errors before any byte is sent."""
     try:
         opened = repo.open_verified(artifact_path)
-        _note(opened.key, "verified" if opened.digest is not None else "unverified")
+        if opened.digest is not None:
+            _note(opened.key, "checked")
         if opened.size <= WHOLE_FILE_LIMIT:
             return opened, b"".join(repo.iter_verified(opened))
         return opened, None

@@ -502,3 +502,70 @@ def test_large_tampered_file_is_cut_off_before_its_end_and_audited(share_server:
                   r=f"{ARTIFACTS}/{key}")
     assert events[-1][:3] == ("artifact.data_loss", 500, "fail")
     assert "large.bin" in json.loads(events[-1][3])["reason"]
+
+
+def test_signed_manifest_alias_and_direct_verification(tmp_path: Path) -> None:
+    from tests.conftest import populate, running_server
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    made = subprocess.run([sys.executable, "-m", "mlflow_share.cli", "audit", "keygen",
+                           "--private", str(keys / "sign.key"), "--public", str(keys / "sign.pub")],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    subprocess.run([sys.executable, "-m", "mlflow_share.cli", "audit", "keygen", "--private",
+                    str(keys / "other.key"), "--public", str(keys / "other.pub")], check=True)
+    with running_server(tmp_path / "signed",
+                        env_extra={"MLFLOW_SHARE_MANIFEST_KEY": str(keys / "sign.key")}) as server:
+        populate(server)
+        token = server.tokens["alice"]
+        experiment_id = _experiment(server, "alice", "signed")
+        run_id = server.api("POST", "/api/2.0/mlflow/runs/create", token=token, json={
+            "experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+        prefix = f"{ARTIFACTS}/{experiment_id}/{run_id}/artifacts/model"
+        for name, data in FILES.items():
+            assert server.api("PUT", f"{prefix}/{name}", token=token, data=data).ok
+        server.api("POST", "/api/2.0/mlflow/registered-models/create", token=token,
+                   json={"name": "signed"})
+        created = server.api("POST", "/api/2.0/mlflow/model-versions/create", token=token,
+                             json={"name": "signed", "source": f"runs:/{run_id}/model",
+                                   "run_id": run_id})
+        assert created.json()["model_version"]["status"] == "READY", created.text
+        server.api("POST", "/api/2.0/mlflow/registered-models/alias", token=token,
+                   json={"name": "signed", "alias": "champion", "version": "1"})
+        good = _cli(server, "verify", "models:/signed@champion", "--key",
+                    str(keys / "sign.pub"), token=token)
+        assert good.returncode == 0, good.stderr
+        wrong = _cli(server, "verify", "models:/signed@champion", "--key",
+                     str(keys / "other.pub"), token=token)
+        assert wrong.returncode == 1 and "not signed by the given key" in wrong.stderr
+        direct = subprocess.run(
+            [sys.executable, "-m", "mlflow_share.cli", "verify", "models:/signed/1",
+             "--backend-store-uri", server.backend_uri,
+             "--artifacts-destination", f"checksum+file://{server.artifacts}", "--json"],
+            capture_output=True, text=True)
+        assert direct.returncode == 0, direct.stderr
+        assert json.loads(direct.stdout)["checked"] == 3
+        # A manifest row edited in the database no longer matches the audit log.
+        _sql(server, "UPDATE share_model_manifests SET identity = :i", i="0" * 64)
+        edited = subprocess.run(
+            [sys.executable, "-m", "mlflow_share.cli", "verify", "models:/signed/1",
+             "--backend-store-uri", server.backend_uri,
+             "--artifacts-destination", f"checksum+file://{server.artifacts}"],
+            capture_output=True, text=True)
+        assert edited.returncode == 1 and "identity" in edited.stderr
+
+
+def test_file_without_recorded_digest_is_reported_unverified(share_server: ShareServer,
+                                                             unique: str) -> None:
+    experiment_id = _experiment(share_server, "alice", f"legacy-{unique}")
+    key = f"{experiment_id}/legacy/old.txt"  # written before mlflow-share recorded digests
+    (share_server.artifacts / key).parent.mkdir(parents=True)
+    (share_server.artifacts / key).write_text("old")
+    response = share_server.api("GET", f"{ARTIFACTS}/{key}", token=share_server.tokens["alice"])
+    assert response.status_code == 200 and response.content == b"old"
+    assert response.headers["X-MLflow-Share-Integrity"] == "unverified"
+    assert "Content-Digest" not in response.headers
+    details = _sql(share_server, "SELECT details FROM share_audit_events WHERE route = :r",
+                   r=f"{ARTIFACTS}/{key}")
+    assert json.loads(details[-1][0])["integrity"] == f"unverified: {key}"
