@@ -324,14 +324,16 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
         return os.path.join(dst, os.path.normpath(artifact_path)) if artifact_path else dst
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
-        opened = self.open_verified(remote_file_path)
         try:
+            opened = self.open_verified(remote_file_path)
             with open(local_path, "wb") as out:
                 for chunk in self.iter_verified(opened):
                     out.write(chunk)
-        except BaseException:
+        except BaseException as exc:
             if os.path.exists(local_path):
                 os.remove(local_path)
+            if isinstance(exc, DataLoss) and (ctx := AUDIT_CONTEXT.get()) is not None:
+                ctx.extra["integrity"] = exc.message[:1024]  # the request's event says why
             raise
 
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:

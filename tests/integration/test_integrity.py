@@ -569,3 +569,37 @@ def test_file_without_recorded_digest_is_reported_unverified(share_server: Share
     details = _sql(share_server, "SELECT details FROM share_audit_events WHERE route = :r",
                    r=f"{ARTIFACTS}/{key}")
     assert json.loads(details[-1][0])["integrity"] == f"unverified: {key}"
+
+
+def test_version_is_pending_while_its_files_are_copied(share_server: ShareServer,
+                                                       unique: str) -> None:
+    token = share_server.tokens["alice"]
+    experiment_id = _experiment(share_server, "alice", f"pending-{unique}")
+    run_id = share_server.api("POST", "/api/2.0/mlflow/runs/create", token=token, json={
+        "experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+    prefix = f"{ARTIFACTS}/{experiment_id}/{run_id}/artifacts/model"
+    for index in range(3):  # enough bytes that the copy takes a while
+        assert share_server.api("PUT", f"{prefix}/part-{index}.bin", token=token,
+                                data=os.urandom(100 * 1024 * 1024)).ok
+    name = f"pending-{unique}"
+    share_server.api("POST", "/api/2.0/mlflow/registered-models/create", token=token,
+                     json={"name": name})
+    result: dict[str, Any] = {}
+
+    def register() -> None:
+        result["response"] = share_server.api(
+            "POST", "/api/2.0/mlflow/model-versions/create", token=token,
+            json={"name": name, "source": f"runs:/{run_id}/model", "run_id": run_id})
+
+    thread = threading.Thread(target=register)
+    thread.start()
+    seen = []
+    while thread.is_alive():
+        got = share_server.api("GET", "/api/2.0/mlflow/model-versions/get", token=token,
+                               params={"name": name, "version": "1"})
+        if got.status_code == 200:
+            seen.append(got.json()["model_version"]["status"])
+    thread.join()
+    assert result["response"].json()["model_version"]["status"] == "READY"
+    assert seen and seen[0] == "PENDING_REGISTRATION", seen[:3]
+    assert "READY" not in seen[:seen.index("PENDING_REGISTRATION") + 1]
