@@ -76,7 +76,8 @@ def _direct(model_uri: str, backend_store_uri: str | None,
                 {"n": name, "a": alias}).scalar()
         if version is None:
             raise click.ClickException(f"Registered model {name!r} has no alias {alias!r}.")
-    repo = ChecksumArtifactRepository(artifacts_destination, ledger=Ledger(engine))
+    repo = ChecksumArtifactRepository(artifacts_destination, ledger=Ledger(engine),
+                                      root=artifacts_destination)
     try:
         report = registration.verify_version(engine, repo, name, str(version)).to_dict()
         manifest = registration.find_manifest(engine, name, str(version)).to_dict()

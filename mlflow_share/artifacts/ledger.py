@@ -20,7 +20,13 @@ from sqlalchemy.engine import Engine
 
 from mlflow_share import db
 from mlflow_share.audit import models as audit_models
-from mlflow_share.audit.log import begin_write, committed, record_in_transaction, writer_lock
+from mlflow_share.audit.log import (
+    CHAIN_LOCK_KEY,
+    begin_write,
+    committed,
+    record_in_transaction,
+    writer_lock,
+)
 from mlflow_share.errors import AuditUnavailable, InvalidInput
 
 _logger = logging.getLogger(__name__)
@@ -66,19 +72,6 @@ class Ledger:
             row = conn.execute(sa.select(_T).where(_T.c.path == path)).first()
         return _digest(row) if row is not None else None
 
-    def under(self, prefix: str) -> dict[str, Digest]:
-        """Every digest at ``prefix`` or below it (a file or a folder)."""
-        prefix = prefix.rstrip("/")
-        with self.engine.connect() as conn:
-            if prefix:
-                pattern = _like_escape(prefix) + "/%"
-                rows = conn.execute(sa.select(_T).where(
-                    sa.or_(_T.c.path == prefix, _T.c.path.like(pattern, escape="\\"))
-                )).all()
-            else:
-                rows = conn.execute(sa.select(_T)).all()
-        return {str(row.path): _digest(row) for row in rows}
-
     def audited_sha256(self, digest: Digest) -> str | None:
         """The SHA-256 the audit chain recorded for this row's path at its ``audit_seq``.
 
@@ -103,6 +96,15 @@ class Ledger:
                 if entry.get("path") == digest.path:
                     return str(entry.get("sha256"))
         return None
+
+    def settle(self) -> None:
+        """Wait until the appends and digest writes in flight now have committed."""
+        with writer_lock(self.engine), self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})")
+            else:
+                begin_write(conn)
+            conn.rollback()
 
     # -- writing ----------------------------------------------------------------------------
     def record(self, files: Iterable[tuple[str, int, str]], change: dict[str, Any],

@@ -44,8 +44,13 @@ def params_digest(params: dict[str, str]) -> str:
 
 
 def build_statement(name: str, version: int, files: list[tuple[str, int, str]], *,
-                    run_id: str | None, params_sha256: str, source: str) -> dict[str, Any]:
-    """The manifest: an in-toto statement over the version's files."""
+                    run_id: str | None, params_sha256: str, source: str,
+                    unverified_sources: list[str] | None = None) -> dict[str, Any]:
+    """The manifest: an in-toto statement over the version's files.
+
+    ``unverified_sources`` names files copied from sources with no recorded digest (stored
+    before mlflow-share): their digests are of the bytes as read at registration.
+    """
     resources = [{"name": path, "size": size, "digest": digest, "algorithm": "sha256"}
                  for path, size, digest in sorted(files)]
     root = sha256_hex(canonical(resources))
@@ -58,7 +63,9 @@ def build_statement(name: str, version: int, files: list[tuple[str, int, str]], 
                               "allow_symlinks": False, "ignore_paths": []},
             "resources": resources,
             "mlflow": {"run_id": run_id or "", "params_sha256": params_sha256,
-                       "source": source},
+                       "source": source,
+                       **({"unverified_sources": sorted(unverified_sources)}
+                          if unverified_sources else {})},
         },
     }
 

@@ -97,14 +97,16 @@ def copy_and_describe(repo: ChecksumArtifactRepository, *, name: str, version: i
                       model_id: str, source: str, source_base: str, run_id: str | None,
                       params: dict[str, str]) -> Registered:
     """Copy the source files to the version's location and build its manifest."""
-    sources = repo.files_under(source_base) if repo.exists(source_base) else []
+    sources = repo.files_under(source_base)
     target = version_location(model_id, version)
-    files = repo.copy_verified(sources, source_base, target,
-                               {"op": "model_version.copy", "name": name, "version": version,
-                                "from": source_base, "to": target})
+    files, unverified = repo.copy_verified(sources, source_base, target,
+                                           {"op": "model_version.copy", "name": name,
+                                            "version": version, "from": source_base,
+                                            "to": target})
     params_sha256 = mf.params_digest(params)
     statement = mf.build_statement(name, version, files, run_id=run_id,
-                                   params_sha256=params_sha256, source=source)
+                                   params_sha256=params_sha256, source=source,
+                                   unverified_sources=unverified)
     manifest_sha256 = mf.statement_digest(statement)
     return Registered(statement, manifest_sha256,
                       mf.identity(manifest_sha256, run_id, params_sha256), mf.sign(statement))

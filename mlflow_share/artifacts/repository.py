@@ -90,26 +90,34 @@ def _locate(uri: str) -> tuple[str, str]:
 
 
 def _server_root(scheme: str) -> str | None:
+    """The server's artifact root, if this process serves one with the same scheme."""
     from mlflow.server.constants import ARTIFACTS_DESTINATION_ENV_VAR
 
     destination = os.environ.get(ARTIFACTS_DESTINATION_ENV_VAR, "")
-    if not destination.startswith(scheme + "://"):
+    if urlparse(destination).scheme != scheme:
         return None
     return _locate(destination)[1]
+
+
+def _within(location: str, root: str) -> bool:
+    return location == root or location.startswith(root.rstrip("/") + "/")
 
 
 class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
     """An artifact root whose files are all recorded with size and SHA-256."""
 
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None,
-                 registry_uri: str | None = None, *, ledger: Ledger | None = None) -> None:
+                 registry_uri: str | None = None, *, ledger: Ledger | None = None,
+                 root: str | None = None) -> None:
         super().__init__(artifact_uri, tracking_uri, registry_uri)
         scheme, location = _locate(artifact_uri)
         # Digest rows are keyed by path under the server's artifact root, whichever
         # sub-folder this instance was opened at (MLflow opens run and trace folders too).
-        root = _server_root(scheme)
-        if root is None or not (location == root or location.startswith(root + "/")):
-            root = location
+        # Outside a server, keys start at the filesystem root or the bucket, so two
+        # repositories opened at different folders can never share a key.
+        root = _locate(root)[1] if root else _server_root(scheme)
+        if root is None or not _within(location, root):
+            root = "/" if scheme == "checksum+file" else location.split("/", 1)[0]
         self.prefix = location[len(root):].strip("/")
         if scheme == "checksum+file":
             self.storage: LocalStorage | S3Storage = LocalStorage(root)
@@ -153,12 +161,21 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
     # -- uploads ----------------------------------------------------------------------------
     def _publish(self, staged: list[tuple[Staged, int, str]], change: dict[str, Any]) -> None:
         """Make staged files visible and record them, all or none."""
+        published: list[Staged] = []
+
         def publish() -> None:
             for item, _, _ in staged:
                 self.storage.publish(item, read_only=_under_models(item.key))
+                published.append(item)
 
         try:
+            for item, _, _ in staged:
+                self.storage.prepare(item)
             self.ledger.record([(s.key, size, sha) for s, size, sha in staged], change, publish)
+        except BaseException:
+            for item in reversed(published):
+                self.storage.undo(item)
+            raise
         finally:
             for item, _, _ in staged:
                 item.discard()
@@ -241,6 +258,7 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                     relative = os.path.relpath(os.path.join(folder, name), local_dir)
                     key = "/".join(p for p in (base, relative.replace(os.sep, "/")) if p)
                     _split(key)
+                    self._refuse_registered(key)
                     item = self.storage.stage(key)
                     staged.append((item, 0, ""))
                     with open(os.path.join(folder, name), "rb") as source:
@@ -258,11 +276,26 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
         return None  # never let MLflow stream an unchecked file
 
     def open_verified(self, artifact_path: str) -> Verified:
-        """Open a stored file for one checked pass (``iter_verified``); 404, 400 or 500."""
+        """Open a stored file for one checked pass (``iter_verified``); 404, 400 or 500.
+
+        A size mismatch may be an upload of the same path publishing right now (its file is
+        renamed into place just before its row commits): wait for in-flight writes and
+        look once more before calling it data loss.
+        """
+        try:
+            return self._open_verified(artifact_path)
+        except DataLoss:
+            self.ledger.settle()
+            return self._open_verified(artifact_path)
+
+    def _open_verified(self, artifact_path: str) -> Verified:
         key = self.key(artifact_path)
         stream, size = self.storage.open(key)
         try:
             digest = self.ledger.get(key)
+            if digest is None and _under_models(key):
+                raise DataLoss(f"Artifact {key!r} is in a registered version's storage but "
+                               "has no recorded digest: it was not put there by registration.")
             if digest is not None and size != digest.size:
                 actual = hashlib.sha256()
                 while chunk := stream.read(CHUNK):  # name the actual digest too
@@ -363,16 +396,18 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
         return self.storage.open(key)[0]
 
     def copy_verified(self, sources: list[str], source_base: str, target_base: str,
-                      change: dict[str, Any]) -> list[tuple[str, int, str]]:
+                      change: dict[str, Any]) -> tuple[list[tuple[str, int, str]], list[str]]:
         """Copy files to ``target_base``, checking each against its recorded digest.
 
-        Returns ``(relative path, size, sha256)`` per file. The copies are published and
+        Returns ``(relative path, size, sha256)`` per file, and the files that had no recorded
+        digest (written before mlflow-share; copied as read). The copies are published and
         recorded together; ``target_base`` must not exist yet (write-once). S3 copies inside
         the bucket (CopyObject, checked by S3's own SHA-256); otherwise the bytes are read,
         checked and written in one pass.
         """
         if self.storage.exists(target_base):
             raise Conflict(f"Artifact folder {target_base!r} already exists.")
+        unverified: list[str] = []  # copied from files with no recorded digest
         root = self.at_root()
         staged: list[tuple[Staged, int, str]] = []
         copied: list[tuple[str, int, str]] = []
@@ -393,6 +428,8 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 size, digest = self._fill_from(root.open_verified(key), item)
                 staged[-1] = (item, size, digest)
                 manifest.append((relative, size, digest))
+                if recorded is None:
+                    unverified.append(relative)
         except BaseException:
             for item, _, _ in staged:
                 item.discard()
@@ -400,22 +437,29 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 self.storage.remove(target)
             raise
 
+        published: list[Staged] = []
+
         def publish() -> None:
             for item, _, _ in staged:
                 self.storage.publish(item, read_only=True)
+                published.append(item)
 
         if staged or copied:
             try:
+                for item, _, _ in staged:
+                    self.storage.prepare(item)
                 self.ledger.record(copied + [(s.key, size, sha) for s, size, sha in staged],
                                    change, publish)
             except BaseException:
+                for item in published:
+                    self.storage.undo(item)
                 for target, _, _ in copied:
                     self.storage.remove(target)
                 raise
             finally:
                 for item, _, _ in staged:
                     item.discard()
-        return manifest
+        return manifest, unverified
 
     def _fill_from(self, opened: Verified, staged: Staged) -> tuple[int, str]:
         sha, size = hashlib.sha256(), 0

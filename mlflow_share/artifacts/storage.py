@@ -13,7 +13,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO
 
 from mlflow_share.errors import InvalidInput, NotFound
@@ -30,12 +30,19 @@ class Staged:
     file: IO[bytes]
     path: str  # the local staging file
     destination: Any
+    remote: str | None = None  # S3: the staging object, uploaded before the publish
+    backup: str | None = None  # local: the file it replaces, until the publish has committed
+    cleanup: list[Any] = field(default_factory=list)
 
     def discard(self) -> None:
         if not self.file.closed:
             self.file.close()
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        for path in (self.path, self.backup):
+            if path and os.path.exists(path):
+                os.remove(path)
+        for action in self.cleanup:
+            action()
+        self.cleanup.clear()
 
 
 @dataclass
@@ -50,9 +57,6 @@ class LocalStorage:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-
-    def describe(self) -> str:
-        return "checksum+file://" + self.root
 
     def path(self, key: str) -> str:
         """The file of ``key``; 400 if any component of it is a symbolic link."""
@@ -69,14 +73,30 @@ class LocalStorage:
         if os.path.isdir(destination):
             raise InvalidInput(f"Artifact path {key!r} is a folder.")
         folder = os.path.dirname(destination)
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidInput(f"Artifact path {key!r} goes through a file.") from None
         self.path(key)  # again: a link could have appeared while creating the folders
         fd, staging = tempfile.mkstemp(dir=folder, prefix=STAGING_PREFIX)
         return Staged(key, os.fdopen(fd, "wb"), staging, destination)
 
+    def prepare(self, staged: Staged) -> None:
+        """Nothing to move before the publish: the staging file sits beside its destination."""
+
     def publish(self, staged: Staged, *, read_only: bool) -> None:
         os.chmod(staged.path, 0o444 if read_only else 0o644)
+        if os.path.isfile(staged.destination):  # kept until the commit, to undo a failed one
+            staged.backup = staged.path + ".previous"
+            os.link(staged.destination, staged.backup)
         os.replace(staged.path, staged.destination)
+
+    def undo(self, staged: Staged) -> None:
+        """Put back what ``publish`` replaced (the record of it did not commit)."""
+        if staged.backup and os.path.exists(staged.backup):
+            os.replace(staged.backup, staged.destination)
+        elif os.path.exists(staged.destination):
+            os.remove(staged.destination)
 
     def open(self, key: str) -> tuple[BinaryIO, int]:
         path = self.path(key)
@@ -149,9 +169,6 @@ class S3Storage:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.client = _get_s3_client()
 
-    def describe(self) -> str:
-        return f"checksum+s3://{self.bucket}/{self.prefix}"
-
     def object_key(self, key: str) -> str:
         return "/".join(p for p in (self.prefix, key) if p)
 
@@ -159,9 +176,25 @@ class S3Storage:
         fd, staging = tempfile.mkstemp(prefix=STAGING_PREFIX)
         return Staged(key, os.fdopen(fd, "wb"), staging, self.object_key(key))
 
-    def publish(self, staged: Staged, *, read_only: bool) -> None:
-        self.client.upload_file(staged.path, self.bucket, staged.destination)
+    def prepare(self, staged: Staged) -> None:
+        """Upload the bytes to a staging object, before the chain's lock is taken."""
+        import uuid
+
+        staged.remote = self.object_key(f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+        self.client.upload_file(staged.path, self.bucket, staged.remote)
         os.remove(staged.path)
+        remote = staged.remote
+        staged.cleanup.append(lambda: self.client.delete_object(Bucket=self.bucket, Key=remote))
+
+    def publish(self, staged: Staged, *, read_only: bool) -> None:
+        """Copy the staging object into place inside the bucket (no bytes through here)."""
+        assert staged.remote is not None
+        self.client.copy_object(Bucket=self.bucket, Key=staged.destination,
+                                CopySource={"Bucket": self.bucket, "Key": staged.remote})
+
+    def undo(self, staged: Staged) -> None:
+        """S3 keeps no previous object here (unless the bucket is versioned): the next read
+        of this key reports the mismatch as DATA_LOSS."""
 
     def open(self, key: str) -> tuple[BinaryIO, int]:
         from botocore.exceptions import ClientError

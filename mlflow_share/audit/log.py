@@ -31,7 +31,7 @@ from mlflow_share.errors import AuditUnavailable
 _logger = logging.getLogger(__name__)
 
 # The advisory lock key of the chain on PostgreSQL (any constant, unique to mlflow-share).
-_CHAIN_LOCK_KEY = 7219350002
+CHAIN_LOCK_KEY = 7219350002
 
 
 @dataclass
@@ -211,7 +211,7 @@ def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, 
     SQLite commit itself (~0.1 ms in WAL mode), and an append runs on every request.
     """
     if dialect == "postgresql":
-        cursor.execute(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})")
+        cursor.execute(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})")
     cursor.execute(_RAW_HEAD)
     head = cursor.fetchone()
     seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, models.GENESIS_HASH)

@@ -36,6 +36,7 @@ from mlflow_share.audit.log import (
     summarize,
     writer_lock,
 )
+from mlflow_share.errors import Conflict, InvalidInput, MlflowShareError
 from mlflow_share.stores import ScopedRegistryStore, ScopedTrackingStore
 
 _logger = logging.getLogger(__name__)
@@ -383,14 +384,19 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
                              model_id: str | None = None) -> Any:
         """With a checksum artifact root, a new version's files are copied write-once to its
         own location and its manifest taken (``mlflow_share.artifacts.registration``)."""
-        from mlflow_share.artifacts import registration
+        from mlflow.prompt.constants import _PROMPT_SOURCE_PLACEHOLDERS
 
+        from mlflow_share.artifacts import registration
+        from mlflow_share.artifacts.manifest import RESERVED_TAG_PREFIX
+
+        # The identity tags are set by registration only (also when MLflow copies a version).
+        tags = [t for t in tags or [] if not str(t.key).startswith(RESERVED_TAG_PREFIX)]
         create = functools.partial(
             super().create_model_version, name, source, run_id=run_id, tags=tags,
             run_link=run_link, description=description, local_model_path=local_model_path,
             model_id=model_id)
         repo = registration.destination()
-        if repo is None:
+        if repo is None or source in _PROMPT_SOURCE_PLACEHOLDERS:  # prompts have no files
             return create()
         with self.ManagedSessionMaker(read_only=False) as session:
             created = create()
@@ -400,6 +406,8 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
                 "SELECT storage_location, run_id FROM model_versions "
                 "WHERE name = :n AND version = :v"), {"n": name, "v": version}).one()
             source_base = registration.source_folder(conn, source, row.storage_location)
+            if not repo.exists(source_base) or not repo.files_under(source_base):
+                raise InvalidInput(f"Model version source {source!r} has no files to register.")
             folder = registration.model_key(conn, name)
             location = registration.version_location(folder, version)
             conn.execute(sa.text(
@@ -415,8 +423,16 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
             registration.finish(repo, model_id=folder, name=name, version=version,
                                 registered=registered)
         except Exception as exc:
-            reason = getattr(exc, "message", None) or str(exc)
-            registration.fail(repo, name=name, version=version, reason=reason)
+            # Readers of the version see the reason: ours name files and digests; anything
+            # else could carry paths or SQL, so it goes to the server log only.
+            reason = (exc.message if isinstance(exc, MlflowShareError) else
+                      "Copying the version's files failed; see the server log.")
+            _logger.error("mlflow-share: registering %s version %s failed: %s", name, version,
+                          exc)
+            try:
+                registration.fail(repo, name=name, version=version, reason=reason)
+            except Exception as marking:  # noqa: BLE001 - the original error matters more
+                _logger.error("mlflow-share: could not mark it FAILED_REGISTRATION: %s", marking)
             raise
         return self.get_model_version(name, str(version))
 
@@ -431,7 +447,6 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
 
 def _refuse_reserved_tag(key: str) -> None:
     from mlflow_share.artifacts.manifest import RESERVED_TAG_PREFIX
-    from mlflow_share.errors import Conflict
 
     if str(key).startswith(RESERVED_TAG_PREFIX):
         raise Conflict(f"Tag {key!r} is set by mlflow-share at registration and cannot change.")

@@ -44,6 +44,8 @@ TEAM_TAG = "mlflow-share.team"
 MAX_JSON_BODY = 64 * 1024 * 1024
 _METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 MODELS_DIR = "models"  # registered versions' copies (mlflow_share.artifacts)
+# What MLflow's own clients send as the source of a prompt version (mlflow.prompt.constants).
+_PROMPT_SOURCES = frozenset({"dummy-source", "prompt-template"})
 _BODYLESS_RESOLVERS = frozenset({"public", "authenticated", "admin", "search", "graphql", "artifact"})
 
 
@@ -380,6 +382,8 @@ class Interceptor:
         self._check_source(principal, params.required("source"))
 
     def _check_source(self, principal: Principal, source: str) -> None:
+        if source in _PROMPT_SOURCES:  # prompt versions: a placeholder, no bytes behind it
+            return
         if "\\" in source or "\x00" in source or any(
             seg in ("..", ".") for seg in source.replace("://", "/").split("/")
         ) or "%2e" in source.lower() or "%2f" in source.lower():

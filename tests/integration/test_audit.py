@@ -133,6 +133,8 @@ def test_every_request_gets_exactly_one_complete_event(audited: ShareServer, uni
          json={"run_id": run_id, "key": "stage", "value": "evil"})
     call("POST", f"{API}/registered-models/create", "alice", "mlflow.CreateRegisteredModel", 200,
          "allow", json={"name": model})
+    _call(audited, "PUT", f"/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}/"
+          "artifacts/model/weights.bin", "aaron", rid(), data=b"weights")
     call("POST", f"{API}/model-versions/create", "aaron", "mlflow.CreateModelVersion", 200,
          "allow", json={"name": model, "source": f"runs:/{run_id}/model", "run_id": run_id})
     call("POST", f"{API}/registered-models/alias", "alice", "mlflow.SetRegisteredModelAlias", 200,

@@ -337,6 +337,8 @@ def test_review_findings_stay_fixed(share_server, unique) -> None:  # type: igno
     share_server.api("POST", f"{API}/registered-models/create", token=alice, json={"name": model})
     share_server.api("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{exp_a}/{run_a}/artifacts/"
                      "secret.txt", token=alice, data=b"secret")
+    share_server.api("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{exp_a}/{run_a}/artifacts/"
+                     "model/MLmodel", token=alice, data=b"flavors: {}\n")
     share_server.api("POST", f"{API}/model-versions/create", token=alice,
                      json={"name": model, "source": f"runs:/{run_a}/model", "run_id": run_a})
     share_server.api("POST", "/api/2.0/mlflow-share/grants", token=alice,

@@ -226,6 +226,11 @@ def test_tampered_registered_version_is_detected(share_server: ShareServer, as_u
         download_verified(f"models:/{name}/{version}", str(tmp_path))
     assert named in str(caught.value)
     assert set(tmp_path.iterdir()) == before  # nothing of the bad download left behind
+    if kind == "extra":  # a file registration did not put there is never served
+        relative = (folder / named).relative_to(share_server.artifacts).as_posix()
+        planted = share_server.api("GET", f"{ARTIFACTS}/{relative}",
+                                   token=share_server.tokens["alice"])
+        assert planted.status_code == 500 and planted.json()["error_code"] == "DATA_LOSS"
     if kind not in ("extra", "missing"):
         # The stock client's download fails too: the server refuses the changed file.
         with pytest.raises(Exception, match=named.replace(".", r"\.")):
@@ -242,6 +247,27 @@ def test_tampered_registered_version_is_detected(share_server: ShareServer, as_u
                        r=f"{ARTIFACTS}/{relative}")
         assert audited[0][:2] == (500, "fail")
         assert "does not match" in json.loads(audited[0][2])["integrity"]
+
+
+def test_registration_needs_files_and_leaves_prompts_alone(share_server: ShareServer,
+                                                          as_user: Any, unique: str) -> None:
+    import mlflow
+
+    token = share_server.tokens["alice"]
+    experiment_id = _experiment(share_server, "alice", f"empty-{unique}")
+    run_id = share_server.api("POST", "/api/2.0/mlflow/runs/create", token=token, json={
+        "experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+    share_server.api("POST", "/api/2.0/mlflow/registered-models/create", token=token,
+                     json={"name": f"empty-{unique}"})
+    empty = share_server.api("POST", "/api/2.0/mlflow/model-versions/create", token=token,
+                             json={"name": f"empty-{unique}", "source": f"runs:/{run_id}/typo",
+                                   "run_id": run_id})
+    assert empty.status_code == 400 and "no files" in empty.json()["message"]
+    assert share_server.api("GET", "/api/2.0/mlflow/model-versions/get", token=token, params={
+        "name": f"empty-{unique}", "version": "1"}).status_code == 404  # nothing half-made
+    as_user("alice")
+    prompt = mlflow.genai.register_prompt(name=f"prompt-{unique}", template="Hello {{name}}")
+    assert prompt.version == 1
 
 
 def test_edited_digest_row_is_caught_by_the_audit_chain(share_server: ShareServer, as_user: Any,
@@ -356,6 +382,8 @@ def run_and_version(share_server: ShareServer) -> tuple[str, str]:
     run_id = share_server.api("POST", "/api/2.0/mlflow/runs/create", token=token,
                               json={"experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
     name = f"traversal-{os.urandom(4).hex()}"
+    share_server.api("PUT", f"{ARTIFACTS}/{experiment_id}/{run_id}/artifacts/model/MLmodel",
+                     token=token, data=b"flavors: {}\n")
     share_server.api("POST", "/api/2.0/mlflow/registered-models/create", token=token,
                      json={"name": name})
     created = share_server.api("POST", "/api/2.0/mlflow/model-versions/create", token=token,
@@ -601,5 +629,5 @@ def test_version_is_pending_while_its_files_are_copied(share_server: ShareServer
             seen.append(got.json()["model_version"]["status"])
     thread.join()
     assert result["response"].json()["model_version"]["status"] == "READY"
+    # Visible from its first commit, and PENDING until the copy and manifest are done.
     assert seen and seen[0] == "PENDING_REGISTRATION", seen[:3]
-    assert "READY" not in seen[:seen.index("PENDING_REGISTRATION") + 1]

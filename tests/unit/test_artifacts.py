@@ -22,8 +22,8 @@ from mlflow_share.errors import Conflict, DataLoss, InvalidInput
 def repo(tmp_path: Path) -> ChecksumArtifactRepository:
     uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
     ensure_schema(uri)
-    return ChecksumArtifactRepository(f"checksum+file://{tmp_path / 'root'}",
-                                      ledger=Ledger(db.get_engine(uri)))
+    root = f"checksum+file://{tmp_path / 'root'}"
+    return ChecksumArtifactRepository(root, ledger=Ledger(db.get_engine(uri)), root=root)
 
 
 def test_content_digest_header() -> None:
@@ -87,3 +87,47 @@ def test_manifest_identity_binds_bytes_run_and_params() -> None:
     changed = mf.build_statement("m", 1, [("a", 1, "ab"), ("b", 2, "bb")], run_id="r1",
                                  params_sha256=mf.params_digest({"x": "1"}), source="s")
     assert mf.statement_digest(changed) != digest
+
+
+def test_folder_upload_cannot_reach_registered_copies(repo: ChecksumArtifactRepository,
+                                                      tmp_path: Path) -> None:
+    planted = tmp_path / "planted" / "models" / "abc" / "1"
+    planted.mkdir(parents=True)
+    (planted / "MLmodel").write_text("evil")
+    with pytest.raises(Conflict):
+        repo.log_artifacts(str(tmp_path / "planted"))
+    assert not (tmp_path / "root" / "models").exists()
+
+
+def test_repositories_opened_at_different_folders_never_share_a_key(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    ensure_schema(uri)
+    ledger = Ledger(db.get_engine(uri))
+    (tmp_path / "f.txt").write_text("a")
+    run_a = ChecksumArtifactRepository(f"checksum+file:{tmp_path}/root/1/a/artifacts",
+                                       ledger=ledger)
+    run_b = ChecksumArtifactRepository(f"checksum+file://{tmp_path}/root/1/b/artifacts",
+                                       ledger=ledger)
+    run_a.log_artifact(str(tmp_path / "f.txt"))
+    (tmp_path / "f.txt").write_text("b")
+    run_b.log_artifact(str(tmp_path / "f.txt"))
+    assert Path(run_a.download_artifacts("f.txt", str(tmp_path / "da"))).read_text() == "a"
+    assert Path(run_b.download_artifacts("f.txt", str(tmp_path / "db"))).read_text() == "b"
+
+
+def test_failed_record_puts_the_previous_file_back(repo: ChecksumArtifactRepository,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "f.txt").write_text("first")
+    repo.log_artifact(str(tmp_path / "f.txt"))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("commit failed")
+
+    monkeypatch.setattr(repo.ledger, "_upsert", broken)
+    (tmp_path / "f.txt").write_text("second")
+    with pytest.raises(RuntimeError):
+        repo.log_artifact(str(tmp_path / "f.txt"))
+    assert (tmp_path / "root" / "f.txt").read_text() == "first"
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["f.txt"]
+    assert Path(repo.download_artifacts("f.txt", str(tmp_path / "dl"))).read_text() == "first"

@@ -156,6 +156,10 @@ def download_verified(model_uri: str, dst_path: str | None = None, *,
                 for r in record["manifest"]["predicate"]["resources"]}
     report: dict[str, Any] = {"identity": record["identity"], "missing": [], "changed": [],
                               "problems": check_record(record)}
+    unsafe = [n for n in expected if n.startswith("/") or "\\" in n
+              or any(part in ("", ".", "..") for part in n.split("/"))]
+    if unsafe:  # a manifest must never make us write outside the download folder
+        raise IntegrityError(f"The manifest names unsafe paths: {unsafe}", {"ok": False})
     report["extra"] = sorted(set(_listing(creds, location)) - set(expected))
     if dst_path is not None:
         Path(dst_path).mkdir(parents=True, exist_ok=True)
