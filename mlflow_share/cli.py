@@ -63,6 +63,28 @@ def server(home: Path | None, backend_store_uri: str | None, artifacts_destinati
     os.execv(sys.executable, command)
 
 
+@cli.command()
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"The embedded default's folder (${config.HOME_ENV}, else ~/.mlflow-share).")
+@click.option("--backend-store-uri", default=None, help="The server's SQL URI.")
+@click.option("--artifacts-destination", default=None,
+              help="The server's checksum+ artifact root (default: checksum+file://<home>/artifacts).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5001, show_default=True, type=int)
+def gateway(home: Path | None, backend_store_uri: str | None,
+            artifacts_destination: str | None, host: str, port: int) -> None:
+    """Serve shared ONNX model versions to the teams allowed to execute them."""
+    import uvicorn
+
+    from mlflow_share.gateway.app import create_gateway_app
+
+    home = (home or config.default_home()).expanduser().resolve()
+    uri = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
+    destination = artifacts_destination or f"checksum+file://{home / 'artifacts'}"
+    click.echo(f"mlflow-share gateway: serving http://{host}:{port}/v1/models", err=True)
+    uvicorn.run(create_gateway_app(uri, destination), host=host, port=port, log_level="info")
+
+
 def _prepare_database(uri: str) -> None:
     """Create MLflow's and mlflow-share's tables and the first admin, once, before workers."""
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore

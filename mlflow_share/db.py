@@ -119,6 +119,21 @@ model_manifests = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+# The inference gateway's usage per model version, calling team and minute.
+gateway_usage = sa.Table(
+    "share_gateway_usage",
+    metadata,
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("version", sa.String(16), primary_key=True),
+    sa.Column("team", sa.String(128), primary_key=True),
+    sa.Column("minute", sa.BigInteger, primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("latency_sum_ms", sa.Float, nullable=False),
+    sa.Column("p50_ms", sa.Float, nullable=True),
+    sa.Column("p99_ms", sa.Float, nullable=True),
+)
+
 POLICY_VERSION = "policy_version"
 RESOURCE_VERSION = "resource_version"
 

@@ -1,0 +1,347 @@
+"""The inference gateway: shared ONNX model versions, called by the teams allowed to run them.
+
+    mlflow-share gateway --backend-store-uri URI --artifacts-destination checksum+file://...
+
+Speaks ``mlflow models serve``'s wire format on ``/v1/models/{name}@{alias}/invocations`` and
+``/v1/models/{name}/versions/{version}/invocations`` (so a client swaps only the URL), plus
+``GET /v1/models``, ``/ping``, ``/health``, ``/version`` and ``/metrics`` (Prometheus).
+
+Every call is authenticated (API token or password, as the server takes them) and needs
+``execute`` on the registered model, decided on the version the alias names at that moment.
+The gateway reads MLflow's database and artifact root itself (its service identity) and loads
+versions through ``gateway.models`` (every byte checked against the manifest, ONNX only).
+When an alias moves to a version that fails verification, the version it served before keeps
+serving and the refusal is logged and audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+
+from mlflow_share import db
+from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
+from mlflow_share.auth.identity import Principal, parse_authorization
+from mlflow_share.directory import MODEL
+from mlflow_share.errors import (
+    InvalidInput,
+    MlflowShareError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from mlflow_share.gateway import inputs
+from mlflow_share.gateway.models import LoadedModel, ModelCache, resolve_alias, version_exists
+from mlflow_share.gateway.usage import Usage
+from mlflow_share.policy.enforcer import PolicyEngine
+
+_logger = logging.getLogger(__name__)
+
+MAX_BODY_ENV = "MLFLOW_SHARE_GATEWAY_MAX_BODY_BYTES"
+RATE_ENV = "MLFLOW_SHARE_GATEWAY_RATE_PER_TEAM"  # requests per second per calling team
+CACHE_ENV = "MLFLOW_SHARE_GATEWAY_CACHE_BYTES"
+
+
+class TooLarge(MlflowShareError):
+    from mlflow.protos import databricks_pb2 as _pb
+
+    error_code_value = _pb.INVALID_PARAMETER_VALUE
+
+    def get_http_status_code(self) -> int:
+        return 413
+
+
+class TooMany(MlflowShareError):
+    from mlflow.protos import databricks_pb2 as _pb
+
+    error_code_value = _pb.REQUEST_LIMIT_EXCEEDED
+
+
+@dataclass
+class Bucket:
+    tokens: float
+    stamp: float
+
+
+class RateLimiter:
+    """A token bucket per calling team: ``rate`` requests per second, bursts of ``rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._buckets: dict[str, Bucket] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            bucket = self._buckets.setdefault(key, Bucket(self.rate, now))
+            bucket.tokens = min(self.rate, bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+            if bucket.tokens < 1:
+                return False
+            bucket.tokens -= 1
+            return True
+
+
+class Gateway:
+    def __init__(self, backend_store_uri: str, artifacts_destination: str) -> None:
+        from mlflow_share.artifacts.ledger import Ledger
+        from mlflow_share.artifacts.repository import ChecksumArtifactRepository
+        from mlflow_share.audit.store import ensure_schema, strip_scheme
+
+        uri = strip_scheme(backend_store_uri)
+        ensure_schema(uri)
+        self.engine = db.get_engine(uri)
+        self.policy = PolicyEngine(self.engine, 300)
+        repo = ChecksumArtifactRepository(artifacts_destination, ledger=Ledger(self.engine),
+                                          root=artifacts_destination)
+        self.cache = ModelCache(self.engine, repo,
+                                max_bytes=int(os.environ.get(CACHE_ENV, 1024**3)))
+        self.max_body = int(os.environ.get(MAX_BODY_ENV, 16 * 1024 * 1024))
+        self.limiter = RateLimiter(float(os.environ.get(RATE_ENV, 500)))
+        self.appender = AuditAppender(self.engine)
+        self.usage = Usage(self.engine)
+        self.last_good: dict[tuple[str, str], int] = {}  # (model, alias) -> version served
+        from mlflow_share.gateway.metrics import Metrics
+
+        self.metrics = Metrics()
+
+    # -- the decision ------------------------------------------------------------------------
+    def authenticate(self, header: str | None) -> Principal:
+        self.policy.refresh()
+        credentials = parse_authorization(header)
+        if credentials is None:
+            raise Unauthenticated("Authentication required: send a token or username/password.")
+        principal = self.policy.authenticate(credentials, int(time.time() * 1000))
+        if principal is None:
+            raise Unauthenticated("Invalid, expired or revoked credentials.")
+        return principal
+
+    def calling_team(self, principal: Principal, name: str) -> str:
+        """The team through which ``principal`` may execute ``name`` (403 if none)."""
+        model_id = self.policy.model_id(name)
+        if model_id is None and not principal.is_admin:
+            raise NotFound(f"Registered model {name!r} does not exist.")
+        owner = self.policy.owner_of(MODEL, model_id) if model_id else None
+        if not self.policy.is_allowed(principal, MODEL, model_id, owner, "execute"):
+            raise PermissionDenied(
+                f"Permission denied: {principal.name!r} may not execute registered model "
+                f"{name!r}.")
+        if owner in principal.teams:
+            return owner
+        grants = self.policy.grants_for(MODEL, model_id) if model_id else {}
+        for team in principal.teams:
+            if "execute" in grants.get(team, ()):
+                return team
+        return "admin" if principal.is_admin else next(iter(principal.teams), "-")
+
+    # -- loading -------------------------------------------------------------------------------
+    def _audit_load(self, model: LoadedModel, principal: str) -> None:
+        context = AuditContext(request_id=new_request_id(), principal="gateway",
+                               action="gateway.load", method="LOAD",
+                               route=f"/v1/models/{model.name}/versions/{model.version}")
+        context.resource_kind, context.resource_id = MODEL, model.model_id
+        context.resource_name = model.name
+        context.extra = {"version": model.version, "identity": model.identity,
+                         "requested_by": principal}
+        self.appender.append(context.event(status=200, source="gateway"))
+
+    def _audit_refusal(self, name: str, version: int, reason: str) -> None:
+        context = AuditContext(request_id=new_request_id(), principal="gateway",
+                               action="gateway.refuse", method="LOAD",
+                               route=f"/v1/models/{name}/versions/{version}", decision="fail")
+        context.resource_kind, context.resource_name = MODEL, name
+        context.extra = {"version": version, "reason": reason[:1000]}
+        self.appender.append(context.event(status=500, source="gateway"))
+
+    def model_for(self, name: str, alias: str | None, version: int | None,
+                  principal: str) -> LoadedModel:
+        if alias is not None:
+            version = resolve_alias(self.engine, name, alias)
+        assert version is not None
+        if not version_exists(self.engine, name, version):
+            raise NotFound(f"Registered model {name!r} has no version {version}.")
+        try:
+            model, loaded = self.cache.get(name, version)
+        except MlflowShareError as exc:
+            self._audit_refusal(name, version, exc.message)
+            previous = self.last_good.get((name, alias)) if alias is not None else None
+            if previous is None or previous == version:
+                raise
+            _logger.error("mlflow-share gateway: %s; %s@%s keeps serving version %s",
+                          exc.message, name, alias, previous)
+            model, loaded = self.cache.get(name, previous)
+        if loaded:
+            self._audit_load(model, principal)
+        if alias is not None:
+            self.last_good[(name, alias)] = model.version
+        return model
+
+
+def _error(exc: MlflowShareError) -> Any:
+    from starlette.responses import Response
+
+    return Response(exc.serialize_as_json(), status_code=exc.get_http_status_code(),
+                    media_type="application/json")
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise TooLarge(f"The request body is over the gateway's limit of {limit} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"The request body is over the gateway's limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> Any:
+    import onnxruntime
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    import mlflow_share
+
+    gateway = Gateway(backend_store_uri, artifacts_destination)
+    run_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+
+    async def invoke(request: Request, name: str, alias: str | None,
+                     version: int | None) -> Response:
+        started = time.perf_counter()
+        team, served, status = "-", version, 500
+        try:
+            principal = await anyio.to_thread.run_sync(
+                gateway.authenticate, request.headers.get("authorization"))
+            team = await anyio.to_thread.run_sync(gateway.calling_team, principal, name)
+            if not gateway.limiter.take(team):
+                raise TooMany(f"Team {team!r} is over its rate limit for the gateway.")
+            body = await _read_body(request, gateway.max_body)
+            model = await anyio.to_thread.run_sync(gateway.model_for, name, alias, version,
+                                                   principal.name)
+            served = model.version
+            payload, _params = inputs.parse(body, request.headers.get("content-type", ""))
+            feeds = inputs.feeds(payload, model.inputs)
+            try:
+                values = await anyio.to_thread.run_sync(
+                    model.session.run, None, feeds, limiter=run_limiter)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are plain
+                raise InvalidInput(f"The model could not run on this input: "
+                                   f"{str(exc).splitlines()[0][:300]}") from None
+            status = 200
+            return JSONResponse({"predictions": inputs.predictions(model.outputs, values)})
+        except MlflowShareError as exc:
+            status = exc.get_http_status_code()
+            return _error(exc)
+        finally:
+            elapsed = time.perf_counter() - started
+            label = str(served) if served is not None else "-"
+            gateway.metrics.observe(name, label, team, status, elapsed)
+            if status not in (401, 404):
+                gateway.usage.record(name, label, team, status, elapsed)
+
+    async def by_alias(request: Request) -> Response:
+        target = request.path_params["target"]
+        if "@" not in target:
+            return _error(NotFound("Use /v1/models/{name}@{alias}/invocations or "
+                                   "/v1/models/{name}/versions/{version}/invocations."))
+        name, alias = target.rsplit("@", 1)
+        return await invoke(request, name, alias, None)
+
+    async def by_version(request: Request) -> Response:
+        version = request.path_params["version"]
+        if not version.isdigit():
+            return _error(InvalidInput("The version must be a number."))
+        return await invoke(request, request.path_params["name"], None, int(version))
+
+    async def list_models(request: Request) -> Response:
+        try:
+            principal = await anyio.to_thread.run_sync(
+                gateway.authenticate, request.headers.get("authorization"))
+        except MlflowShareError as exc:
+            return _error(exc)
+
+        def executable() -> list[dict[str, Any]]:
+            with gateway.engine.connect() as conn:
+                rows = conn.execute(sa.text(
+                    "SELECT m.name, a.alias, a.version FROM share_model_manifests m "
+                    "LEFT JOIN registered_model_aliases a ON a.name = m.name "
+                    "GROUP BY m.name, a.alias, a.version ORDER BY m.name")).all()
+            found: dict[str, dict[str, Any]] = {}
+            for name, alias, version in rows:
+                try:
+                    gateway.calling_team(principal, str(name))
+                except MlflowShareError:
+                    continue
+                entry = found.setdefault(str(name), {"name": str(name), "aliases": {}})
+                if alias is not None:
+                    entry["aliases"][str(alias)] = str(version)
+            return list(found.values())
+
+        return JSONResponse({"models": await anyio.to_thread.run_sync(executable)})
+
+    async def ping(request: Request) -> Response:
+        return PlainTextResponse("\n")
+
+    async def health(request: Request) -> Response:
+        def check() -> bool:
+            try:
+                with gateway.engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+                return True
+            except sa.exc.SQLAlchemyError:
+                return False
+
+        healthy = await anyio.to_thread.run_sync(check)
+        return JSONResponse({"status": "ok" if healthy else "degraded",
+                             "loaded": [f"{m.name}/{m.version}" for m in gateway.cache.loaded()]},
+                            status_code=200 if healthy else 503)
+
+    async def version(request: Request) -> Response:
+        return JSONResponse({"mlflow_share": mlflow_share.__version__,
+                             "onnxruntime": onnxruntime.__version__})
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = gateway.metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def flush_usage() -> None:
+        while True:
+            await asyncio.sleep(5)
+            await anyio.to_thread.run_sync(gateway.usage.flush)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        task = asyncio.create_task(flush_usage())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await anyio.to_thread.run_sync(gateway.usage.flush, True)
+
+    app = Starlette(routes=[
+        Route("/v1/models/{name}/versions/{version}/invocations", by_version, methods=["POST"]),
+        Route("/v1/models/{target}/invocations", by_alias, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/version", version, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,211 @@
+"""Loading shared model versions for the gateway: verified bytes, ONNX only, bounded cache.
+
+A version is loaded from its registered copy through the checksum repository: every file of
+its manifest is read and checked (size and SHA-256, against the manifest and the digest
+ledger), the manifest itself against its digest and the version's identity, and only then is
+``model.onnx`` handed to onnxruntime, from memory, with the providers the gateway pins.
+Nothing from the model is imported or unpickled: a model whose MLmodel declares any flavor
+but ONNX (or a ``loader_module`` other than MLflow's ONNX loader) is refused, and so is an
+ONNX graph with external data (it could name files outside the model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+import yaml
+
+from mlflow_share.artifacts import manifest as mf
+from mlflow_share.artifacts import registration
+from mlflow_share.artifacts.repository import ChecksumArtifactRepository
+from mlflow_share.errors import DataLoss, InvalidInput, NotFound
+
+_logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+_ALLOWED_FLAVORS = {"onnx", "python_function"}
+_ONNX_LOADER = "mlflow.onnx"
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(string)": np.object_,
+    "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: Any  # numpy type
+    shape: tuple[int | None, ...]  # None: any size (symbolic or unknown dimension)
+    onnx_type: str
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: int
+    model_id: str
+    identity: str
+    session: Any  # onnxruntime.InferenceSession
+    inputs: list[TensorSpec]
+    outputs: list[str]
+    size: int
+
+
+def _specs(args: list[Any]) -> list[TensorSpec]:
+    specs = []
+    for arg in args:
+        dtype = _NUMPY_TYPES.get(arg.type)
+        if dtype is None:
+            raise InvalidInput(f"Input {arg.name!r} has an unsupported type {arg.type}.")
+        shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (arg.shape or []))
+        specs.append(TensorSpec(arg.name, dtype, shape, arg.type))
+    return specs
+
+
+def check_flavors(mlmodel: bytes | None) -> None:
+    """Refuse a model that would need code of its own (pickles, custom loaders)."""
+    if mlmodel is None:
+        return
+    try:
+        spec = yaml.safe_load(mlmodel) or {}
+    except yaml.YAMLError:
+        raise InvalidInput("The model's MLmodel file is not valid YAML.") from None
+    flavors = spec.get("flavors") or {}
+    if not isinstance(flavors, dict):
+        raise InvalidInput("The model's MLmodel file has no valid flavors.")
+    extra = sorted(set(flavors) - _ALLOWED_FLAVORS)
+    if extra:
+        raise InvalidInput(f"The gateway serves ONNX models only; this one has flavors {extra}.")
+    loader = (flavors.get("python_function") or {}).get("loader_module")
+    if loader not in (None, _ONNX_LOADER):
+        raise InvalidInput(f"The model declares loader_module {loader!r}: refused, the gateway "
+                           "never runs code shipped with a model.")
+
+
+def _refuse_external_data(model_bytes: bytes) -> None:
+    try:
+        import onnx
+    except ImportError:  # onnxruntime then fails to resolve external files from memory
+        return
+    proto = onnx.ModelProto()
+    proto.ParseFromString(model_bytes)
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            raise InvalidInput("The ONNX graph references external data files: refused.")
+
+
+def read_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
+                 version: int) -> tuple[registration.ManifestRecord, bytes, bytes | None]:
+    """The version's manifest, ``model.onnx`` and ``MLmodel`` bytes, every file checked."""
+    record = registration.find_manifest(engine, name, str(version))
+    statement = record.statement
+    digest = mf.statement_digest(statement)
+    meta = statement["predicate"]["mlflow"]
+    if digest != record.manifest_sha256 or mf.identity(
+            digest, meta["run_id"] or None, meta["params_sha256"]) != record.identity:
+        raise DataLoss(f"The manifest of {name!r} version {version} does not match its identity.")
+    files = mf.resources(statement)
+    if MODEL_FILE not in files:
+        raise InvalidInput(f"{name!r} version {version} has no {MODEL_FILE}.")
+    root = repo.at_root()
+    kept: dict[str, bytes] = {}
+    for relative, (size, sha) in sorted(files.items()):
+        opened = root.open_verified(f"{record.location}/{relative}")
+        hasher, length, chunks = hashlib.sha256(), 0, []
+        for chunk in root.iter_verified(opened):
+            hasher.update(chunk)
+            length += len(chunk)
+            if relative in (MODEL_FILE, "MLmodel"):
+                chunks.append(chunk)
+        if (length, hasher.hexdigest()) != (size, sha):
+            raise DataLoss(f"{name!r} version {version}: {relative} does not match the manifest "
+                           f"(expected SHA-256 {sha}, actual {hasher.hexdigest()}).")
+        if chunks:
+            kept[relative] = b"".join(chunks)
+    return record, kept[MODEL_FILE], kept.get("MLmodel")
+
+
+def load_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, version: int,
+                 *, intra_op_threads: int = 1) -> LoadedModel:
+    import onnxruntime as ort
+
+    record, model_bytes, mlmodel = read_version(engine, repo, name, version)
+    check_flavors(mlmodel)
+    _refuse_external_data(model_bytes)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(model_bytes, sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are many and plain
+        raise InvalidInput(f"{name!r} version {version}: model.onnx does not load in "
+                           f"onnxruntime ({type(exc).__name__}).") from None
+    return LoadedModel(name, version, record.model_id, record.identity, session,
+                       _specs(session.get_inputs()), [o.name for o in session.get_outputs()],
+                       len(model_bytes))
+
+
+class ModelCache:
+    """Loaded versions, least recently used first out beyond ``max_bytes`` of model files."""
+
+    def __init__(self, engine: sa.Engine, repo: ChecksumArtifactRepository, *,
+                 max_bytes: int = 1024**3, intra_op_threads: int = 1) -> None:
+        self.engine, self.repo = engine, repo
+        self.max_bytes, self.intra_op_threads = max_bytes, intra_op_threads
+        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
+
+    def get(self, name: str, version: int) -> tuple[LoadedModel, bool]:
+        """The loaded version and whether this call loaded it."""
+        key = (name, version)
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+                return model, False
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one load per version at a time; the others wait for it
+            with self._lock:
+                model = self._models.get(key)
+                if model is not None:
+                    return model, False
+            model = load_version(self.engine, self.repo, name, version,
+                                 intra_op_threads=self.intra_op_threads)
+            with self._lock:
+                self._models[key] = model
+                while sum(m.size for m in self._models.values()) > self.max_bytes and \
+                        len(self._models) > 1:
+                    self._models.popitem(last=False)
+                self._loading.pop(key, None)
+            return model, True
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+
+def resolve_alias(engine: sa.Engine, name: str, alias: str) -> int:
+    with engine.connect() as conn:
+        version = conn.execute(sa.text(
+            "SELECT version FROM registered_model_aliases WHERE name = :n AND alias = :a"),
+            {"n": name, "a": alias}).scalar()
+    if version is None:
+        raise NotFound(f"Registered model {name!r} has no alias {alias!r}.")
+    return int(version)
+
+
+def version_exists(engine: sa.Engine, name: str, version: int) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT 1 FROM model_versions WHERE name = :n AND version = :v"),
+            {"n": name, "v": version}).first() is not None

@@ -1,0 +1,104 @@
+"""Per-minute usage of each model version by each calling team, for the owners' dashboard.
+
+The gateway counts in memory and writes finished minutes (and, at shutdown, the current one)
+to ``share_gateway_usage``: requests, errors, latency sum and p50/p99 of the minute. Each
+flush is also one audit event with the invocation counts it wrote.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlflow_share import db
+
+_SAMPLES = 2000  # latencies kept per bucket for its quantiles
+
+
+@dataclass
+class _Bucket:
+    requests: int = 0
+    errors: int = 0
+    latency_sum: float = 0.0
+    samples: list[float] = field(default_factory=list)
+
+
+def _quantile(samples: list[float], q: float) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Usage:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._buckets: dict[tuple[str, str, str, int], _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def record(self, model: str, version: str, team: str, status: int, seconds: float) -> None:
+        minute = int(time.time() // 60) * 60_000
+        with self._lock:
+            bucket = self._buckets.setdefault((model, version, team, minute), _Bucket())
+            bucket.requests += 1
+            if status >= 400:
+                bucket.errors += 1
+            else:
+                bucket.latency_sum += seconds * 1000
+                if len(bucket.samples) < _SAMPLES:
+                    bucket.samples.append(seconds * 1000)
+
+    def flush(self, everything: bool = False) -> int:
+        """Write finished minutes (all with ``everything``); returns the rows written."""
+        current = int(time.time() // 60) * 60_000
+        with self._lock:
+            done = {k: v for k, v in self._buckets.items() if everything or k[3] < current}
+            for key in done:
+                del self._buckets[key]
+        if not done:
+            return 0
+        table = db.gateway_usage
+        with self.engine.begin() as conn:
+            for (model, version, team, minute), bucket in done.items():
+                match = sa.and_(table.c.model == model, table.c.version == version,
+                                table.c.team == team, table.c.minute == minute)
+                row = conn.execute(sa.select(table).where(match)).first()
+                p50, p99 = _quantile(bucket.samples, 0.5), _quantile(bucket.samples, 0.99)
+                if row is None:
+                    conn.execute(table.insert().values(
+                        model=model, version=version, team=team, minute=minute,
+                        requests=bucket.requests, errors=bucket.errors,
+                        latency_sum_ms=bucket.latency_sum, p50_ms=p50, p99_ms=p99))
+                else:  # another gateway process wrote this minute too: add, keep the worse
+                    conn.execute(table.update().where(match).values(
+                        requests=row.requests + bucket.requests,
+                        errors=row.errors + bucket.errors,
+                        latency_sum_ms=row.latency_sum_ms + bucket.latency_sum,
+                        p50_ms=max(x for x in (row.p50_ms, p50, 0.0) if x is not None),
+                        p99_ms=max(x for x in (row.p99_ms, p99, 0.0) if x is not None)))
+        self._audit(done)
+        return len(done)
+
+    def _audit(self, done: dict[tuple[str, str, str, int], _Bucket]) -> None:
+        from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
+
+        context = AuditContext(request_id=new_request_id(), principal="gateway",
+                               action="gateway.usage", method="FLUSH", route="/v1/models")
+        context.extra = {"invocations": [
+            {"model": m, "version": v, "team": t, "minute": minute, "requests": b.requests,
+             "errors": b.errors} for (m, v, t, minute), b in sorted(done.items())][:500]}
+        AuditAppender(self.engine).append(context.event(status=200, source="gateway"))
+
+
+def usage_rows(engine: sa.Engine, model: str, since_ms: int | None = None) -> list[dict[str, Any]]:
+    table = db.gateway_usage
+    query = sa.select(table).where(table.c.model == model)
+    if since_ms is not None:
+        query = query.where(table.c.minute >= since_ms)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(table.c.minute, table.c.version, table.c.team)).all()
+    return [dict(row._mapping) for row in rows]

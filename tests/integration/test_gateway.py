@@ -1,0 +1,297 @@
+"""The inference gateway against a real server and real ONNX models built here (skl2onnx)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import ShareServer, free_port
+
+pytestmark = pytest.mark.integration
+API = "/api/2.0/mlflow"
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+SHARE = "/api/2.0/mlflow-share"
+ONNX_MLMODEL = (b"flavors:\n  onnx:\n    onnx_version: 1.17.0\n    data: model.onnx\n"
+                b"  python_function:\n    loader_module: mlflow.onnx\n    data: model.onnx\n")
+X = np.random.default_rng(7).random((30, 4)).astype(np.float32)
+
+
+def _onnx(flip: bool = False) -> bytes:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    labels = (X[:, 0] + X[:, 1] > 1.0).astype(np.int64)
+    model = LogisticRegression().fit(X, 1 - labels if flip else labels)
+    return bytes(to_onnx(model, X[:1], options={"zipmap": False}).SerializeToString())
+
+
+def _in_process(model_bytes: bytes, rows: np.ndarray) -> list[Any]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return list(session.run(None, {session.get_inputs()[0].name: rows}))
+
+
+@contextmanager
+def _gateway(server: ShareServer, tmp: Path, **env: str) -> Iterator[str]:
+    port = free_port()
+    log = tmp / f"gateway-{port}.log"
+    command = [sys.executable, "-m", "mlflow_share.cli", "gateway", "--backend-store-uri",
+               server.backend_uri, "--artifacts-destination", f"checksum+file://{server.artifacts}",
+               "--port", str(port)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if requests.get(url + "/ping", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(log.read_text()[-3000:])
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+class World:
+    def __init__(self, server: ShareServer, name: str) -> None:
+        self.server, self.name = server, name
+        self.token = server.tokens["alice"]
+        self.experiment = server.api("POST", f"{API}/experiments/create", token=self.token,
+                                     json={"name": f"gw-{name}"}).json()["experiment_id"]
+        assert server.api("POST", f"{API}/registered-models/create", token=self.token,
+                          json={"name": name}).ok
+
+    def register(self, files: dict[str, bytes]) -> str:
+        run = self.server.api("POST", f"{API}/runs/create", token=self.token, json={
+            "experiment_id": self.experiment}).json()["run"]["info"]["run_id"]
+        for relative, data in files.items():
+            assert self.server.api("PUT", f"{ARTIFACTS}/{self.experiment}/{run}/artifacts/model/"
+                                   f"{relative}", token=self.token, data=data).ok
+        created = self.server.api("POST", f"{API}/model-versions/create", token=self.token,
+                                  json={"name": self.name, "source": f"runs:/{run}/model",
+                                        "run_id": run})
+        assert created.status_code == 200, created.text
+        return str(created.json()["model_version"]["version"])
+
+    def alias(self, alias: str, version: str) -> None:
+        assert self.server.api("POST", f"{API}/registered-models/alias", token=self.token,
+                               json={"name": self.name, "alias": alias, "version": version}).ok
+
+    def grant(self, team: str, permission: str, revoke: bool = False) -> None:
+        response = self.server.api("DELETE" if revoke else "POST", f"{SHARE}/grants",
+                                   token=self.token, json={"model": self.name, "team": team,
+                                                           "permission": permission})
+        assert response.status_code == 200, response.text
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, bytes]:
+    return {"v1": _onnx(), "v2": _onnx(flip=True)}
+
+
+@pytest.fixture(scope="module")
+def gateway(share_server: ShareServer, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[str]:
+    with _gateway(share_server, tmp_path_factory.mktemp("gateway")) as url:
+        yield url
+
+
+def _call(url: str, server: ShareServer, user: str | None, target: str, body: Any,
+          **kwargs: Any) -> requests.Response:
+    headers = {"Authorization": f"Bearer {server.tokens[user]}"} if user else {}
+    if isinstance(body, (bytes, str)):
+        return requests.post(f"{url}/v1/models/{target}/invocations", data=body,
+                             headers={**headers, **kwargs.pop("headers", {})}, timeout=30)
+    return requests.post(f"{url}/v1/models/{target}/invocations", json=body, headers=headers,
+                         timeout=30)
+
+
+def test_every_body_format_predicts_like_onnxruntime(share_server: ShareServer, gateway: str,
+                                                     models: dict[str, bytes],
+                                                     unique: str) -> None:
+    world = World(share_server, f"gw-formats-{unique}")
+    world.alias("champion", world.register({"model.onnx": models["v1"], "MLmodel": ONNX_MLMODEL}))
+    rows = X[:5]
+    labels, probabilities = _in_process(models["v1"], rows)
+    columns = ["a", "b", "c", "d"]
+    bodies: list[Any] = [
+        {"dataframe_split": {"columns": columns, "data": rows.tolist()}},
+        {"dataframe_records": [dict(zip(columns, r)) for r in rows.tolist()]},
+        {"instances": rows.tolist()},
+        {"inputs": rows.tolist()},
+        {"inputs": {"X": rows.tolist()}},
+    ]
+    for body in bodies:
+        response = _call(gateway, share_server, "alice", f"{world.name}@champion", body)
+        assert response.status_code == 200, (body, response.text)
+        predictions = response.json()["predictions"]
+        assert predictions["label"] == labels.tolist()
+        assert np.allclose(predictions["probabilities"], probabilities, atol=1e-6)
+    csv = "a,b,c,d\n" + "\n".join(",".join(repr(float(v)) for v in r) for r in rows)
+    response = _call(gateway, share_server, "alice", f"{world.name}/versions/1", csv,
+                     headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"]["label"] == labels.tolist()
+
+
+def test_only_teams_allowed_to_execute_can_call(share_server: ShareServer, gateway: str,
+                                                models: dict[str, bytes], unique: str) -> None:
+    world = World(share_server, f"gw-authz-{unique}")
+    world.alias("champion", world.register({"model.onnx": models["v1"], "MLmodel": ONNX_MLMODEL}))
+    body = {"inputs": X[:2].tolist()}
+    target = f"{world.name}@champion"
+    assert _call(gateway, share_server, None, target, body).status_code == 401
+    assert _call(gateway, share_server, "ava", target, body).status_code == 200  # owner viewer
+    for user in ("bob", "carl"):
+        denied = _call(gateway, share_server, user, target, body)
+        assert denied.status_code == 403 and denied.json()["error_code"] == "PERMISSION_DENIED"
+    world.grant("team-b", "read")
+    assert _call(gateway, share_server, "bob", target, body).status_code == 403  # read only
+    world.grant("team-b", "execute")
+    assert _call(gateway, share_server, "bob", target, body).status_code == 200
+    assert _call(gateway, share_server, "carl", target, body).status_code == 403
+    listed = requests.get(f"{gateway}/v1/models", timeout=10, headers={
+        "Authorization": f"Bearer {share_server.tokens['bob']}"}).json()["models"]
+    assert {"name": world.name, "aliases": {"champion": "1"}} in listed
+    world.grant("team-b", "execute", revoke=True)
+    assert _call(gateway, share_server, "bob", target, body).status_code == 403
+
+
+def test_alias_move_switches_versions_without_failing_a_request(
+        share_server: ShareServer, gateway: str, models: dict[str, bytes], unique: str) -> None:
+    world = World(share_server, f"gw-move-{unique}")
+    first = world.register({"model.onnx": models["v1"], "MLmodel": ONNX_MLMODEL})
+    second = world.register({"model.onnx": models["v2"], "MLmodel": ONNX_MLMODEL})
+    world.alias("champion", first)
+    rows = X[:8]
+    expected = {tuple(_in_process(models[v], rows)[0].tolist()): v for v in ("v1", "v2")}
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {share_server.tokens['alice']}"
+        while not stop.is_set():
+            response = session.post(f"{gateway}/v1/models/{world.name}@champion/invocations",
+                                    json={"inputs": rows.tolist()}, timeout=30)
+            if response.status_code != 200:
+                failures.append(response.text)
+                continue
+            seen.append(expected[tuple(response.json()["predictions"]["label"])])
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    world.alias("champion", second)
+    time.sleep(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert seen[0] == "v1" and seen[-1] == "v2"
+    assert "v1" not in seen[seen.index("v2") + 30:]  # settled on the new version
+
+
+def test_tampered_version_is_refused_and_the_previous_one_keeps_serving(
+        share_server: ShareServer, gateway: str, models: dict[str, bytes], unique: str) -> None:
+    world = World(share_server, f"gw-tamper-{unique}")
+    good = world.register({"model.onnx": models["v1"], "MLmodel": ONNX_MLMODEL})
+    bad = world.register({"model.onnx": models["v2"], "MLmodel": ONNX_MLMODEL})
+    world.alias("champion", good)
+    body = {"inputs": X[:6].tolist()}
+    before = _call(gateway, share_server, "alice", f"{world.name}@champion", body).json()
+    location = share_server.api("GET", f"{API}/model-versions/get-download-uri",
+                                token=world.token, params={"name": world.name, "version": bad}
+                                ).json()["artifact_uri"]
+    onnx_file = share_server.artifacts / location[len("mlflow-artifacts:/"):] / "model.onnx"
+    os.chmod(onnx_file, 0o644)
+    onnx_file.write_bytes(models["v1"])  # a valid model, but not the registered bytes
+    world.alias("champion", bad)
+    after = _call(gateway, share_server, "alice", f"{world.name}@champion", body)
+    assert after.status_code == 200 and after.json() == before  # still the verified version
+    direct = _call(gateway, share_server, "alice", f"{world.name}/versions/{bad}", body)
+    assert direct.status_code == 500 and direct.json()["error_code"] == "DATA_LOSS"
+    assert "model.onnx" in direct.json()["message"]
+
+
+def test_models_that_need_code_are_refused(share_server: ShareServer, gateway: str,
+                                           models: dict[str, bytes], unique: str) -> None:
+    world = World(share_server, f"gw-pickle-{unique}")
+    pickled = world.register({"model.onnx": models["v1"], "model.pkl": b"\x80\x04N.",
+                              "MLmodel": b"flavors:\n  sklearn:\n    pickled_model: model.pkl\n"})
+    custom = world.register({"model.onnx": models["v1"], "MLmodel": (
+        b"flavors:\n  python_function:\n    loader_module: evil.loader\n")})
+    for version in (pickled, custom):
+        response = _call(gateway, share_server, "alice", f"{world.name}/versions/{version}",
+                         {"inputs": X[:1].tolist()})
+        assert response.status_code == 400, response.text
+        assert "refused" in response.json()["message"] or "ONNX models only" in \
+            response.json()["message"]
+
+
+def test_bad_input_oversized_bodies_and_floods(share_server: ShareServer,
+                                               models: dict[str, bytes], unique: str,
+                                               tmp_path: Path) -> None:
+    world = World(share_server, f"gw-bad-{unique}")
+    world.alias("champion", world.register({"model.onnx": models["v1"], "MLmodel": ONNX_MLMODEL}))
+    with _gateway(share_server, tmp_path, MLFLOW_SHARE_GATEWAY_RATE_PER_TEAM="20",
+                  MLFLOW_SHARE_GATEWAY_MAX_BODY_BYTES="4096") as url:
+        target = f"{world.name}@champion"
+        shape = _call(url, share_server, "alice", target, {"inputs": [[1.0, 2.0, 3.0]]})
+        assert shape.status_code == 400 and "'X'" in shape.json()["message"]
+        assert "4" in shape.json()["message"]
+        dtype = _call(url, share_server, "alice", target, {"inputs": [["a", "b", "c", "d"]]})
+        assert dtype.status_code == 400 and "tensor(float)" in dtype.json()["message"]
+        columns = _call(url, share_server, "alice", target,
+                        {"dataframe_split": {"columns": ["a"], "data": [[1.0]]}})
+        assert columns.status_code == 400 and "columns" in columns.json()["message"]
+        garbage = _call(url, share_server, "alice", target, b"{not json",
+                        headers={"Content-Type": "application/json"})
+        assert garbage.status_code == 400
+        big = _call(url, share_server, "alice", target, {"inputs": X.tolist() * 20})
+        assert big.status_code == 413
+        statuses = [_call(url, share_server, "alice", target, {"inputs": X[:1].tolist()})
+                    .status_code for _ in range(60)]
+        assert 429 in statuses and statuses.count(200) >= 15
+        metrics = requests.get(f"{url}/metrics", timeout=10).text
+        assert f'model="{world.name}"' in metrics and 'status="429"' in metrics
+    # Stopped: the gateway wrote its usage and audited the load and the counts.
+    usage = share_server.api("GET", f"{SHARE}/usage", token=world.token,
+                             params={"model": world.name}).json()["usage"]
+    assert sum(row["requests"] for row in usage if row["team"] == "team-a") >= 60
+    assert all(row["p50_ms"] is None or row["p50_ms"] > 0 for row in usage)
+    denied = share_server.api("GET", f"{SHARE}/usage", token=share_server.tokens["carl"],
+                              params={"model": world.name})
+    assert denied.status_code == 403
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(share_server.backend_uri)
+    with engine.connect() as conn:
+        actions = [row[0] for row in conn.execute(sa.text(
+            "SELECT action FROM share_audit_events WHERE source = 'gateway' "
+            "AND (resource_name = :n OR details LIKE :d)"),
+            {"n": world.name, "d": f'%"{world.name}"%'}).all()]
+    engine.dispose()
+    assert "gateway.load" in actions and "gateway.usage" in actions
+    assert json.dumps(actions)  # the chain verifies with these events (test_audit_chain)
