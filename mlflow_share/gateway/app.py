@@ -221,39 +221,47 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
     gateway = Gateway(backend_store_uri, artifacts_destination)
     run_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
 
+    def handle(header: str | None, body: bytes, content_type: str, name: str,
+               alias: str | None, version: int | None, state: dict[str, Any]) -> Any:
+        """Everything of one call after its body arrived, on one worker thread."""
+        principal = gateway.authenticate(header)
+        state["team"] = team = gateway.calling_team(principal, name)
+        if not gateway.limiter.take(team):
+            raise TooMany(f"Team {team!r} is over its rate limit for the gateway.")
+        model = gateway.model_for(name, alias, version, principal.name)
+        state["version"] = model.version
+        payload, _params = inputs.parse(body, content_type)
+        feeds = inputs.feeds(payload, model.inputs)
+        try:
+            values = model.session.run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are plain
+            raise InvalidInput(f"The model could not run on this input: "
+                               f"{str(exc).splitlines()[0][:300]}") from None
+        return inputs.predictions(model.outputs, values)
+
     async def invoke(request: Request, name: str, alias: str | None,
                      version: int | None) -> Response:
         started = time.perf_counter()
-        team, served, status = "-", version, 500
+        state: dict[str, Any] = {"team": "-", "version": version}
+        status = 500
         try:
-            principal = await anyio.to_thread.run_sync(
-                gateway.authenticate, request.headers.get("authorization"))
-            team = await anyio.to_thread.run_sync(gateway.calling_team, principal, name)
-            if not gateway.limiter.take(team):
-                raise TooMany(f"Team {team!r} is over its rate limit for the gateway.")
             body = await _read_body(request, gateway.max_body)
-            model = await anyio.to_thread.run_sync(gateway.model_for, name, alias, version,
-                                                   principal.name)
-            served = model.version
-            payload, _params = inputs.parse(body, request.headers.get("content-type", ""))
-            feeds = inputs.feeds(payload, model.inputs)
-            try:
-                values = await anyio.to_thread.run_sync(
-                    model.session.run, None, feeds, limiter=run_limiter)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are plain
-                raise InvalidInput(f"The model could not run on this input: "
-                                   f"{str(exc).splitlines()[0][:300]}") from None
+            predictions = await anyio.to_thread.run_sync(
+                handle, request.headers.get("authorization"), body,
+                request.headers.get("content-type", ""), name, alias, version, state,
+                limiter=run_limiter)
             status = 200
-            return JSONResponse({"predictions": inputs.predictions(model.outputs, values)})
+            return JSONResponse({"predictions": predictions})
         except MlflowShareError as exc:
             status = exc.get_http_status_code()
             return _error(exc)
         finally:
             elapsed = time.perf_counter() - started
+            served = state["version"]
             label = str(served) if served is not None else "-"
-            gateway.metrics.observe(name, label, team, status, elapsed)
+            gateway.metrics.observe(name, label, state["team"], status, elapsed)
             if status not in (401, 404):
-                gateway.usage.record(name, label, team, status, elapsed)
+                gateway.usage.record(name, label, state["team"], status, elapsed)
 
     async def by_alias(request: Request) -> Response:
         target = request.path_params["target"]
