@@ -134,6 +134,19 @@ gateway_usage = sa.Table(
     sa.Column("p99_ms", sa.Float, nullable=True),
 )
 
+# Named deployments on the gateway (`mlflow deployments -t mlflow-share`): a name bound to a
+# registered model's alias or version.
+gateway_deployments = sa.Table(
+    "share_gateway_deployments",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("alias", sa.String(256), nullable=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
 POLICY_VERSION = "policy_version"
 RESOURCE_VERSION = "resource_version"
 

@@ -39,7 +39,7 @@ from mlflow_share.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from mlflow_share.gateway import inputs
+from mlflow_share.gateway import deployments, inputs
 from mlflow_share.gateway.models import LoadedModel, ModelCache, resolve_alias, version_exists
 from mlflow_share.gateway.usage import Usage
 from mlflow_share.policy.enforcer import PolicyEngine
@@ -196,6 +196,18 @@ def _error(exc: MlflowShareError) -> Any:
                     media_type="application/json")
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return data
+
+
 async def _read_body(request: Any, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
@@ -277,6 +289,74 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
             return _error(InvalidInput("The version must be a number."))
         return await invoke(request, request.path_params["name"], None, int(version))
 
+    def audit_deployment(principal: Principal, action: str, name: str,
+                         details: dict[str, Any], status: int) -> None:
+        context = AuditContext(request_id=new_request_id(), principal=principal.name,
+                               action=f"gateway.deployment.{action}", method=action.upper(),
+                               route=f"/v1/deployments/{name}")
+        context.extra = details
+        gateway.appender.append(context.event(status=status, source="gateway"))
+
+    def manage(header: str | None, method: str, name: str | None, body: bytes) -> Any:
+        principal = gateway.authenticate(header)
+        if method == "GET" and name is None:
+            found = []
+            for row in deployments.all_rows(gateway.engine):
+                try:
+                    gateway.calling_team(principal, row.model)
+                except MlflowShareError:
+                    continue
+                found.append(deployments.to_dict(row))
+            return {"deployments": found}
+        if method == "POST":
+            data = _json_object(body)
+            name = deployments.check_name(data.get("name"))
+        assert name is not None
+        if method in ("POST", "PATCH"):
+            data = _json_object(body)
+            model, alias, version = deployments.parse_model_uri(data.get("model_uri"))
+            if method == "PATCH":  # moving a deployment needs execute on what it serves now
+                gateway.calling_team(principal, deployments.get(gateway.engine, name).model)
+            gateway.calling_team(principal, model)
+            if alias is not None:
+                resolve_alias(gateway.engine, model, alias)
+            elif version is not None and not version_exists(gateway.engine, model, version):
+                raise NotFound(f"Registered model {model!r} has no version {version}.")
+            deployments.put(gateway.engine, name, model, alias, version, principal.name,
+                            create=method == "POST")
+            row = deployments.get(gateway.engine, name)
+            audit_deployment(principal, "create" if method == "POST" else "update", name,
+                             deployments.to_dict(row), 200)
+            return deployments.to_dict(row)
+        row = deployments.get(gateway.engine, name)
+        if method == "DELETE":
+            if row.created_by != principal.name and not principal.is_admin:
+                raise PermissionDenied(f"Only {row.created_by!r} or an org admin may delete "
+                                       f"deployment {name!r}.")
+            deployments.delete(gateway.engine, name)
+            audit_deployment(principal, "delete", name, deployments.to_dict(row), 200)
+            return {}
+        gateway.calling_team(principal, row.model)
+        return deployments.to_dict(row)
+
+    async def deployments_route(request: Request) -> Response:
+        try:
+            body = await _read_body(request, 64 * 1024)
+            result = await anyio.to_thread.run_sync(
+                manage, request.headers.get("authorization"), request.method,
+                request.path_params.get("name"), body)
+        except MlflowShareError as exc:
+            return _error(exc)
+        return JSONResponse(result)
+
+    async def deployment_invocations(request: Request) -> Response:
+        try:
+            row = await anyio.to_thread.run_sync(deployments.get, gateway.engine,
+                                                 request.path_params["name"])
+        except MlflowShareError as exc:
+            return _error(exc)
+        return await invoke(request, row.model, row.alias, row.version)
+
     async def list_models(request: Request) -> Response:
         try:
             principal = await anyio.to_thread.run_sync(
@@ -346,6 +426,9 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
         Route("/v1/models/{name}/versions/{version}/invocations", by_version, methods=["POST"]),
         Route("/v1/models/{target}/invocations", by_alias, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/deployments", deployments_route, methods=["GET", "POST"]),
+        Route("/v1/deployments/{name}", deployments_route, methods=["GET", "PATCH", "DELETE"]),
+        Route("/v1/deployments/{name}/invocations", deployment_invocations, methods=["POST"]),
         Route("/ping", ping, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/version", version, methods=["GET"]),

@@ -295,3 +295,116 @@ def test_bad_input_oversized_bodies_and_floods(share_server: ShareServer,
     engine.dispose()
     assert "gateway.load" in actions and "gateway.usage" in actions
     assert json.dumps(actions)  # the chain verifies with these events (test_audit_chain)
+
+
+def test_mlflow_models_serve_works_for_readers_only(share_server: ShareServer, tmp_path: Path,
+                                                     models: dict[str, bytes],
+                                                     unique: str) -> None:
+    """Stock `mlflow models serve` pointed at the server: the model's readers can serve it."""
+    import mlflow
+    import onnx
+
+    name = f"gw-serve-{unique}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": share_server.url,
+           "MLFLOW_TRACKING_TOKEN": share_server.tokens["alice"],
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
+    script = (
+        "import mlflow, onnx, sys\n"
+        f"mlflow.set_experiment('gw-serve-{unique}')\n"
+        "with mlflow.start_run():\n"
+        f"    mlflow.onnx.log_model(onnx.load_model(sys.argv[1]), name='model', "
+        f"registered_model_name='{name}')\n"
+        f"mlflow.MlflowClient().set_registered_model_alias('{name}', 'champion', '1')\n")
+    (tmp_path / "model.onnx").write_bytes(models["v1"])
+    logged = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.onnx")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert logged.returncode == 0, logged.stderr[-2000:]
+    assert mlflow and onnx  # (imported for the subprocess's sake: both must be installed)
+
+    def serve(user: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+        port = free_port()
+        log = tmp_path / f"serve-{user}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+                 f"models:/{name}@champion", "--env-manager", "local", "-h", "127.0.0.1",
+                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**env, "MLFLOW_TRACKING_TOKEN": share_server.tokens[user]})
+        return process, f"http://127.0.0.1:{port}", log
+
+    process, url, log = serve("ava")  # a viewer of the owner team: may read
+    try:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise AssertionError(log.read_text()[-3000:])
+            try:
+                if requests.get(url + "/ping", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        response = requests.post(url + "/invocations", json={"inputs": X[:3].tolist()},
+                                 timeout=30)
+        assert response.status_code == 200, response.text
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    refused, _, log = serve("carl")
+    assert refused.wait(timeout=300) != 0
+    assert "403" in log.read_text() or "PERMISSION_DENIED" in log.read_text()
+
+
+def test_mlflow_deployments_target(share_server: ShareServer, gateway: str, tmp_path: Path,
+                                   models: dict[str, bytes], unique: str) -> None:
+    world = World(share_server, f"gw-deploy-{unique}")
+    first = world.register({"model.onnx": models["v1"], "MLmodel": ONNX_MLMODEL})
+    second = world.register({"model.onnx": models["v2"], "MLmodel": ONNX_MLMODEL})
+    world.alias("champion", first)
+    env = {**os.environ, "MLFLOW_SHARE_GATEWAY_URI": gateway,
+           "MLFLOW_TRACKING_URI": share_server.url,
+           "MLFLOW_TRACKING_TOKEN": share_server.tokens["alice"]}
+
+    def deployments(*args: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlflow", "deployments", *args, "-t",
+                               "mlflow-share"], capture_output=True, text=True, timeout=120,
+                              env={**env, "MLFLOW_TRACKING_TOKEN": share_server.tokens[user]})
+
+    name = f"dep-{unique}"
+    created = deployments("create", "--name", name, "-m", f"models:/{world.name}@champion")
+    assert created.returncode == 0, created.stderr[-2000:]
+    refused = deployments("create", "--name", f"{name}-c", "-m",
+                          f"models:/{world.name}@champion", user="carl")
+    assert refused.returncode != 0 and "PERMISSION_DENIED" in refused.stderr
+    listed = deployments("list")
+    assert name in listed.stdout
+    (tmp_path / "rows.json").write_text(json.dumps(X[:4].tolist()))  # read as a data frame
+    predicted = deployments("predict", "--name", name, "--input-path", str(tmp_path / "rows.json"))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    labels = _in_process(models["v1"], X[:4])[0].tolist()
+    assert str(labels).replace(" ", "") in predicted.stdout.replace(" ", "").replace("\n", "")
+    updated = deployments("update", "--name", name, "-m", f"models:/{world.name}/{second}")
+    assert updated.returncode == 0, updated.stderr[-2000:]
+    got = deployments("get", "--name", name)
+    assert f"models:/{world.name}/{second}" in got.stdout
+    assert deployments("delete", "--name", name, user="bob").returncode != 0
+    assert deployments("delete", "--name", name).returncode == 0
+    assert name not in deployments("list").stdout
+
+    port = free_port()
+    local = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "deployments", "run-local", "-t", "mlflow-share",
+         "--name", "local", "-m", f"models:/{world.name}/{first}", "-C", f"port={port}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(300):
+            try:
+                response = requests.post(f"http://127.0.0.1:{port}/invocations",
+                                         json={"inputs": X[:4].tolist()}, timeout=2)
+                break
+            except requests.RequestException:
+                assert local.poll() is None, local.stdout.read() if local.stdout else ""
+                time.sleep(0.2)
+        assert response.status_code == 200
+        assert response.json()["predictions"]["label"] == labels
+    finally:
+        os.killpg(local.pid, signal.SIGTERM)
+        local.wait(timeout=30)
