@@ -82,7 +82,10 @@ def gateway(home: Path | None, backend_store_uri: str | None,
     uri = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
     destination = artifacts_destination or f"checksum+file://{home / 'artifacts'}"
     click.echo(f"mlflow-share gateway: serving http://{host}:{port}/v1/models", err=True)
-    uvicorn.run(create_gateway_app(uri, destination), host=host, port=port, log_level="info")
+    # No per-request access log: it costs more than a small model's inference. Calls are
+    # counted in /metrics and the usage rows, denials and loads in the audit log.
+    uvicorn.run(create_gateway_app(uri, destination), host=host, port=port, log_level="info",
+                access_log=False)
 
 
 def _prepare_database(uri: str) -> None:

@@ -167,10 +167,9 @@ class Gateway:
 
     def model_for(self, name: str, alias: str | None, version: int | None,
                   principal: str) -> LoadedModel:
-        if alias is not None:
+        if alias is not None:  # MLflow drops a version's aliases when it deletes the version
             version = resolve_alias(self.engine, name, alias)
-        assert version is not None
-        if not version_exists(self.engine, name, version):
+        elif version is None or not version_exists(self.engine, name, version):
             raise NotFound(f"Registered model {name!r} has no version {version}.")
         try:
             model, loaded = self.cache.get(name, version)
