@@ -25,7 +25,7 @@ def create_usage_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         name, since = request.args.get("model"), request.args.get("since")
         if not name:
             raise InvalidInput("Give the registered model's name as 'model'.")
-        if since is not None and not since.isdigit():
+        if since is not None and not (since.isascii() and since.isdigit() and len(since) < 16):
             raise InvalidInput("'since' is milliseconds since the epoch.")
         principal = current_principal()
         model_id = policy.model_id(name)

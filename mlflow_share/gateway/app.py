@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -40,15 +42,16 @@ from mlflow_share.errors import (
     Unauthenticated,
 )
 from mlflow_share.gateway import deployments, inputs
-from mlflow_share.gateway.models import LoadedModel, ModelCache, resolve_alias, version_exists
+from mlflow_share.gateway.models import LoadedModel, ModelCache, current_identity, resolve_alias
 from mlflow_share.gateway.usage import Usage
-from mlflow_share.policy.enforcer import PolicyEngine
+from mlflow_share.policy.enforcer import IMPLIED_ACTIONS, PolicyEngine
 
 _logger = logging.getLogger(__name__)
 
 MAX_BODY_ENV = "MLFLOW_SHARE_GATEWAY_MAX_BODY_BYTES"
 RATE_ENV = "MLFLOW_SHARE_GATEWAY_RATE_PER_TEAM"  # requests per second per calling team
 CACHE_ENV = "MLFLOW_SHARE_GATEWAY_CACHE_BYTES"
+METRICS_TOKEN_ENV = "MLFLOW_SHARE_GATEWAY_METRICS_TOKEN"  # bearer token for Prometheus
 
 
 class TooLarge(MlflowShareError):
@@ -112,7 +115,8 @@ class Gateway:
         self.limiter = RateLimiter(float(os.environ.get(RATE_ENV, 500)))
         self.appender = AuditAppender(self.engine)
         self.usage = Usage(self.engine)
-        self.last_good: dict[tuple[str, str], int] = {}  # (model, alias) -> version served
+        # (model, alias) -> (version, identity) it served last
+        self.last_good: dict[tuple[str, str], tuple[int, str]] = {}
         from mlflow_share.gateway.metrics import Metrics
 
         self.metrics = Metrics()
@@ -142,7 +146,7 @@ class Gateway:
             return owner
         grants = self.policy.grants_for(MODEL, model_id) if model_id else {}
         for team in principal.teams:
-            if "execute" in grants.get(team, ()):
+            if any("execute" in IMPLIED_ACTIONS[p] for p in grants.get(team, ())):
                 return team
         return "admin" if principal.is_admin else next(iter(principal.teams), "-")
 
@@ -167,24 +171,32 @@ class Gateway:
 
     def model_for(self, name: str, alias: str | None, version: int | None,
                   principal: str) -> LoadedModel:
+        """The loaded version an alias or number names now; for an alias whose new version
+        fails verification, the version it served before, if that is still the same one."""
         if alias is not None:  # MLflow drops a version's aliases when it deletes the version
             version = resolve_alias(self.engine, name, alias)
-        elif version is None or not version_exists(self.engine, name, version):
-            raise NotFound(f"Registered model {name!r} has no version {version}.")
+        assert version is not None
+        identity = current_identity(self.engine, name, version)
         try:
-            model, loaded = self.cache.get(name, version)
+            model, loaded = self.cache.get(name, version, identity)
         except MlflowShareError as exc:
             self._audit_refusal(name, version, exc.message)
             previous = self.last_good.get((name, alias)) if alias is not None else None
-            if previous is None or previous == version:
+            if previous is None or previous[0] == version:
+                raise
+            try:  # still there, still the bytes that were verified (not a recreated model)
+                still = current_identity(self.engine, name, previous[0]) == previous[1]
+            except MlflowShareError:
+                still = False
+            if not still:
                 raise
             _logger.error("mlflow-share gateway: %s; %s@%s keeps serving version %s",
-                          exc.message, name, alias, previous)
-            model, loaded = self.cache.get(name, previous)
+                          exc.message, name, alias, previous[0])
+            model, loaded = self.cache.get(name, previous[0], previous[1])
         if loaded:
             self._audit_load(model, principal)
         if alias is not None:
-            self.last_good[(name, alias)] = model.version
+            self.last_good[(name, alias)] = (model.version, model.identity)
         return model
 
 
@@ -232,35 +244,41 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
     gateway = Gateway(backend_store_uri, artifacts_destination)
     run_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
 
-    def handle(header: str | None, body: bytes, content_type: str, name: str,
-               alias: str | None, version: int | None, state: dict[str, Any]) -> Any:
-        """Everything of one call after its body arrived, on one worker thread."""
+    def admit(header: str | None, name: str, alias: str | None, version: int | None,
+              state: dict[str, Any]) -> LoadedModel:
+        """Who calls, through which team, under its rate limit, and the version to run."""
         principal = gateway.authenticate(header)
-        state["team"] = team = gateway.calling_team(principal, name)
+        team = gateway.calling_team(principal, name)
+        state["team"], state["model"] = team, name  # a model this caller may run
         if not gateway.limiter.take(team):
             raise TooMany(f"Team {team!r} is over its rate limit for the gateway.")
         model = gateway.model_for(name, alias, version, principal.name)
-        state["version"] = model.version
+        state["version"] = str(model.version)
+        return model
+
+    def run(model: LoadedModel, body: bytes, content_type: str) -> Any:
         payload, _params = inputs.parse(body, content_type)
         feeds = inputs.feeds(payload, model.inputs)
         try:
             values = model.session.run(None, feeds)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are plain
-            raise InvalidInput(f"The model could not run on this input: "
-                               f"{str(exc).splitlines()[0][:300]}") from None
+        except Exception:  # noqa: BLE001 - onnxruntime's errors name its own source files
+            raise InvalidInput("The model could not run on this input; check the input's "
+                               f"shape and types against {[s.name for s in model.inputs]}."
+                               ) from None
         return inputs.predictions(model.outputs, values)
 
     async def invoke(request: Request, name: str, alias: str | None,
                      version: int | None) -> Response:
         started = time.perf_counter()
-        state: dict[str, Any] = {"team": "-", "version": version}
+        # Labels name a model only once the caller is known to be allowed to run it.
+        state: dict[str, Any] = {"team": "-", "model": "-", "version": "-"}
         status = 500
         try:
+            model = await anyio.to_thread.run_sync(
+                admit, request.headers.get("authorization"), name, alias, version, state)
             body = await _read_body(request, gateway.max_body)
             predictions = await anyio.to_thread.run_sync(
-                handle, request.headers.get("authorization"), body,
-                request.headers.get("content-type", ""), name, alias, version, state,
-                limiter=run_limiter)
+                run, model, body, request.headers.get("content-type", ""), limiter=run_limiter)
             status = 200
             return JSONResponse({"predictions": predictions})
         except MlflowShareError as exc:
@@ -268,11 +286,11 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
             return _error(exc)
         finally:
             elapsed = time.perf_counter() - started
-            served = state["version"]
-            label = str(served) if served is not None else "-"
-            gateway.metrics.observe(name, label, state["team"], status, elapsed)
-            if status not in (401, 404):
-                gateway.usage.record(name, label, state["team"], status, elapsed)
+            gateway.metrics.observe(state["model"], state["version"], state["team"], status,
+                                    elapsed)
+            if state["model"] != "-":
+                gateway.usage.record(state["model"], state["version"], state["team"], status,
+                                     elapsed)
 
     async def by_alias(request: Request) -> Response:
         target = request.path_params["target"]
@@ -284,7 +302,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
 
     async def by_version(request: Request) -> Response:
         version = request.path_params["version"]
-        if not version.isdigit():
+        if not re.fullmatch(r"[0-9]{1,9}", version):
             return _error(InvalidInput("The version must be a number."))
         return await invoke(request, request.path_params["name"], None, int(version))
 
@@ -314,13 +332,16 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
         if method in ("POST", "PATCH"):
             data = _json_object(body)
             model, alias, version = deployments.parse_model_uri(data.get("model_uri"))
-            if method == "PATCH":  # moving a deployment needs execute on what it serves now
-                gateway.calling_team(principal, deployments.get(gateway.engine, name).model)
+            if method == "PATCH":  # only its creator (or an org admin) moves a deployment
+                current = deployments.get(gateway.engine, name)
+                if current.created_by != principal.name and not principal.is_admin:
+                    raise PermissionDenied(f"Only {current.created_by!r} or an org admin may "
+                                           f"change deployment {name!r}.")
             gateway.calling_team(principal, model)
             if alias is not None:
                 resolve_alias(gateway.engine, model, alias)
-            elif version is not None and not version_exists(gateway.engine, model, version):
-                raise NotFound(f"Registered model {model!r} has no version {version}.")
+            elif version is not None:
+                current_identity(gateway.engine, model, version)  # 404 unless servable
             deployments.put(gateway.engine, name, model, alias, version, principal.name,
                             create=method == "POST")
             row = deployments.get(gateway.engine, name)
@@ -348,9 +369,14 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
             return _error(exc)
         return JSONResponse(result)
 
+    def find_deployment(header: str | None, name: str) -> Any:
+        gateway.authenticate(header)  # who may not call anything learns nothing
+        return deployments.get(gateway.engine, name)
+
     async def deployment_invocations(request: Request) -> Response:
         try:
-            row = await anyio.to_thread.run_sync(deployments.get, gateway.engine,
+            row = await anyio.to_thread.run_sync(find_deployment,
+                                                 request.headers.get("authorization"),
                                                  request.path_params["name"])
         except MlflowShareError as exc:
             return _error(exc)
@@ -396,7 +422,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
 
         healthy = await anyio.to_thread.run_sync(check)
         return JSONResponse({"status": "ok" if healthy else "degraded",
-                             "loaded": [f"{m.name}/{m.version}" for m in gateway.cache.loaded()]},
+                             "loaded_versions": len(gateway.cache.loaded())},
                             status_code=200 if healthy else 503)
 
     async def version(request: Request) -> Response:
@@ -404,13 +430,27 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
                              "onnxruntime": onnxruntime.__version__})
 
     async def metrics(request: Request) -> Response:
+        # Model and team names are not public: an org admin, or the scrape token.
+        header = request.headers.get("authorization") or ""
+        scrape = os.environ.get(METRICS_TOKEN_ENV)
+        if not (scrape and hmac.compare_digest(header, f"Bearer {scrape}")):
+            try:
+                principal = await anyio.to_thread.run_sync(gateway.authenticate, header or None)
+            except MlflowShareError as exc:
+                return _error(exc)
+            if not principal.is_admin:
+                return _error(PermissionDenied("Only org admins (or the scrape token) read "
+                                               "the gateway's metrics."))
         body, content_type = gateway.metrics.render()
         return Response(body, media_type=content_type)
 
     async def flush_usage() -> None:
         while True:
             await asyncio.sleep(5)
-            await anyio.to_thread.run_sync(gateway.usage.flush)
+            try:
+                await anyio.to_thread.run_sync(gateway.usage.flush)
+            except Exception as exc:  # noqa: BLE001 - keep counting; the next flush retries
+                _logger.error("mlflow-share gateway: writing usage failed: %s", exc)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:

@@ -36,7 +36,7 @@ def parse(body: bytes, content_type: str) -> tuple[Any, dict[str, Any]]:
                            "text/csv.")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"The JSON body must be an object with one of {list(FORMATS)}.")
@@ -113,8 +113,12 @@ def feeds(payload: Any, inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
         unknown = [str(c) for c in payload.columns if c not in names]
         if unknown:
             raise InvalidInput(f"Unknown column(s) {unknown}; the model's inputs are {names}.")
-        return {s.name: _array(s.name, payload[s.name].to_numpy().reshape(
-            (-1,) + tuple(d or 1 for d in s.shape[1:])), s) for s in inputs}
+        try:
+            return {s.name: _array(s.name, payload[s.name].to_numpy().reshape(
+                (-1,) + tuple(d or 1 for d in s.shape[1:])), s) for s in inputs}
+        except ValueError:
+            raise InvalidInput(f"Each of the columns {names} must hold one value per row for "
+                               "its input's shape.") from None
     if isinstance(payload, dict):
         missing = [n for n in names if n not in payload]
         unknown = [k for k in payload if k not in names]
@@ -131,13 +135,19 @@ def predictions(outputs: list[str], values: list[Any]) -> Any:
     """``{"predictions": ...}``'s value: one output as a list, several by name."""
     def plain(value: Any) -> Any:
         if isinstance(value, np.ndarray):
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                # JSON has no NaN or infinity: they become null, as pandas writes them.
+                cleaned = value.astype(object)
+                cleaned[~np.isfinite(value)] = None
+                return cleaned.tolist()
             return value.tolist()
         if isinstance(value, list):  # sequence(map) outputs, e.g. ZipMap
             return [plain(v) for v in value]
         if isinstance(value, dict):
             return {str(k): plain(v) for k, v in value.items()}
         if isinstance(value, np.generic):
-            return value.item()
+            item = value.item()
+            return None if isinstance(item, float) and not np.isfinite(item) else item
         return value
 
     if len(outputs) == 1:

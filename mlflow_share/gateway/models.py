@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ import yaml
 from mlflow_share.artifacts import manifest as mf
 from mlflow_share.artifacts import registration
 from mlflow_share.artifacts.repository import ChecksumArtifactRepository
-from mlflow_share.errors import DataLoss, InvalidInput, NotFound
+from mlflow_share.errors import DataLoss, InvalidInput, MlflowShareError, NotFound
 
 _logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def check_flavors(mlmodel: bytes | None) -> None:
         spec = yaml.safe_load(mlmodel) or {}
     except yaml.YAMLError:
         raise InvalidInput("The model's MLmodel file is not valid YAML.") from None
-    flavors = spec.get("flavors") or {}
+    flavors = spec.get("flavors") if isinstance(spec, dict) else None
     if not isinstance(flavors, dict):
         raise InvalidInput("The model's MLmodel file has no valid flavors.")
     extra = sorted(set(flavors) - _ALLOWED_FLAVORS)
@@ -90,16 +91,53 @@ def check_flavors(mlmodel: bytes | None) -> None:
                            "never runs code shipped with a model.")
 
 
-def _refuse_external_data(model_bytes: bytes) -> None:
-    try:
-        import onnx
-    except ImportError:  # onnxruntime then fails to resolve external files from memory
-        return
+def _tensors(graph: Any) -> Any:
+    """Every tensor a graph holds: initializers, sparse ones, attributes, subgraphs'."""
+    for tensor in graph.initializer:
+        yield tensor
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        yield from _attribute_tensors(node.attribute)
+
+
+def _attribute_tensors(attributes: Any) -> Any:
+    for attribute in attributes:
+        if attribute.HasField("t"):
+            yield attribute.t
+        yield from attribute.tensors
+        if attribute.HasField("sparse_tensor"):
+            yield attribute.sparse_tensor.values
+            yield attribute.sparse_tensor.indices
+        for sparse in attribute.sparse_tensors:
+            yield sparse.values
+            yield sparse.indices
+        if attribute.HasField("g"):
+            yield from _tensors(attribute.g)
+        for graph in attribute.graphs:
+            yield from _tensors(graph)
+
+
+def parse_onnx(model_bytes: bytes) -> Any:
+    """The model's protobuf; 400 if it is not one, or if any tensor lives in external data
+    (a file name the runtime would open on the gateway's host)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
     proto = onnx.ModelProto()
-    proto.ParseFromString(model_bytes)
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if onnx.external_data_helper.uses_external_data(tensor):
+    try:
+        proto.ParseFromString(model_bytes)
+    except (DecodeError, RuntimeError, ValueError):
+        raise InvalidInput("model.onnx is not an ONNX model.") from None
+    tensors = list(_tensors(proto.graph))
+    for function in proto.functions:
+        for node in function.node:
+            tensors.extend(_attribute_tensors(node.attribute))
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             raise InvalidInput("The ONNX graph references external data files: refused.")
+    return proto
 
 
 def read_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
@@ -139,7 +177,7 @@ def load_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
 
     record, model_bytes, mlmodel = read_version(engine, repo, name, version)
     check_flavors(mlmodel)
-    _refuse_external_data(model_bytes)
+    parse_onnx(model_bytes)
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -155,43 +193,81 @@ def load_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
 
 
 class ModelCache:
-    """Loaded versions, least recently used first out beyond ``max_bytes`` of model files."""
+    """Loaded versions by identity, least recently used out beyond ``max_bytes``.
+
+    Keyed by the version's identity (manifest + run + params), so a model deleted and
+    recreated under the same name, or a version whose manifest changed, is never served from
+    an old entry. A failed load is remembered for ``retry_after`` seconds: callers get the
+    same refusal without the files being read again.
+    """
 
     def __init__(self, engine: sa.Engine, repo: ChecksumArtifactRepository, *,
-                 max_bytes: int = 1024**3, intra_op_threads: int = 1) -> None:
+                 max_bytes: int = 1024**3, intra_op_threads: int = 1,
+                 retry_after: float = 30.0) -> None:
         self.engine, self.repo = engine, repo
         self.max_bytes, self.intra_op_threads = max_bytes, intra_op_threads
-        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self.retry_after = retry_after
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._failed: dict[str, tuple[float, MlflowShareError]] = {}
         self._lock = threading.Lock()
-        self._loading: dict[tuple[str, int], threading.Lock] = {}
+        self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, name: str, version: int) -> tuple[LoadedModel, bool]:
+    def get(self, name: str, version: int, identity: str) -> tuple[LoadedModel, bool]:
         """The loaded version and whether this call loaded it."""
-        key = (name, version)
         with self._lock:
-            model = self._models.get(key)
+            model = self._models.get(identity)
             if model is not None:
-                self._models.move_to_end(key)
+                self._models.move_to_end(identity)
                 return model, False
-            loading = self._loading.setdefault(key, threading.Lock())
+            failed = self._failed.get(identity)
+            if failed is not None and time.monotonic() - failed[0] < self.retry_after:
+                raise failed[1]
+            loading = self._loading.setdefault(identity, threading.Lock())
         with loading:  # one load per version at a time; the others wait for it
             with self._lock:
-                model = self._models.get(key)
+                model = self._models.get(identity)
                 if model is not None:
                     return model, False
-            model = load_version(self.engine, self.repo, name, version,
-                                 intra_op_threads=self.intra_op_threads)
+            try:
+                model = load_version(self.engine, self.repo, name, version,
+                                     intra_op_threads=self.intra_op_threads)
+                if model.identity != identity:
+                    raise DataLoss(f"{name!r} version {version} changed while it was loaded.")
+            except MlflowShareError as exc:
+                with self._lock:
+                    self._failed[identity] = (time.monotonic(), exc)
+                    self._loading.pop(identity, None)
+                raise
             with self._lock:
-                self._models[key] = model
-                while sum(m.size for m in self._models.values()) > self.max_bytes and \
+                self._models[identity] = model
+                self._failed.pop(identity, None)
+                self._loading.pop(identity, None)
+                # A session holds about twice its file in memory; the newest always stays.
+                while sum(2 * m.size for m in self._models.values()) > self.max_bytes and \
                         len(self._models) > 1:
                     self._models.popitem(last=False)
-                self._loading.pop(key, None)
             return model, True
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
             return list(self._models.values())
+
+
+def current_identity(engine: sa.Engine, name: str, version: int) -> str:
+    """The identity of version ``version`` of the model now named ``name`` (404 if none)."""
+    with engine.connect() as conn:
+        location = conn.execute(sa.text(
+            "SELECT storage_location FROM model_versions WHERE name = :n AND version = :v"),
+            {"n": name, "v": version}).scalar()
+        if location is None:
+            raise NotFound(f"Registered model {name!r} has no version {version}.")
+        identity = conn.execute(sa.text(
+            "SELECT identity FROM share_model_manifests WHERE location = :l"),
+            {"l": str(location).removeprefix(registration.PROXY_SCHEME)}).scalar()
+    if identity is None:
+        raise NotFound(f"{name!r} version {version} has no manifest: register it on a server "
+                       "with a checksum+ artifact root to serve it.")
+    return str(identity)
 
 
 def resolve_alias(engine: sa.Engine, name: str, alias: str) -> int:
@@ -204,8 +280,3 @@ def resolve_alias(engine: sa.Engine, name: str, alias: str) -> int:
     return int(version)
 
 
-def version_exists(engine: sa.Engine, name: str, version: int) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT 1 FROM model_versions WHERE name = :n AND version = :v"),
-            {"n": name, "v": version}).first() is not None

@@ -61,6 +61,21 @@ class Usage:
                 del self._buckets[key]
         if not done:
             return 0
+        try:
+            self._write(done)
+        except Exception:
+            with self._lock:  # keep them for the next flush
+                for key, bucket in done.items():
+                    merged = self._buckets.setdefault(key, _Bucket())
+                    merged.requests += bucket.requests
+                    merged.errors += bucket.errors
+                    merged.latency_sum += bucket.latency_sum
+                    merged.samples = (merged.samples + bucket.samples)[:_SAMPLES]
+            raise
+        self._audit(done)
+        return len(done)
+
+    def _write(self, done: dict[tuple[str, str, str, int], _Bucket]) -> None:
         table = db.gateway_usage
         with self.engine.begin() as conn:
             for (model, version, team, minute), bucket in done.items():
@@ -80,8 +95,6 @@ class Usage:
                         latency_sum_ms=row.latency_sum_ms + bucket.latency_sum,
                         p50_ms=max(x for x in (row.p50_ms, p50, 0.0) if x is not None),
                         p99_ms=max(x for x in (row.p99_ms, p99, 0.0) if x is not None)))
-        self._audit(done)
-        return len(done)
 
     def _audit(self, done: dict[tuple[str, str, str, int], _Bucket]) -> None:
         from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
