@@ -138,4 +138,37 @@ def create_app(flask_app: Any = None) -> Any:
     if fastapi_app is None:
         flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor, gate)
         return flask_app
-    return ShareASGIMiddleware(fastapi_app, interceptor, gate)
+    server = ShareASGIMiddleware(fastapi_app, interceptor, gate)
+    if os.environ.get(config.GATEWAY_ENV) == "1":
+        return with_gateway(server, settings.backend_store_uri)
+    return server
+
+
+def with_gateway(server: Any, backend_store_uri: str) -> Any:
+    """``/v1/models/...`` and ``/v1/deployments/...`` to the inference gateway, in each
+    worker; everything else to the server. The gateway authenticates and decides its calls
+    itself (``execute`` on the model) and audits loads and usage."""
+    from mlflow.server.constants import ARTIFACTS_DESTINATION_ENV_VAR
+
+    from mlflow_share.gateway.app import create_gateway_app
+
+    destination = os.environ.get(ARTIFACTS_DESTINATION_ENV_VAR, "")
+    if not destination.startswith("checksum+"):
+        raise config_error("The gateway serves verified versions only: give the server a "
+                           "checksum+ --artifacts-destination.")
+    gateway = create_gateway_app(backend_store_uri, destination)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith(("/v1/models", "/v1/deployments")):
+            await gateway(scope, receive, send)
+        else:
+            await server(scope, receive, send)
+
+    return app
+
+
+def config_error(message: str) -> Exception:
+    from mlflow_share.errors import InvalidInput
+
+    return InvalidInput(message)

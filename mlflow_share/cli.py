@@ -42,9 +42,12 @@ def cli(ctx: click.Context, tracking_uri: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--gateway/--no-gateway", default=True, show_default=True,
+              help="Also serve the inference gateway under /v1/models (uvicorn only).")
 @click.argument("mlflow_server_args", nargs=-1, type=click.UNPROCESSED)
 def server(home: Path | None, backend_store_uri: str | None, artifacts_destination: str | None,
-           host: str, port: int, workers: int, mlflow_server_args: tuple[str, ...]) -> None:
+           host: str, port: int, workers: int, gateway: bool,
+           mlflow_server_args: tuple[str, ...]) -> None:
     """Run `mlflow server --app-name mlflow-share` on the embedded default or given stores.
 
     Extra arguments are passed to `mlflow server` unchanged.
@@ -60,10 +63,12 @@ def server(home: Path | None, backend_store_uri: str | None, artifacts_destinati
         "--host", host, "--port", str(port), "--workers", str(workers), *mlflow_server_args,
     ]
     click.echo(f"mlflow-share: serving http://{host}:{port} (data in {home})", err=True)
+    if gateway:
+        os.environ[config.GATEWAY_ENV] = "1"
     os.execv(sys.executable, command)
 
 
-@cli.command()
+@cli.command("gateway")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"The embedded default's folder (${config.HOME_ENV}, else ~/.mlflow-share).")
 @click.option("--backend-store-uri", default=None, help="The server's SQL URI.")
@@ -71,8 +76,8 @@ def server(home: Path | None, backend_store_uri: str | None, artifacts_destinati
               help="The server's checksum+ artifact root (default: checksum+file://<home>/artifacts).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5001, show_default=True, type=int)
-def gateway(home: Path | None, backend_store_uri: str | None,
-            artifacts_destination: str | None, host: str, port: int) -> None:
+def gateway_command(home: Path | None, backend_store_uri: str | None,
+                    artifacts_destination: str | None, host: str, port: int) -> None:
     """Serve shared ONNX model versions to the teams allowed to execute them."""
     import uvicorn
 

@@ -45,6 +45,9 @@ def _int_env(name: str, default: int, minimum: int) -> int:
     return value
 
 
+GATEWAY_ENV = "MLFLOW_SHARE_GATEWAY"  # "1": the server also serves the inference gateway
+
+
 @dataclass(frozen=True)
 class Settings:
     """The server-side configuration, read once per process.

@@ -291,6 +291,11 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
             if state["model"] != "-":
                 gateway.usage.record(state["model"], state["version"], state["team"], status,
                                      elapsed)
+            if gateway.usage.due():  # finished minutes are written every few seconds
+                try:
+                    await anyio.to_thread.run_sync(gateway.usage.flush)
+                except Exception as exc:  # noqa: BLE001 - counts stay in memory for later
+                    _logger.error("mlflow-share gateway: writing usage failed: %s", exc)
 
     async def by_alias(request: Request) -> Response:
         target = request.path_params["target"]
@@ -444,22 +449,10 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
         body, content_type = gateway.metrics.render()
         return Response(body, media_type=content_type)
 
-    async def flush_usage() -> None:
-        while True:
-            await asyncio.sleep(5)
-            try:
-                await anyio.to_thread.run_sync(gateway.usage.flush)
-            except Exception as exc:  # noqa: BLE001 - keep counting; the next flush retries
-                _logger.error("mlflow-share gateway: writing usage failed: %s", exc)
-
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
-        task = asyncio.create_task(flush_usage())
-        try:
-            yield
-        finally:
-            task.cancel()
-            await anyio.to_thread.run_sync(gateway.usage.flush, True)
+        yield
+        await anyio.to_thread.run_sync(gateway.usage.flush, True)  # the current minute too
 
     app = Starlette(routes=[
         Route("/v1/models/{name}/versions/{version}/invocations", by_version, methods=["POST"]),

@@ -35,10 +35,21 @@ def _quantile(samples: list[float], q: float) -> float | None:
 
 
 class Usage:
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, every: float = 5.0) -> None:
         self.engine = engine
+        self.every = every
         self._buckets: dict[tuple[str, str, str, int], _Bucket] = {}
         self._lock = threading.Lock()
+        self._next_flush = time.monotonic() + every
+
+    def due(self) -> bool:
+        """Time to write finished minutes (claims the turn: one caller flushes)."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_flush:
+                return False
+            self._next_flush = now + self.every
+            return any(k[3] < int(time.time() // 60) * 60_000 for k in self._buckets)
 
     def record(self, model: str, version: str, team: str, status: int, seconds: float) -> None:
         minute = int(time.time() // 60) * 60_000

@@ -476,3 +476,21 @@ def test_recreated_model_and_hostile_graphs(share_server: ShareServer, gateway: 
     nan = _call(gateway, share_server, "alice", f"{name}@champion",
                 {"dataframe_split": {"columns": list("abcd"), "data": [[None, 1, 2, 3]]}})
     assert nan.status_code in (200, 400), nan.text  # never a 500
+
+
+def test_gateway_mounted_in_the_server(tmp_path: Path, models: dict[str, bytes]) -> None:
+    from tests.conftest import populate, running_server
+
+    with running_server(tmp_path, env_extra={"MLFLOW_SHARE_GATEWAY": "1"}, workers=2) as server:
+        populate(server)
+        world = World(server, "mounted")
+        world.alias("champion", world.register({"model.onnx": models["v1"],
+                                                "MLmodel": ONNX_MLMODEL}))
+        body = {"inputs": X[:3].tolist()}
+        called = _call(server.url, server, "alice", "mounted@champion", body)
+        assert called.status_code == 200, called.text
+        assert called.json()["predictions"]["label"] == \
+            _in_process(models["v1"], X[:3])[0].tolist()
+        assert _call(server.url, server, "bob", "mounted@champion", body).status_code == 403
+        assert server.api("GET", f"{API}/registered-models/get", token=server.tokens["bob"],
+                          params={"name": "mounted"}).status_code == 403  # the server, as ever
