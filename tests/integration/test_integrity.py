@@ -242,6 +242,11 @@ def test_tampered_registered_version_is_detected(share_server: ShareServer, as_u
         assert refused.status_code == 500
         assert refused.json()["error_code"] == "DATA_LOSS"
         assert named in refused.json()["message"] and "expected" in refused.json()["message"]
+        via_registry = share_server.api("GET", "/model-versions/get-artifact",
+                                        token=share_server.tokens["alice"],
+                                        params={"name": name, "version": version, "path": named})
+        assert via_registry.status_code == 500 and "DATA_LOSS" in via_registry.text
+        assert named in via_registry.json()["message"]
         audited = _sql(share_server, "SELECT status, decision, details FROM share_audit_events "
                                      "WHERE route = :r ORDER BY seq DESC LIMIT 1",
                        r=f"{ARTIFACTS}/{relative}")
@@ -288,6 +293,9 @@ def test_edited_digest_row_is_caught_by_the_audit_chain(share_server: ShareServe
     assert response.status_code == 500, response.text
     assert response.json()["error_code"] == "DATA_LOSS"
     assert "audit log" in response.json()["message"]
+    via_run = share_server.api("GET", "/get-artifact", token=share_server.tokens["alice"],
+                               params={"run_id": run.info.run_id, "path": "data.bin"})
+    assert via_run.status_code == 500 and "DATA_LOSS" in via_run.text
 
 
 def test_declared_digest_mismatch_is_400_and_stores_nothing(share_server: ShareServer,
