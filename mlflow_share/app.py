@@ -89,6 +89,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.artifacts import serving
     from mlflow_share.artifacts.api import create_artifacts_blueprint
     from mlflow_share.gateway.api import create_usage_blueprint
+    from mlflow_share.governance.api import create_alias_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
     from mlflow_share.audit.store import install_audited_stores
@@ -123,6 +124,7 @@ def create_app(flask_app: Any = None) -> Any:
         flask_app.register_blueprint(create_audit_blueprint(policy, engine))
         flask_app.register_blueprint(create_artifacts_blueprint(policy, engine))
         flask_app.register_blueprint(create_usage_blueprint(policy, engine))
+        flask_app.register_blueprint(create_alias_blueprint(policy, engine))
         flask_app.after_request(gate.flask_after_request)
 
     wsgi = settings.server_kind in ("gunicorn", "waitress")

@@ -311,6 +311,64 @@ def policy_import(ctx: click.Context, file: Path, dry_run: bool) -> None:
         click.echo(f"Applied {len(result['changes'])} change(s).")
 
 
+# -- aliases --------------------------------------------------------------------------------
+@cli.group()
+def alias() -> None:
+    """Protected aliases: protect, move (compare-and-set), roll back, history."""
+
+
+@alias.command("protect")
+@click.argument("model")
+@click.argument("alias_name", metavar="ALIAS")
+@click.option("--off", is_flag=True, help="Unprotect it instead.")
+@click.pass_context
+def alias_protect(ctx: click.Context, model: str, alias_name: str, off: bool) -> None:
+    """Only maintainers may move ALIAS of MODEL, and only onto verified versions."""
+    _run(_client(ctx).protect_alias, model, alias_name, not off)
+    click.echo(f"{model}@{alias_name}: {'unprotected' if off else 'protected'}")
+
+
+@alias.command("move")
+@click.argument("model")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version")
+@click.option("--expect", default=None, help="Fail (409) unless ALIAS still points here.")
+@click.option("--reason", default=None)
+@click.pass_context
+def alias_move(ctx: click.Context, model: str, alias_name: str, version: str,
+               expect: str | None, reason: str | None) -> None:
+    """Point ALIAS of MODEL at VERSION."""
+    _run(_client(ctx).move_alias, model, alias_name, version, expect, reason)
+    click.echo(f"{model}@{alias_name} -> {version}")
+
+
+@alias.command("rollback")
+@click.argument("model")
+@click.argument("alias_name", metavar="ALIAS")
+@click.option("--to", "to_version", default=None, help="Version (default: the one before).")
+@click.option("--reason", required=True, help="Why: kept in the alias history and audit log.")
+@click.pass_context
+def alias_rollback(ctx: click.Context, model: str, alias_name: str, to_version: str | None,
+                   reason: str) -> None:
+    """Move ALIAS of MODEL back to its previous version (or --to VERSION)."""
+    result = _run(_client(ctx).rollback_alias, model, alias_name, reason, to_version)
+    click.echo(f"{model}@{alias_name}: {result['from_version']} -> {result['version']}")
+
+
+@alias.command("history")
+@click.argument("model")
+@click.option("--alias", "alias_name", default=None)
+@click.pass_context
+def alias_history(ctx: click.Context, model: str, alias_name: str | None) -> None:
+    """Who moved which alias of MODEL, when, from, to and why."""
+    from datetime import datetime, timezone
+
+    for row in _run(_client(ctx).alias_history, model, alias_name):
+        when = datetime.fromtimestamp(row["at"] / 1000, timezone.utc).isoformat(timespec="seconds")
+        click.echo(f"{when}  {row['alias']}: {row['from_version']} -> {row['to_version']}  "
+                   f"by {row['principal']}" + (f"  ({row['reason']})" if row["reason"] else ""))
+
+
 def _add_subcommands() -> None:
     from mlflow_share.artifacts.cli import verify
     from mlflow_share.audit.cli import audit

@@ -175,6 +175,31 @@ class ShareAdminClient:
         return self._call("GET", "/model-versions/verify",
                           params={"name": name, "version": version})
 
+    # -- aliases: protection, compare-and-set moves, rollback, history -----------------------
+    def protect_alias(self, model: str, alias: str, protect: bool = True) -> dict[str, Any]:
+        return self._call("POST", "/aliases/protect" if protect else "/aliases/unprotect",
+                          {"model": model, "alias": alias})
+
+    def move_alias(self, model: str, alias: str, version: str,
+                   expected_version: str | None = None,
+                   reason: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/aliases/move", _drop_none({
+            "model": model, "alias": alias, "version": version,
+            "expected_version": expected_version, "reason": reason}))
+
+    def rollback_alias(self, model: str, alias: str, reason: str,
+                       to_version: str | None = None) -> dict[str, Any]:
+        return self._call("POST", "/aliases/rollback", _drop_none({
+            "model": model, "alias": alias, "reason": reason, "to_version": to_version}))
+
+    def alias_history(self, model: str, alias: str | None = None) -> list[dict[str, Any]]:
+        params = _drop_none({"model": model, "alias": alias})
+        return list(self._call("GET", "/aliases/history", params=params)["history"])
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
 
 def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
     """``(name, version, alias)`` of a registered model version URI."""

@@ -147,6 +147,30 @@ gateway_deployments = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
+# Aliases only maintainers may move (governance.aliases), and every alias move.
+protected_aliases = sa.Table(
+    "share_protected_aliases",
+    metadata,
+    sa.Column("model_id", sa.String(64), primary_key=True),
+    sa.Column("alias", sa.String(256), primary_key=True),
+    sa.Column("protected_by", sa.String(128), nullable=False),
+    sa.Column("protected_at", sa.BigInteger, nullable=False),
+)
+
+alias_history = sa.Table(
+    "share_alias_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model_id", sa.String(64), nullable=True, index=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("alias", sa.String(256), nullable=False),
+    sa.Column("from_version", sa.Integer, nullable=True),
+    sa.Column("to_version", sa.Integer, nullable=True),
+    sa.Column("principal", sa.String(128), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+)
+
 POLICY_VERSION = "policy_version"
 RESOURCE_VERSION = "resource_version"
 

@@ -436,6 +436,18 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
             raise
         return self.get_model_version(name, str(version))
 
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> Any:
+        """Moves are compare-and-set when asked, protected aliases only onto verified
+        versions, and every move is in ``share_alias_history`` (same transaction)."""
+        with self.ManagedSessionMaker(read_only=False) as session:
+            _alias_move(session.connection(), name, alias, int(version))
+            return super().set_registered_model_alias(name, alias, version)
+
+    def delete_registered_model_alias(self, name: str, alias: str) -> Any:
+        with self.ManagedSessionMaker(read_only=False) as session:
+            _alias_move(session.connection(), name, alias, None)
+            return super().delete_registered_model_alias(name, alias)
+
     def set_model_version_tag(self, name: str, version: str, tag: Any) -> Any:
         _refuse_reserved_tag(tag.key)
         return super().set_model_version_tag(name, version, tag)
@@ -443,6 +455,25 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
     def delete_model_version_tag(self, name: str, version: str, key: str) -> Any:
         _refuse_reserved_tag(key)
         return super().delete_model_version_tag(name, version, key)
+
+
+def _alias_move(conn: sa.Connection, name: str, alias: str, version: int | None) -> None:
+    from mlflow_share.audit.log import system_principal
+    from mlflow_share.governance import aliases
+
+    if conn.dialect.name == "postgresql":  # serialize moves of one alias (SQLite: the lock)
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                             (f"alias:{name}:{alias}",))
+    model_id = conn.execute(sa.text(
+        "SELECT resource_id FROM share_resources WHERE kind = 'registered_model' "
+        "AND name = :n"), {"n": name}).scalar()
+    ctx = AUDIT_CONTEXT.get()
+    expected = ctx.extra.get("alias_expected") if ctx is not None else None
+    aliases.record(conn, model_id=model_id, name=name, alias=alias, to_version=version,
+                   principal=ctx.principal if ctx is not None else system_principal(),
+                   reason=ctx.extra.get("alias_reason") if ctx is not None else None,
+                   expected_version=int(expected) if expected is not None else None,
+                   protected_move=aliases.is_protected(conn, model_id, alias))
 
 
 def _refuse_reserved_tag(key: str) -> None:

@@ -371,6 +371,21 @@ class Interceptor:
         # (mlflow_share.audit.store), so a grant can never outlive or miss its model.
         self._check_model(principal, params.required(rule.fields[0]), rule.action)
 
+    def _resolve_model_alias(self, principal: Principal, rule: Rule, params: _Params,
+                             decision: Decision) -> None:
+        """Aliases need write on the model; a protected one needs manage (maintainers)."""
+        from mlflow_share.governance.aliases import is_protected
+
+        name = params.required(rule.fields[0])
+        self._check_model(principal, name, "write")
+        alias = params.optional(rule.fields[1])
+        model_id = self.policy.model_id(name)
+        if alias and model_id is not None:
+            with self.lookups.engine.connect() as conn:
+                protected = is_protected(conn, model_id, str(alias))
+            if protected:
+                self._check_model(principal, name, "manage")
+
     def _resolve_model_version_create(self, principal: Principal, rule: Rule, params: _Params,
                                       decision: Decision) -> None:
         self._check_model(principal, params.required("name"), "write")

@@ -1,0 +1,1 @@
+"""Version governance: protected aliases, alias history, rollback, branches."""

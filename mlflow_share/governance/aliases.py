@@ -1,0 +1,114 @@
+"""Protected aliases, alias history, compare-and-set moves, rollback and branches.
+
+- A maintainer of a model's owner team (or an org admin) **protects** an alias (e.g.
+  ``production``). From then on only maintainers and admins may set or delete it — through
+  stock MLflow too (403 for anyone else) — and only onto a version that registered with a
+  verified manifest and is READY.
+- Every alias change (stock or ours) is written to ``share_alias_history`` in the same
+  transaction as the change: who, when, from which version to which, and why (``reason``).
+- ``POST /aliases/move`` moves an alias only if it still points where the caller saw it
+  (``expected_version``): of two maintainers moving it at once, one wins, the other gets 409.
+  ``POST /aliases/rollback`` moves it back to the version before (or ``to_version``).
+- **Branches** are aliases named ``branch-<name>``: engineers create and move them freely
+  (MLflow allows letters, digits, ``_`` and ``-`` in alias names); they can never be protected,
+  so a branch can never touch a protected alias.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlflow_share import db
+from mlflow_share.errors import Conflict, InvalidInput, NotFound
+
+BRANCH_PREFIX = "branch-"
+_P = db.protected_aliases
+_H = db.alias_history
+
+
+def is_protected(conn: sa.Connection, model_id: str | None, alias: str) -> bool:
+    if model_id is None:
+        return False
+    return conn.execute(sa.select(_P.c.alias).where(
+        _P.c.model_id == model_id, _P.c.alias == alias)).first() is not None
+
+
+def protect(engine: sa.Engine, model_id: str, alias: str, user: str) -> None:
+    if alias.startswith(BRANCH_PREFIX):
+        raise InvalidInput(f"{alias!r} is a branch: branches are never protected.")
+    with engine.begin() as conn:
+        if not is_protected(conn, model_id, alias):
+            conn.execute(_P.insert().values(model_id=model_id, alias=alias, protected_by=user,
+                                            protected_at=db.now_ms()))
+
+
+def unprotect(engine: sa.Engine, model_id: str, alias: str) -> bool:
+    with engine.begin() as conn:
+        return bool(conn.execute(_P.delete().where(
+            _P.c.model_id == model_id, _P.c.alias == alias)).rowcount)
+
+
+def protected(engine: sa.Engine, model_id: str) -> list[str]:
+    with engine.connect() as conn:
+        found: list[Any] = list(conn.execute(
+            sa.select(_P.c.alias).where(_P.c.model_id == model_id)).scalars())
+    return sorted(str(alias) for alias in found)
+
+
+def current_version(conn: sa.Connection, name: str, alias: str) -> int | None:
+    version = conn.execute(sa.text(
+        "SELECT version FROM registered_model_aliases WHERE name = :n AND alias = :a"),
+        {"n": name, "a": alias}).scalar()
+    return int(version) if version is not None else None
+
+
+def check_target(conn: sa.Connection, name: str, version: int) -> None:
+    """A protected alias only points at a READY version that has a verified manifest."""
+    row = conn.execute(sa.text(
+        "SELECT status, storage_location FROM model_versions WHERE name = :n AND version = :v"),
+        {"n": name, "v": version}).first()
+    if row is None:
+        raise NotFound(f"Registered model {name!r} has no version {version}.")
+    location = str(row.storage_location or "").removeprefix("mlflow-artifacts:/")
+    manifest = conn.execute(sa.select(db.model_manifests.c.identity).where(
+        db.model_manifests.c.location == location)).first()
+    if row.status != "READY" or manifest is None:
+        raise Conflict(f"Version {version} of {name!r} is not a READY version with a verified "
+                       "manifest: a protected alias cannot point at it.")
+
+
+def record(conn: sa.Connection, *, model_id: str | None, name: str, alias: str,
+           to_version: int | None, principal: str, reason: str | None,
+           expected_version: int | None, protected_move: bool) -> None:
+    """Inside the change's transaction: compare-and-set, the target check, the history row."""
+    before = current_version(conn, name, alias)
+    if expected_version is not None and before != expected_version:
+        raise Conflict(f"Alias {alias!r} of {name!r} points at version {before}, not "
+                       f"{expected_version}: someone moved it first. Look again and retry.")
+    if protected_move and to_version is not None:
+        check_target(conn, name, to_version)
+    conn.execute(_H.insert().values(
+        model_id=model_id, name=name, alias=alias, from_version=before, to_version=to_version,
+        principal=principal, at=db.now_ms(), reason=(reason or None) and reason[:1000]))
+
+
+def history(engine: sa.Engine, model_id: str | None, name: str,
+            alias: str | None = None) -> list[dict[str, Any]]:
+    query = sa.select(_H).where(_H.c.model_id == model_id if model_id else _H.c.name == name)
+    if alias is not None:
+        query = query.where(_H.c.alias == alias)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(_H.c.id)).all()
+    return [{"alias": r.alias, "from_version": r.from_version, "to_version": r.to_version,
+             "principal": r.principal, "at": r.at, "reason": r.reason, "name": r.name}
+            for r in rows]
+
+
+def previous_version(engine: sa.Engine, model_id: str | None, name: str, alias: str) -> int:
+    """The version the alias pointed at before its latest move (for a rollback)."""
+    moves = [h for h in history(engine, model_id, name, alias) if h["to_version"] is not None]
+    if not moves or moves[-1]["from_version"] is None:
+        raise Conflict(f"Alias {alias!r} of {name!r} has no earlier version to roll back to.")
+    return int(moves[-1]["from_version"])

@@ -1,0 +1,139 @@
+"""``/api/2.0/mlflow-share/aliases/...``: protect, move (compare-and-set), roll back, history.
+
+Reading needs read on the model; moving an alias needs write, or manage when it is protected;
+protecting and unprotecting need manage. Moves go through MLflow's own registry store, so
+they are audited and recorded in the alias history like any stock ``set_registered_model_alias``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.engine import Engine
+
+from mlflow_share.admin.api import PREFIX, current_principal, json_errors
+from mlflow_share.audit.log import AUDIT_CONTEXT, note_resource
+from mlflow_share.directory import MODEL
+from mlflow_share.errors import InvalidInput, NotFound, PermissionDenied
+from mlflow_share.governance import aliases
+from mlflow_share.policy.enforcer import PolicyEngine
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return data
+
+
+def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 1000:
+        raise InvalidInput(f"Missing or invalid {key!r}.")
+    return value
+
+
+def _version(value: Any, key: str, *, required: bool = True) -> int | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not str(value).isascii() or not str(value).isdigit() \
+            or len(str(value)) > 9:
+        raise InvalidInput(f"{key!r} must be a version number.")
+    return int(value)
+
+
+def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
+    api = json_errors(Blueprint("mlflow_share_aliases", __name__,
+                                url_prefix=PREFIX + "/aliases"))
+
+    def allowed(name: str, action: str) -> str:
+        principal = current_principal()
+        model_id = policy.model_id(name)
+        if model_id is None and not principal.is_admin:
+            raise NotFound(f"Registered model {name!r} does not exist or has no owner team.")
+        owner = policy.owner_of(MODEL, model_id) if model_id else None
+        note_resource(MODEL, model_id, name, owner)
+        if not policy.is_allowed(principal, MODEL, model_id, owner, action):
+            raise PermissionDenied(f"Permission denied: {principal.name!r} may not {action} "
+                                   f"registered model {name!r}.")
+        if model_id is None:
+            raise NotFound(f"Registered model {name!r} has no owner team in mlflow-share.")
+        return model_id
+
+    def move(name: str, alias: str, version: int, expected: int | None,
+             reason: str | None) -> None:
+        from mlflow.server.handlers import _get_model_registry_store
+
+        ctx = AUDIT_CONTEXT.get()
+        if ctx is not None:
+            ctx.extra.update({"alias_expected": expected, "alias_reason": reason})
+        _get_model_registry_store().set_registered_model_alias(name, alias, str(version))
+
+    def guard(name: str, alias: str) -> str:
+        model_id = allowed(name, "write")
+        if alias in aliases.protected(engine, model_id):
+            allowed(name, "manage")
+        return model_id
+
+    @api.get("")
+    def list_aliases() -> Response:
+        name = request.args.get("model") or ""
+        model_id = allowed(name, "read")
+        return jsonify({"model": name, "protected": aliases.protected(engine, model_id)})
+
+    @api.post("/protect")
+    def protect() -> Response:
+        data = _body()
+        name, alias = _text(data, "model"), _text(data, "alias")
+        assert name and alias
+        aliases.protect(engine, allowed(name, "manage"), alias, current_principal().name)
+        return jsonify({"model": name, "alias": alias, "protected": True})
+
+    @api.post("/unprotect")
+    def unprotect() -> Response:
+        data = _body()
+        name, alias = _text(data, "model"), _text(data, "alias")
+        assert name and alias
+        removed = aliases.unprotect(engine, allowed(name, "manage"), alias)
+        return jsonify({"model": name, "alias": alias, "protected": False, "changed": removed})
+
+    @api.post("/move")
+    def move_alias() -> Response:
+        data = _body()
+        name, alias = _text(data, "model"), _text(data, "alias")
+        assert name and alias
+        version = _version(data.get("version"), "version")
+        assert version is not None
+        guard(name, alias)
+        move(name, alias, version, _version(data.get("expected_version"), "expected_version",
+                                            required=False),
+             _text(data, "reason", required=False))
+        return jsonify({"model": name, "alias": alias, "version": str(version)})
+
+    @api.post("/rollback")
+    def rollback() -> Response:
+        data = _body()
+        name, alias = _text(data, "model"), _text(data, "alias")
+        reason = _text(data, "reason")
+        assert name and alias
+        model_id = guard(name, alias)
+        with engine.connect() as conn:
+            current = aliases.current_version(conn, name, alias)
+        target = _version(data.get("to_version"), "to_version", required=False)
+        if target is None:
+            target = aliases.previous_version(engine, model_id, name, alias)
+        move(name, alias, target, current, reason)
+        return jsonify({"model": name, "alias": alias, "version": str(target),
+                        "from_version": str(current) if current is not None else None})
+
+    @api.get("/history")
+    def alias_history() -> Response:
+        name = request.args.get("model") or ""
+        model_id = allowed(name, "read")
+        return jsonify({"model": name, "history": aliases.history(
+            engine, model_id, name, request.args.get("alias"))})
+
+    return api

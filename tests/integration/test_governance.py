@@ -1,0 +1,140 @@
+"""Protected aliases, compare-and-set moves, rollback, history and branches, on a real server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import USER_PASSWORD, ShareServer
+
+pytestmark = pytest.mark.integration
+API = "/api/2.0/mlflow"
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+SHARE = "/api/2.0/mlflow-share"
+
+
+def _model_with_versions(server: ShareServer, name: str, count: int) -> None:
+    token = server.tokens["alice"]
+    experiment = server.api("POST", f"{API}/experiments/create", token=token,
+                            json={"name": f"gov-{name}"}).json()["experiment_id"]
+    assert server.api("POST", f"{API}/registered-models/create", token=token,
+                      json={"name": name}).ok
+    for index in range(count):
+        run = server.api("POST", f"{API}/runs/create", token=token, json={
+            "experiment_id": experiment}).json()["run"]["info"]["run_id"]
+        assert server.api("PUT", f"{ARTIFACTS}/{experiment}/{run}/artifacts/model/MLmodel",
+                          token=token, data=f"v{index}".encode()).ok
+        created = server.api("POST", f"{API}/model-versions/create", token=token,
+                             json={"name": name, "source": f"runs:/{run}/model", "run_id": run})
+        assert created.status_code == 200, created.text
+
+
+def _alias(server: ShareServer, user: str, name: str, alias: str, version: str) -> Any:
+    return server.api("POST", f"{API}/registered-models/alias", token=server.tokens[user],
+                      json={"name": name, "alias": alias, "version": version})
+
+
+def _cli(server: ShareServer, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url,
+           "MLFLOW_TRACKING_TOKEN": server.tokens[user]}
+    return subprocess.run([sys.executable, "-m", "mlflow_share.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_protected_alias_moves_only_by_maintainers_and_rolls_back(share_server: ShareServer,
+                                                                   unique: str) -> None:
+    name = f"gov-{unique}"
+    _model_with_versions(share_server, name, 3)
+    assert _alias(share_server, "aaron", name, "production", "1").ok  # not protected yet
+    protect = _cli(share_server, "aaron", "alias", "protect", name, "production")
+    assert protect.returncode != 0 and "PERMISSION_DENIED" in protect.stderr  # engineer
+    assert _cli(share_server, "alice", "alias", "protect", name, "production").returncode == 0
+    # The stock MLflow call: refused to the engineer, allowed to the maintainer.
+    denied = _alias(share_server, "aaron", name, "production", "2")
+    assert denied.status_code == 403 and denied.json()["error_code"] == "PERMISSION_DENIED"
+    deleted = share_server.api("DELETE", f"{API}/registered-models/alias",
+                               token=share_server.tokens["aaron"],
+                               json={"name": name, "alias": "production"})
+    assert deleted.status_code == 403
+    assert _alias(share_server, "alice", name, "production", "2").ok
+    assert _alias(share_server, "alice", name, "production", "3").ok
+    rolled = _cli(share_server, "alice", "alias", "rollback", name, "production",
+                  "--reason", "v3 drifts on the March data")
+    assert rolled.returncode == 0, rolled.stderr
+    assert "3 -> 2" in rolled.stdout
+    got = share_server.api("GET", f"{API}/registered-models/alias", token=share_server.tokens[
+        "alice"], params={"name": name, "alias": "production"}).json()
+    assert got["model_version"]["version"] == "2"
+    history = _cli(share_server, "ava", "alias", "history", name, "--alias", "production")
+    assert history.returncode == 0, history.stderr  # readers may see the history
+    lines = history.stdout.strip().splitlines()
+    assert [line.split("  ")[1] for line in lines] == [
+        "production: None -> 1", "production: 1 -> 2", "production: 2 -> 3",
+        "production: 3 -> 2"]
+    assert "by aaron" in lines[0] and "by alice" in lines[-1]
+    assert "v3 drifts on the March data" in lines[-1]
+
+
+def test_concurrent_moves_one_wins_the_other_gets_409(share_server: ShareServer,
+                                                      unique: str) -> None:
+    name = f"gov-race-{unique}"
+    _model_with_versions(share_server, name, 3)
+    second = f"amy-{unique}"
+    share_server.admin("POST", "/users", json={"name": second, "password": USER_PASSWORD})
+    share_server.admin("POST", "/teams/members", json={"team": "team-a", "user": second,
+                                                       "role": "maintainer"})
+    share_server.tokens[second] = share_server.admin("POST", "/tokens", json={
+        "user": second}).json()["token"]
+    assert _alias(share_server, "alice", name, "production", "1").ok
+    share_server.api("POST", f"{SHARE}/aliases/protect", token=share_server.tokens["alice"],
+                     json={"model": name, "alias": "production"})
+    results: dict[str, int] = {}
+    start = threading.Barrier(2)
+
+    def move(user: str, version: str) -> None:
+        start.wait()
+        response = share_server.api("POST", f"{SHARE}/aliases/move",
+                                    token=share_server.tokens[user],
+                                    json={"model": name, "alias": "production",
+                                          "version": version, "expected_version": "1"})
+        results[user] = response.status_code
+
+    threads = [threading.Thread(target=move, args=(u, v))
+               for u, v in (("alice", "2"), (second, "3"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results.values()) == [200, 409], results
+    engine = sa.create_engine(share_server.backend_uri)
+    with engine.connect() as conn:
+        attempts = conn.execute(sa.text(
+            "SELECT principal, status FROM share_audit_events WHERE source = 'request' "
+            "AND route = :r AND resource_name = :n"),
+            {"r": f"{SHARE}/aliases/move", "n": name}).all()
+    engine.dispose()
+    assert sorted(status for _, status in attempts) == [200, 409]
+    assert {principal for principal, _ in attempts} == {"alice", second}
+
+
+def test_branches_are_free_for_engineers_and_never_protected(share_server: ShareServer,
+                                                             unique: str) -> None:
+    name = f"gov-branch-{unique}"
+    _model_with_versions(share_server, name, 2)
+    for version in ("1", "2", "1"):
+        assert _alias(share_server, "aaron", name, "branch-lr-sweep", version).ok
+    refused = share_server.api("POST", f"{SHARE}/aliases/protect",
+                               token=share_server.tokens["alice"],
+                               json={"model": name, "alias": "branch-lr-sweep"})
+    assert refused.status_code == 400 and "branch" in refused.json()["message"]
+    listed = share_server.api("GET", f"{SHARE}/aliases", token=share_server.tokens["ava"],
+                              params={"model": name}).json()
+    assert listed["protected"] == []
+    assert share_server.api("GET", f"{SHARE}/aliases", token=share_server.tokens["carl"],
+                            params={"model": name}).status_code == 403
