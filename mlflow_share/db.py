@@ -187,11 +187,13 @@ def get_engine(uri: str, *, purpose: str = "default") -> Engine:
 
     ``purpose="audit"`` is the audit appender's: no ping on checkout (an append that meets a
     dead connection is retried on a fresh one) and a small pool, since every request uses it.
+    ``purpose="gateway"`` is the inference gateway's: no ping either (a few short reads per
+    call; a dead connection fails that call and is replaced).
     """
     with _engines_lock:
         engine = _engines.get(f"{purpose}:{uri}")
         if engine is None:
-            kwargs: dict[str, object] = {"pool_pre_ping": purpose != "audit"}
+            kwargs: dict[str, object] = {"pool_pre_ping": purpose not in ("audit", "gateway")}
             if uri.startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
             if purpose == "audit":

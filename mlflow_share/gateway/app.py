@@ -42,7 +42,13 @@ from mlflow_share.errors import (
     Unauthenticated,
 )
 from mlflow_share.gateway import deployments, inputs
-from mlflow_share.gateway.models import LoadedModel, ModelCache, current_identity, resolve_alias
+from mlflow_share.gateway.models import (
+    LoadedModel,
+    ModelCache,
+    current_identity,
+    resolve,
+    resolve_alias,
+)
 from mlflow_share.gateway.usage import Usage
 from mlflow_share.policy.enforcer import IMPLIED_ACTIONS, PolicyEngine
 
@@ -105,7 +111,9 @@ class Gateway:
 
         uri = strip_scheme(backend_store_uri)
         ensure_schema(uri)
-        self.engine = db.get_engine(uri)
+        # Its own pool, no ping per checkout: a few short queries per call, retried by the
+        # caller on a dead connection like any other request error.
+        self.engine = db.get_engine(uri, purpose="gateway")
         self.policy = PolicyEngine(self.engine, 300)
         repo = ChecksumArtifactRepository(artifacts_destination, ledger=Ledger(self.engine),
                                           root=artifacts_destination)
@@ -174,9 +182,10 @@ class Gateway:
         """The loaded version an alias or number names now; for an alias whose new version
         fails verification, the version it served before, if that is still the same one."""
         if alias is not None:  # MLflow drops a version's aliases when it deletes the version
-            version = resolve_alias(self.engine, name, alias)
-        assert version is not None
-        identity = current_identity(self.engine, name, version)
+            version, identity = resolve(self.engine, name, alias)
+        else:
+            assert version is not None
+            identity = current_identity(self.engine, name, version)
         try:
             model, loaded = self.cache.get(name, version, identity)
         except MlflowShareError as exc:
@@ -273,12 +282,18 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
         # Labels name a model only once the caller is known to be allowed to run it.
         state: dict[str, Any] = {"team": "-", "model": "-", "version": "-"}
         status = 500
+        header = request.headers.get("authorization")
+        content_type = request.headers.get("content-type", "")
+
+        def call(body: bytes) -> Any:  # one worker-thread hop per call: they cost ~0.5 ms
+            return run(admit(header, name, alias, version, state), body, content_type)
+
         try:
-            model = await anyio.to_thread.run_sync(
-                admit, request.headers.get("authorization"), name, alias, version, state)
-            body = await _read_body(request, gateway.max_body)
-            predictions = await anyio.to_thread.run_sync(
-                run, model, body, request.headers.get("content-type", ""), limiter=run_limiter)
+            if not header:  # nothing is read for a caller who sends no credentials
+                raise Unauthenticated("Authentication required: send a token or "
+                                      "username/password.")
+            body = await _read_body(request, gateway.max_body)  # bounded by the body limit
+            predictions = await anyio.to_thread.run_sync(call, body, limiter=run_limiter)
             status = 200
             return JSONResponse({"predictions": predictions})
         except MlflowShareError as exc:

@@ -253,6 +253,27 @@ class ModelCache:
             return list(self._models.values())
 
 
+_PREFIX_LENGTH = len(registration.PROXY_SCHEME)
+_BY_ALIAS = sa.text(
+    "SELECT v.version, m.identity FROM registered_model_aliases a "
+    "JOIN model_versions v ON v.name = a.name AND v.version = a.version "
+    "LEFT JOIN share_model_manifests m "
+    f"ON m.location = substr(v.storage_location, {_PREFIX_LENGTH + 1}) "
+    "WHERE a.name = :n AND a.alias = :a")
+
+
+def resolve(engine: sa.Engine, name: str, alias: str) -> tuple[int, str]:
+    """The version an alias names now and its identity, in one query (404 if none)."""
+    with engine.connect() as conn:
+        row = conn.execute(_BY_ALIAS, {"n": name, "a": alias}).first()
+    if row is None:
+        raise NotFound(f"Registered model {name!r} has no alias {alias!r}.")
+    if row.identity is None:
+        raise NotFound(f"{name!r} version {row.version} has no manifest: register it on a "
+                       "server with a checksum+ artifact root to serve it.")
+    return int(row.version), str(row.identity)
+
+
 def current_identity(engine: sa.Engine, name: str, version: int) -> str:
     """The identity of version ``version`` of the model now named ``name`` (404 if none)."""
     with engine.connect() as conn:
