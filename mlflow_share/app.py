@@ -142,23 +142,26 @@ def create_app(flask_app: Any = None) -> Any:
         return flask_app
     server = ShareASGIMiddleware(fastapi_app, interceptor, gate)
     if os.environ.get(config.GATEWAY_ENV) == "1":
-        return with_gateway(server, settings.backend_store_uri)
+        return with_gateway(server, settings.backend_store_uri, policy, gate.appender)
     return server
 
 
-def with_gateway(server: Any, backend_store_uri: str) -> Any:
+def with_gateway(server: Any, backend_store_uri: str, policy: Any, appender: Any) -> Any:
     """``/v1/models/...`` and ``/v1/deployments/...`` to the inference gateway, in each
     worker; everything else to the server. The gateway authenticates and decides its calls
-    itself (``execute`` on the model) and audits loads and usage."""
+    itself (``execute`` on the model) and audits loads and usage, with the worker's own
+    policy engine and audit appender."""
     from mlflow.server.constants import ARTIFACTS_DESTINATION_ENV_VAR
 
+    from mlflow_share.errors import InvalidInput
     from mlflow_share.gateway.app import create_gateway_app
 
     destination = os.environ.get(ARTIFACTS_DESTINATION_ENV_VAR, "")
     if not destination.startswith("checksum+"):
-        raise config_error("The gateway serves verified versions only: give the server a "
+        raise InvalidInput("The gateway serves verified versions only: give the server a "
                            "checksum+ --artifacts-destination.")
-    gateway = create_gateway_app(backend_store_uri, destination)
+    gateway = create_gateway_app(backend_store_uri, destination, policy=policy,
+                                 appender=appender)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
@@ -168,9 +171,3 @@ def with_gateway(server: Any, backend_store_uri: str) -> Any:
             await server(scope, receive, send)
 
     return app
-
-
-def config_error(message: str) -> Exception:
-    from mlflow_share.errors import InvalidInput
-
-    return InvalidInput(message)

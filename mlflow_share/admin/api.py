@@ -34,20 +34,36 @@ def _require_admin(principal: Principal) -> None:
         raise PermissionDenied("Only org administrators may do this.")
 
 
-def _body() -> dict[str, Any]:
+def json_body() -> dict[str, Any]:
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise InvalidInput("The request body must be a JSON object.")
     return data
 
 
-def _string(data: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+def string_field(data: dict[str, Any], name: str, *, required: bool = True) -> str | None:
     value = data.get(name)
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"Missing or invalid string parameter {name!r}.")
     return value
+
+
+def require_model(policy: PolicyEngine, name: str, action: str) -> str | None:
+    """mlflow-share's ID of registered model ``name`` if the caller may ``action`` it;
+    404 for a model that does not exist (admins: one with no owner team gives ``None``),
+    403 otherwise. Names the model in the request's audit event."""
+    principal = current_principal()
+    model_id = policy.model_id(name)
+    if model_id is None and not principal.is_admin:
+        raise NotFound(f"Registered model {name!r} does not exist.")
+    owner = policy.owner_of(MODEL, model_id) if model_id is not None else None
+    note_resource(MODEL, model_id, name, owner)
+    if not policy.is_allowed(principal, MODEL, model_id, owner, action):
+        raise PermissionDenied(
+            f"Permission denied: {principal.name!r} may not {action} registered model {name!r}.")
+    return model_id
 
 
 def json_errors(blueprint: Blueprint) -> Blueprint:
@@ -99,7 +115,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     @api.post("/teams")
     def create_team() -> Response:
         _require_admin(current_principal())
-        name = _string(_body(), "name")
+        name = string_field(json_body(), "name")
         assert name is not None
         directory.create_team(name)
         return jsonify({"team": {"name": name}})
@@ -115,8 +131,8 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     @api.post("/teams/members")
     def add_member() -> Response:
         principal = current_principal()
-        data = _body()
-        team, user, role = (_string(data, k) for k in ("team", "user", "role"))
+        data = json_body()
+        team, user, role = (string_field(data, k) for k in ("team", "user", "role"))
         assert team and user and role
         if not principal.is_admin and principal.teams.get(team) != "maintainer":
             raise PermissionDenied(f"Only org admins and maintainers of {team!r} manage its members.")
@@ -126,8 +142,8 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     @api.delete("/teams/members")
     def remove_member() -> Response:
         principal = current_principal()
-        data = _body()
-        team, user = _string(data, "team"), _string(data, "user")
+        data = json_body()
+        team, user = string_field(data, "team"), string_field(data, "user")
         assert team and user
         if not principal.is_admin and principal.teams.get(team) != "maintainer":
             raise PermissionDenied(f"Only org admins and maintainers of {team!r} manage its members.")
@@ -137,11 +153,11 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     @api.post("/users")
     def create_user() -> Response:
         _require_admin(current_principal())
-        data = _body()
-        name = _string(data, "name")
+        data = json_body()
+        name = string_field(data, "name")
         assert name is not None
         service_account = bool(data.get("service_account", False))
-        password = _string(data, "password", required=False)
+        password = string_field(data, "password", required=False)
         directory.create_user(name, password, service_account=service_account,
                               admin=bool(data.get("admin", False)))
         return jsonify({"user": {"name": name, "service_account": service_account}})
@@ -154,14 +170,14 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     @api.post("/tokens")
     def create_token() -> Response:
         principal = current_principal()
-        data = _body()
-        user = _string(data, "user", required=False) or principal.name
+        data = json_body()
+        user = string_field(data, "user", required=False) or principal.name
         if user != principal.name and not principal.is_admin:
             raise PermissionDenied("Only org administrators create tokens for other users.")
         expires = data.get("expires_in_days")
         if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
             raise InvalidInput("'expires_in_days' must be a number.")
-        issued = directory.create_token(user, expires, _string(data, "description", required=False))
+        issued = directory.create_token(user, expires, string_field(data, "description", required=False))
         return jsonify({"token": issued.token, "token_id": issued.token_id, "user": issued.user,
                         "expires_at": issued.expires_at})
 
@@ -176,7 +192,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     @api.delete("/tokens")
     def revoke_token() -> Response:
         principal = current_principal()
-        token_id = _string(_body(), "token_id")
+        token_id = string_field(json_body(), "token_id")
         assert token_id is not None
         directory.revoke_token(token_id, owner=None if principal.is_admin else principal.name)
         return jsonify({})
@@ -184,10 +200,10 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     @api.post("/grants")
     def grant() -> Response:
         principal = current_principal()
-        data = _body()
+        data = json_body()
         kind, resource_id, label = resource_of(data)
         require_manage(principal, kind, resource_id, label)
-        team, permission = _string(data, "team"), _string(data, "permission")
+        team, permission = string_field(data, "team"), string_field(data, "permission")
         assert team and permission
         created = directory.grant(kind, resource_id, team, permission, principal.name)
         return jsonify({"grant": {"team": team, "permission": permission, "created": created}})
@@ -195,10 +211,10 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     @api.delete("/grants")
     def revoke() -> Response:
         principal = current_principal()
-        data = _body()
+        data = json_body()
         kind, resource_id, label = resource_of(data)
         require_manage(principal, kind, resource_id, label)
-        team, permission = _string(data, "team"), _string(data, "permission")
+        team, permission = string_field(data, "team"), string_field(data, "permission")
         assert team and permission
         removed = directory.revoke(kind, resource_id, team, permission)
         return jsonify({"revoked": removed})
@@ -224,8 +240,8 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     def import_policy() -> Response:
         principal = current_principal()
         _require_admin(principal)
-        data = _body()
-        text = _string(data, "policy")
+        data = json_body()
+        text = string_field(data, "policy")
         assert text is not None
         changes = policy_io.import_policy(directory, text, by=principal.name,
                                           dry_run=bool(data.get("dry_run", False)))

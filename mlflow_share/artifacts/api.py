@@ -8,11 +8,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.admin.api import PREFIX, current_principal, json_errors
+from mlflow_share.admin.api import PREFIX, json_errors, require_model
 from mlflow_share.artifacts import registration
-from mlflow_share.audit.log import note_resource
-from mlflow_share.directory import MODEL
-from mlflow_share.errors import InvalidInput, NotFound, PermissionDenied
+from mlflow_share.errors import InvalidInput
 from mlflow_share.policy.enforcer import PolicyEngine
 
 
@@ -24,15 +22,7 @@ def create_artifacts_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprin
         name, version = request.args.get("name"), request.args.get("version")
         if not name or not version or not version.isdigit():
             raise InvalidInput("Give 'name' and a numeric 'version' of a model version.")
-        principal = current_principal()
-        model_id = policy.model_id(name)
-        owner = policy.owner_of(MODEL, model_id) if model_id is not None else None
-        if model_id is None and not principal.is_admin:
-            raise NotFound(f"Registered model {name!r} does not exist.")
-        note_resource(MODEL, model_id, name, owner)
-        if not policy.is_allowed(principal, MODEL, model_id, owner, "read"):
-            raise PermissionDenied(
-                f"Permission denied: {principal.name!r} may not read registered model {name!r}.")
+        require_model(policy, name, "read")
         return name, version
 
     @api.get("/manifest")

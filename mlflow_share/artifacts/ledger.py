@@ -72,30 +72,21 @@ class Ledger:
             row = conn.execute(sa.select(_T).where(_T.c.path == path)).first()
         return _digest(row) if row is not None else None
 
-    def audited_sha256(self, digest: Digest) -> str | None:
-        """The SHA-256 the audit chain recorded for this row's path at its ``audit_seq``.
+    def get_audited(self, path: str) -> tuple[Digest | None, str | None]:
+        """The row of ``path`` and the SHA-256 its audit event recorded, in one query.
 
         A row edited to match a replaced file no longer matches its event (the chain itself
         is checked by ``mlflow-share audit verify``).
         """
-        if digest.audit_seq is None:
-            return None
-        table = audit_models.events
+        events = audit_models.events
+        query = (sa.select(_T, events.c.details)
+                 .select_from(_T.outerjoin(events, events.c.seq == _T.c.audit_seq))
+                 .where(_T.c.path == path))
         with self.engine.connect() as conn:
-            details = conn.execute(
-                sa.select(table.c.details).where(table.c.seq == digest.audit_seq)
-            ).scalar()
-        if details is None:
-            return None
-        try:
-            changes = json.loads(details).get("changes") or []
-        except (ValueError, AttributeError):
-            return None
-        for change in changes:
-            for entry in change.get("files") or []:
-                if entry.get("path") == digest.path:
-                    return str(entry.get("sha256"))
-        return None
+            row = conn.execute(query).first()
+        if row is None:
+            return None, None
+        return _digest(row), _recorded_sha256(row.details, path)
 
     def settle(self) -> None:
         """Wait until the appends and digest writes in flight now have committed."""
@@ -165,6 +156,18 @@ class Ledger:
                 _T.update().where(_T.c.path == row["path"]).values(**values)).rowcount
             if not updated:
                 conn.execute(_T.insert().values(**values))
+
+
+def _recorded_sha256(details: str | None, path: str) -> str | None:
+    try:
+        changes = json.loads(details or "{}").get("changes") or []
+    except (ValueError, AttributeError):
+        return None
+    for change in changes:
+        for entry in change.get("files") or []:
+            if entry.get("path") == path:
+                return str(entry.get("sha256"))
+    return None
 
 
 def _digest(row: Any) -> Digest:

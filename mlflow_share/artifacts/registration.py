@@ -171,6 +171,17 @@ class ManifestRecord:
     signature: str | None
     audit_seq: int | None
 
+    def problems(self) -> list[str]:
+        """What no longer matches: the manifest against its digest, the identity against it."""
+        found = []
+        if mf.statement_digest(self.statement) != self.manifest_sha256:
+            found.append("The stored manifest does not match its recorded digest.")
+        meta = self.statement["predicate"]["mlflow"]
+        if mf.identity(self.manifest_sha256, str(meta["run_id"]) or None,
+                       str(meta["params_sha256"])) != self.identity:
+            found.append("The version's identity does not match its manifest.")
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": str(self.version), "location": self.location,
                 "storage_location": PROXY_SCHEME + self.location,
@@ -225,12 +236,7 @@ def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: st
     record = find_manifest(engine, name, version)
     report = Report(name, str(version), record.identity)
     statement = record.statement
-    if mf.statement_digest(statement) != record.manifest_sha256:
-        report.problems.append("The stored manifest does not match its recorded digest.")
-    params_sha256 = str(statement["predicate"]["mlflow"]["params_sha256"])
-    run_id = str(statement["predicate"]["mlflow"]["run_id"]) or None
-    if mf.identity(record.manifest_sha256, run_id, params_sha256) != record.identity:
-        report.problems.append("The version's identity does not match its manifest.")
+    report.problems.extend(record.problems())
     audited = _audited_manifest(engine, record.audit_seq)
     if audited is not None and audited != (record.manifest_sha256, record.identity):
         report.problems.append("The manifest does not match the one the audit log recorded.")

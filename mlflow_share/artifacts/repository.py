@@ -210,9 +210,12 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
 
     async def log_artifact_from_async_stream(self, chunks: AsyncIterable[bytes],
                                              artifact_file_name: str,
-                                             artifact_path: str | None = None,
-                                             expected_sha256: str | None = None) -> None:
-        key = self.file_key(artifact_file_name, artifact_path)
+                                             artifact_path: str | None = None) -> None:
+        await self.write_async_stream(self.file_key(artifact_file_name, artifact_path), chunks)
+
+    async def write_async_stream(self, key: str, chunks: AsyncIterable[bytes],
+                                 expected_sha256: str | None = None) -> None:
+        """``write_stream`` for an ASGI body: one thread hop per MiB, not per chunk."""
         self._refuse_registered(key)
         staged = await asyncio.to_thread(self.storage.stage, key)
         sha, size = hashlib.sha256(), 0
@@ -227,7 +230,7 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
             async for chunk in chunks:
                 pending.append(chunk)
                 pending_size += len(chunk)
-                if pending_size >= CHUNK:  # one thread hop per MiB, not per 64 KiB chunk
+                if pending_size >= CHUNK:
                     size += pending_size
                     await asyncio.to_thread(absorb, b"".join(pending))
                     pending, pending_size = [], 0
@@ -292,7 +295,7 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
         key = self.key(artifact_path)
         stream, size = self.storage.open(key)
         try:
-            digest = self.ledger.get(key)
+            digest, audited = self.ledger.get_audited(key)
             if digest is None and _under_models(key):
                 raise DataLoss(f"Artifact {key!r} is in a registered version's storage but "
                                "has no recorded digest: it was not put there by registration.")
@@ -301,11 +304,8 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 while chunk := stream.read(CHUNK):  # name the actual digest too
                     actual.update(chunk)
                 raise mismatch(key, digest, size, actual.hexdigest())
-            if digest is not None:
-                audited = self.ledger.audited_sha256(digest)
-                if audited is not None and audited != digest.sha256:
-                    raise DataLoss(f"The recorded digest of {key!r} does not match the audit "
-                                   "log.")
+            if digest is not None and audited is not None and audited != digest.sha256:
+                raise DataLoss(f"The recorded digest of {key!r} does not match the audit log.")
         except BaseException:
             stream.close()
             raise

@@ -130,6 +130,16 @@ def _checked_path(artifact_path: str) -> str:
     return str(_get_workspace_scoped_repo_path_if_enabled(validate_path_is_safe(artifact_path)))
 
 
+def _upload_target(repo: ChecksumArtifactRepository, artifact_path: str,
+                   content_digest: str | None) -> tuple[str, str | None]:
+    """The ledger key a PUT writes and the SHA-256 its client declared (400 if bad)."""
+    declared = parse_content_digest(content_digest)
+    head, tail = posixpath.split(_checked_path(artifact_path))
+    if not tail:
+        raise InvalidInput("Artifact path must include a file name (cannot end with '/').")
+    return repo.file_key(tail, head or None), declared
+
+
 def _error_json(exc: MlflowException) -> tuple[int, dict[str, Any]]:
     return exc.get_http_status_code(), json.loads(exc.serialize_as_json())
 
@@ -164,13 +174,9 @@ def install_fastapi(fastapi_app: Any) -> None:
         if not isinstance(repo, ChecksumArtifactRepository):
             return await stock.upload_artifact(artifact_path, request)
         try:
-            declared = parse_content_digest(request.headers.get("content-digest"))
-            path = _checked_path(artifact_path)
-            head, tail = posixpath.split(path)
-            if not tail:
-                raise InvalidInput("Artifact path must include a file name (cannot end with '/').")
-            await repo.log_artifact_from_async_stream(request.stream(), tail, head or None,
-                                                      expected_sha256=declared)
+            key, declared = _upload_target(repo, artifact_path,
+                                           request.headers.get("content-digest"))
+            await repo.write_async_stream(key, request.stream(), declared)
         except MlflowException as exc:
             status, content = _error_json(exc)
             return JSONResponse(status_code=status, content=content)
@@ -226,12 +232,9 @@ def install_flask(flask_app: Any) -> None:
         if repo is None:
             return stock_upload(artifact_path)
         try:
-            declared = parse_content_digest(request.headers.get("Content-Digest"))
-            path = _checked_path(artifact_path)
-            head, tail = posixpath.split(path)
-            if not tail:
-                raise InvalidInput("Artifact path must include a file name (cannot end with '/').")
-            repo.write_stream(repo.file_key(tail, head or None), request.stream.read, declared)
+            key, declared = _upload_target(repo, artifact_path,
+                                           request.headers.get("Content-Digest"))
+            repo.write_stream(key, request.stream.read, declared)
         except MlflowException as exc:
             return _json_error(exc)
         return Response("{}", mimetype="application/json")

@@ -9,10 +9,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.admin.api import PREFIX, current_principal, json_errors
-from mlflow_share.audit.log import note_resource
-from mlflow_share.directory import MODEL
-from mlflow_share.errors import InvalidInput, NotFound, PermissionDenied
+from mlflow_share.admin.api import PREFIX, json_errors, require_model
+from mlflow_share.errors import InvalidInput
 from mlflow_share.gateway.usage import usage_rows
 from mlflow_share.policy.enforcer import PolicyEngine
 
@@ -27,15 +25,7 @@ def create_usage_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
             raise InvalidInput("Give the registered model's name as 'model'.")
         if since is not None and not (since.isascii() and since.isdigit() and len(since) < 16):
             raise InvalidInput("'since' is milliseconds since the epoch.")
-        principal = current_principal()
-        model_id = policy.model_id(name)
-        if model_id is None and not principal.is_admin:
-            raise NotFound(f"Registered model {name!r} does not exist.")
-        owner = policy.owner_of(MODEL, model_id) if model_id else None
-        note_resource(MODEL, model_id, name, owner)
-        if not policy.is_allowed(principal, MODEL, model_id, owner, "read"):
-            raise PermissionDenied(
-                f"Permission denied: {principal.name!r} may not read registered model {name!r}.")
+        require_model(policy, name, "read")
         return jsonify({"model": name, "usage": usage_rows(engine, name,
                                                            int(since) if since else None)})
 

@@ -104,7 +104,10 @@ class RateLimiter:
 
 
 class Gateway:
-    def __init__(self, backend_store_uri: str, artifacts_destination: str) -> None:
+    def __init__(self, backend_store_uri: str, artifacts_destination: str, *,
+                 policy: PolicyEngine | None = None,
+                 appender: AuditAppender | None = None) -> None:
+        """Mounted in a server worker, it shares that worker's policy and audit appender."""
         from mlflow_share.artifacts.ledger import Ledger
         from mlflow_share.artifacts.repository import ChecksumArtifactRepository
         from mlflow_share.audit.store import ensure_schema, strip_scheme
@@ -114,15 +117,15 @@ class Gateway:
         # Its own pool, no ping per checkout: a few short queries per call, retried by the
         # caller on a dead connection like any other request error.
         self.engine = db.get_engine(uri, purpose="gateway")
-        self.policy = PolicyEngine(self.engine, 300)
+        self.policy = policy or PolicyEngine(self.engine, 300)
         repo = ChecksumArtifactRepository(artifacts_destination, ledger=Ledger(self.engine),
                                           root=artifacts_destination)
         self.cache = ModelCache(self.engine, repo,
                                 max_bytes=int(os.environ.get(CACHE_ENV, 1024**3)))
         self.max_body = int(os.environ.get(MAX_BODY_ENV, 16 * 1024 * 1024))
         self.limiter = RateLimiter(float(os.environ.get(RATE_ENV, 500)))
-        self.appender = AuditAppender(self.engine)
-        self.usage = Usage(self.engine)
+        self.appender = appender or AuditAppender(self.engine)
+        self.usage = Usage(self.engine, self.appender)
         # (model, alias) -> (version, identity) it served last
         self.last_good: dict[tuple[str, str], tuple[int, str]] = {}
         from mlflow_share.gateway.metrics import Metrics
@@ -241,7 +244,9 @@ async def _read_body(request: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> Any:
+def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
+                       policy: PolicyEngine | None = None,
+                       appender: AuditAppender | None = None) -> Any:
     import onnxruntime
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -250,7 +255,8 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str) -> An
 
     import mlflow_share
 
-    gateway = Gateway(backend_store_uri, artifacts_destination)
+    gateway = Gateway(backend_store_uri, artifacts_destination, policy=policy,
+                      appender=appender)
     run_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
 
     def admit(header: str | None, name: str, alias: str | None, version: int | None,

@@ -144,13 +144,9 @@ def read_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
                  version: int) -> tuple[registration.ManifestRecord, bytes, bytes | None]:
     """The version's manifest, ``model.onnx`` and ``MLmodel`` bytes, every file checked."""
     record = registration.find_manifest(engine, name, str(version))
-    statement = record.statement
-    digest = mf.statement_digest(statement)
-    meta = statement["predicate"]["mlflow"]
-    if digest != record.manifest_sha256 or mf.identity(
-            digest, meta["run_id"] or None, meta["params_sha256"]) != record.identity:
+    if record.problems():
         raise DataLoss(f"The manifest of {name!r} version {version} does not match its identity.")
-    files = mf.resources(statement)
+    files = mf.resources(record.statement)
     if MODEL_FILE not in files:
         raise InvalidInput(f"{name!r} version {version} has no {MODEL_FILE}.")
     root = repo.at_root()
@@ -253,42 +249,38 @@ class ModelCache:
             return list(self._models.values())
 
 
-_PREFIX_LENGTH = len(registration.PROXY_SCHEME)
-_BY_ALIAS = sa.text(
-    "SELECT v.version, m.identity FROM registered_model_aliases a "
-    "JOIN model_versions v ON v.name = a.name AND v.version = a.version "
+_SERVABLE = (
+    "SELECT v.version, m.identity FROM model_versions v "
     "LEFT JOIN share_model_manifests m "
-    f"ON m.location = substr(v.storage_location, {_PREFIX_LENGTH + 1}) "
-    "WHERE a.name = :n AND a.alias = :a")
+    f"ON m.location = substr(v.storage_location, {len(registration.PROXY_SCHEME) + 1}) ")
+_BY_ALIAS = sa.text(_SERVABLE + "JOIN registered_model_aliases a "
+                    "ON a.name = v.name AND a.version = v.version "
+                    "WHERE a.name = :n AND a.alias = :a")
+_BY_VERSION = sa.text(_SERVABLE + "WHERE v.name = :n AND v.version = :v")
+
+
+def _servable(engine: sa.Engine, query: Any, params: dict[str, Any], missing: str
+              ) -> tuple[int, str]:
+    with engine.connect() as conn:
+        row = conn.execute(query, params).first()
+    if row is None:
+        raise NotFound(missing)
+    if row.identity is None:
+        raise NotFound(f"{params['n']!r} version {row.version} has no manifest: register it on "
+                       "a server with a checksum+ artifact root to serve it.")
+    return int(row.version), str(row.identity)
 
 
 def resolve(engine: sa.Engine, name: str, alias: str) -> tuple[int, str]:
     """The version an alias names now and its identity, in one query (404 if none)."""
-    with engine.connect() as conn:
-        row = conn.execute(_BY_ALIAS, {"n": name, "a": alias}).first()
-    if row is None:
-        raise NotFound(f"Registered model {name!r} has no alias {alias!r}.")
-    if row.identity is None:
-        raise NotFound(f"{name!r} version {row.version} has no manifest: register it on a "
-                       "server with a checksum+ artifact root to serve it.")
-    return int(row.version), str(row.identity)
+    return _servable(engine, _BY_ALIAS, {"n": name, "a": alias},
+                     f"Registered model {name!r} has no alias {alias!r}.")
 
 
 def current_identity(engine: sa.Engine, name: str, version: int) -> str:
     """The identity of version ``version`` of the model now named ``name`` (404 if none)."""
-    with engine.connect() as conn:
-        location = conn.execute(sa.text(
-            "SELECT storage_location FROM model_versions WHERE name = :n AND version = :v"),
-            {"n": name, "v": version}).scalar()
-        if location is None:
-            raise NotFound(f"Registered model {name!r} has no version {version}.")
-        identity = conn.execute(sa.text(
-            "SELECT identity FROM share_model_manifests WHERE location = :l"),
-            {"l": str(location).removeprefix(registration.PROXY_SCHEME)}).scalar()
-    if identity is None:
-        raise NotFound(f"{name!r} version {version} has no manifest: register it on a server "
-                       "with a checksum+ artifact root to serve it.")
-    return str(identity)
+    return _servable(engine, _BY_VERSION, {"n": name, "v": version},
+                     f"Registered model {name!r} has no version {version}.")[1]
 
 
 def resolve_alias(engine: sa.Engine, name: str, alias: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlflow_share import db
+from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
 
 _SAMPLES = 2000  # latencies kept per bucket for its quantiles
 
@@ -35,8 +36,8 @@ def _quantile(samples: list[float], q: float) -> float | None:
 
 
 class Usage:
-    def __init__(self, engine: sa.Engine, every: float = 5.0) -> None:
-        self.engine = engine
+    def __init__(self, engine: sa.Engine, appender: AuditAppender, every: float = 5.0) -> None:
+        self.engine, self.appender = engine, appender
         self.every = every
         self._buckets: dict[tuple[str, str, str, int], _Bucket] = {}
         self._lock = threading.Lock()
@@ -108,14 +109,13 @@ class Usage:
                         p99_ms=max(x for x in (row.p99_ms, p99, 0.0) if x is not None)))
 
     def _audit(self, done: dict[tuple[str, str, str, int], _Bucket]) -> None:
-        from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
 
         context = AuditContext(request_id=new_request_id(), principal="gateway",
                                action="gateway.usage", method="FLUSH", route="/v1/models")
         context.extra = {"invocations": [
             {"model": m, "version": v, "team": t, "minute": minute, "requests": b.requests,
              "errors": b.errors} for (m, v, t, minute), b in sorted(done.items())][:500]}
-        AuditAppender(self.engine).append(context.event(status=200, source="gateway"))
+        self.appender.append(context.event(status=200, source="gateway"))
 
 
 def usage_rows(engine: sa.Engine, model: str, since_ms: int | None = None) -> list[dict[str, Any]]:

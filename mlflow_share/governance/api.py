@@ -12,28 +12,18 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.admin.api import PREFIX, current_principal, json_errors
-from mlflow_share.audit.log import AUDIT_CONTEXT, note_resource
-from mlflow_share.directory import MODEL
-from mlflow_share.errors import InvalidInput, NotFound, PermissionDenied
+from mlflow_share.admin.api import (
+    PREFIX,
+    current_principal,
+    json_body,
+    json_errors,
+    require_model,
+    string_field,
+)
+from mlflow_share.audit.log import AUDIT_CONTEXT
+from mlflow_share.errors import InvalidInput, NotFound
 from mlflow_share.governance import aliases
 from mlflow_share.policy.enforcer import PolicyEngine
-
-
-def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    return data
-
-
-def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str | None:
-    value = data.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 1000:
-        raise InvalidInput(f"Missing or invalid {key!r}.")
-    return value
 
 
 def _version(value: Any, key: str, *, required: bool = True) -> int | None:
@@ -50,16 +40,8 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
                                 url_prefix=PREFIX + "/aliases"))
 
     def allowed(name: str, action: str) -> str:
-        principal = current_principal()
-        model_id = policy.model_id(name)
-        if model_id is None and not principal.is_admin:
-            raise NotFound(f"Registered model {name!r} does not exist or has no owner team.")
-        owner = policy.owner_of(MODEL, model_id) if model_id else None
-        note_resource(MODEL, model_id, name, owner)
-        if not policy.is_allowed(principal, MODEL, model_id, owner, action):
-            raise PermissionDenied(f"Permission denied: {principal.name!r} may not {action} "
-                                   f"registered model {name!r}.")
-        if model_id is None:
+        model_id = require_model(policy, name, action)
+        if model_id is None:  # an admin asking about a model mlflow-share does not own
             raise NotFound(f"Registered model {name!r} has no owner team in mlflow-share.")
         return model_id
 
@@ -86,38 +68,38 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
 
     @api.post("/protect")
     def protect() -> Response:
-        data = _body()
-        name, alias = _text(data, "model"), _text(data, "alias")
+        data = json_body()
+        name, alias = string_field(data, "model"), string_field(data, "alias")
         assert name and alias
         aliases.protect(engine, allowed(name, "manage"), alias, current_principal().name)
         return jsonify({"model": name, "alias": alias, "protected": True})
 
     @api.post("/unprotect")
     def unprotect() -> Response:
-        data = _body()
-        name, alias = _text(data, "model"), _text(data, "alias")
+        data = json_body()
+        name, alias = string_field(data, "model"), string_field(data, "alias")
         assert name and alias
         removed = aliases.unprotect(engine, allowed(name, "manage"), alias)
         return jsonify({"model": name, "alias": alias, "protected": False, "changed": removed})
 
     @api.post("/move")
     def move_alias() -> Response:
-        data = _body()
-        name, alias = _text(data, "model"), _text(data, "alias")
+        data = json_body()
+        name, alias = string_field(data, "model"), string_field(data, "alias")
         assert name and alias
         version = _version(data.get("version"), "version")
         assert version is not None
         guard(name, alias)
         move(name, alias, version, _version(data.get("expected_version"), "expected_version",
                                             required=False),
-             _text(data, "reason", required=False))
+             string_field(data, "reason", required=False))
         return jsonify({"model": name, "alias": alias, "version": str(version)})
 
     @api.post("/rollback")
     def rollback() -> Response:
-        data = _body()
-        name, alias = _text(data, "model"), _text(data, "alias")
-        reason = _text(data, "reason")
+        data = json_body()
+        name, alias = string_field(data, "model"), string_field(data, "alias")
+        reason = string_field(data, "reason")
         assert name and alias
         model_id = guard(name, alias)
         with engine.connect() as conn:
