@@ -89,7 +89,9 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.artifacts import serving
     from mlflow_share.artifacts.api import create_artifacts_blueprint
     from mlflow_share.gateway.api import create_usage_blueprint
+    from mlflow_share.governance import notifications
     from mlflow_share.governance.api import create_alias_blueprint
+    from mlflow_share.governance.sharing_api import create_sharing_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
     from mlflow_share.audit.store import install_audited_stores
@@ -116,6 +118,7 @@ def create_app(flask_app: Any = None) -> Any:
         announce_generated_admin(os.environ.get(config.ADMIN_USERNAME_ENV) or "admin", generated)
 
     policy = PolicyEngine(engine, settings.password_cache_seconds)
+    notifications.install(engine)
     lookups = MlflowLookups(engine)
 
     gate = AuditGate(AuditAppender(engine))
@@ -125,6 +128,7 @@ def create_app(flask_app: Any = None) -> Any:
         flask_app.register_blueprint(create_artifacts_blueprint(policy, engine))
         flask_app.register_blueprint(create_usage_blueprint(policy, engine))
         flask_app.register_blueprint(create_alias_blueprint(policy, engine))
+        flask_app.register_blueprint(create_sharing_blueprint(policy, engine))
         flask_app.after_request(gate.flask_after_request)
 
     wsgi = settings.server_kind in ("gunicorn", "waitress")

@@ -372,9 +372,12 @@ def alias_history(ctx: click.Context, model: str, alias_name: str | None) -> Non
 def _add_subcommands() -> None:
     from mlflow_share.artifacts.cli import verify
     from mlflow_share.audit.cli import audit
+    from mlflow_share.governance.cli import COMMANDS
 
     cli.add_command(audit)
     cli.add_command(verify)
+    for command in COMMANDS:
+        cli.add_command(command)
 
 
 _add_subcommands()

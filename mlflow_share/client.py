@@ -197,6 +197,76 @@ class ShareAdminClient:
         return list(self._call("GET", "/aliases/history", params=params)["history"])
 
 
+    # -- sharing packages ----------------------------------------------------------------------
+    def create_package(self, model: str, teams: list[tuple[str, str]], *,
+                       versions: list[str] | None = None, alias: str | None = None,
+                       semver: str | None = None, description: str | None = None,
+                       intended_use: str | None = None, limitations: str | None = None,
+                       owner_contact: str | None = None,
+                       expires_at: int | None = None) -> dict[str, Any]:
+        """Create and validate a package; its ``status`` is ``validated`` or ``rejected``."""
+        return dict(self._call("POST", "/packages", _drop_none({
+            "model": model, "versions": versions, "alias": alias, "semver": semver,
+            "teams": [{"team": t, "permission": p} for t, p in teams],
+            "description": description, "intended_use": intended_use,
+            "limitations": limitations, "owner_contact": owner_contact,
+            "expires_at": expires_at}))["package"])
+
+    def get_package(self, package_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/packages/{package_id}")["package"])
+
+    def list_packages(self, model: str | None = None, status: str | None = None
+                      ) -> list[dict[str, Any]]:
+        params = _drop_none({"model": model, "status": status})
+        return list(self._call("GET", "/packages", params=params)["packages"])
+
+    def validate_package(self, package_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/packages/{package_id}/validate")["package"])
+
+    def publish_package(self, package_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/packages/{package_id}/publish")["package"])
+
+    def revoke_package(self, package_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/packages/{package_id}/revoke")["package"])
+
+    # -- semantic versions, lineage, discovery -------------------------------------------------
+    def list_semvers(self, model: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/semver", params={"model": model})["versions"])
+
+    def resolve_semver(self, model: str, version_range: str) -> dict[str, Any]:
+        return self._call("GET", "/semver/resolve", params={"model": model,
+                                                            "range": version_range})
+
+    def lineage(self, model_uri: str) -> dict[str, Any]:
+        return self._call("GET", "/lineage", params={"uri": model_uri})
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        return self._call("GET", "/diff", params={"a": a, "b": b})
+
+    def search_models(self, *, owner_team: str | None = None, tag: str | None = None,
+                      semver: str | None = None, metric: str | None = None,
+                      status: str | None = None) -> list[dict[str, Any]]:
+        params = _drop_none({"owner_team": owner_team, "tag": tag, "semver": semver,
+                             "metric": metric, "status": status})
+        return list(self._call("GET", "/models/search", params=params)["models"])
+
+    # -- notifications -------------------------------------------------------------------------
+    def subscribe(self, model: str, url: str, team: str | None = None) -> dict[str, Any]:
+        """Returns the subscription with its signing ``secret`` (shown only here)."""
+        return dict(self._call("POST", "/subscriptions", _drop_none(
+            {"model": model, "url": url, "team": team}))["subscription"])
+
+    def list_subscriptions(self, model: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/subscriptions", params={"model": model})[
+            "subscriptions"])
+
+    def unsubscribe(self, model: str, subscription_id: str) -> None:
+        self._call("DELETE", "/subscriptions", {"model": model, "id": subscription_id})
+
+    def deliveries(self, model: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/subscriptions/deliveries", params={"model": model})[
+            "deliveries"])
+
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 

@@ -171,6 +171,82 @@ alias_history = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
 )
 
+# Sharing packages (governance.packages): pinned versions of a model, their metadata, target
+# teams and validation report. The grants of a published, unexpired package are in force.
+packages = sa.Table(
+    "share_packages",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("model_id", sa.String(64), nullable=False, index=True),
+    sa.Column("versions", sa.Text, nullable=False),  # JSON list of version numbers
+    sa.Column("alias", sa.String(256), nullable=True),
+    sa.Column("semver", sa.String(128), nullable=True),
+    sa.Column("details", sa.Text, nullable=False),  # JSON: description, metrics, contact...
+    sa.Column("teams", sa.Text, nullable=False),  # JSON [[team, permission], ...]
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("report", sa.Text, nullable=True),  # JSON validation report
+    sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("published_by", sa.String(128), nullable=True),
+    sa.Column("published_at", sa.BigInteger, nullable=True),
+    sa.Column("revoked_by", sa.String(128), nullable=True),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+)
+
+# The grants a published package holds, removed when it is revoked; past ``expires_at`` they
+# no longer count (the policy snapshot reloads at the earliest expiry).
+package_grants = sa.Table(
+    "share_package_grants",
+    metadata,
+    sa.Column("package_id", sa.String(32), primary_key=True),
+    sa.Column("team", sa.String(128), primary_key=True),
+    sa.Column("permission", sa.String(16), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("resource_id", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.Index("share_package_grants_team_idx", "team", "kind"),
+)
+
+# A semantic version names one version of a model, once and for ever (set on publish).
+semvers = sa.Table(
+    "share_semvers",
+    metadata,
+    sa.Column("model_id", sa.String(64), primary_key=True),
+    sa.Column("semver", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("package_id", sa.String(32), nullable=False),
+    sa.UniqueConstraint("model_id", "version", name="share_semvers_version_uq"),
+)
+
+# Webhook subscriptions to a model's events, and every delivery attempt.
+subscriptions = sa.Table(
+    "share_subscriptions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("model_id", sa.String(64), nullable=False, index=True),
+    sa.Column("subscriber", sa.String(128), nullable=False),  # "team:<name>" or "user:<name>"
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+deliveries = sa.Table(
+    "share_webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("subscription_id", sa.String(32), nullable=False, index=True),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending, delivered, failed, refused
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("response_status", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
 POLICY_VERSION = "policy_version"
 RESOURCE_VERSION = "resource_version"
 

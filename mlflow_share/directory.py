@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from mlflow_share import db
-from mlflow_share.audit.log import begin_write, committed, record_in_transaction, writer_lock
+from mlflow_share.audit.log import audited_write
 from mlflow_share.auth.identity import hash_password, new_token
 from mlflow_share.errors import Conflict, InvalidInput, NotFound
 from mlflow_share.policy.enforcer import (
@@ -52,15 +51,8 @@ class Directory:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @contextmanager
-    def _write(self, change: dict[str, Any]) -> Iterator[sa.Connection]:
-        """One write transaction with its audit event; the body may add to ``change``."""
-        with writer_lock(self.engine), self.engine.connect() as conn:
-            begin_write(conn)
-            yield conn
-            seq = record_in_transaction(conn, [change], action=f"share.{change['op']}")
-            conn.commit()
-        committed(seq)
+    def _write(self, change: dict[str, Any]) -> AbstractContextManager[sa.Connection]:
+        return audited_write(self.engine, change)
 
     # -- users and teams -------------------------------------------------------------
     def create_user(

@@ -22,7 +22,8 @@ _READ_PERMISSIONS = ("read", "write", "manage")
 
 
 def _readable_ids(kind: str, scope: SearchScope) -> sa.Select[Any]:
-    """IDs of resources of ``kind`` owned by, or granted read to, one of the scope's teams."""
+    """IDs of resources of ``kind`` owned by, or granted or shared to read with, one of the
+    scope's teams (a sharing package's grants count while it is published and unexpired)."""
     owned = sa.select(db.resources.c.resource_id).where(
         db.resources.c.kind == kind, db.resources.c.owner_team.in_(scope.teams)
     )
@@ -31,7 +32,12 @@ def _readable_ids(kind: str, scope: SearchScope) -> sa.Select[Any]:
         db.grants.c.team.in_(scope.teams),
         db.grants.c.permission.in_(_READ_PERMISSIONS),
     )
-    return sa.select(sa.union(owned, granted).subquery().c.resource_id)
+    pg = db.package_grants.c
+    shared = sa.select(pg.resource_id).where(
+        pg.kind == kind, pg.team.in_(scope.teams), pg.permission.in_(_READ_PERMISSIONS),
+        sa.or_(pg.expires_at.is_(None), pg.expires_at > db.now_ms()),
+    )
+    return sa.select(sa.union(owned, granted, shared).subquery().c.resource_id)
 
 
 def readable_model_names(scope: SearchScope) -> sa.Select[Any]:

@@ -157,7 +157,9 @@ def populate(server: ShareServer) -> None:
 @pytest.fixture(scope="session")
 def share_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShareServer]:
     """One uvicorn-served server with the default world, shared by the integration tests."""
-    with running_server(tmp_path_factory.mktemp("share-server")) as server:
+    # Webhooks may reach receivers on loopback (refused by default), retried quickly.
+    webhooks = {"MLFLOW_SHARE_WEBHOOK_ALLOW": "127.0.0.0/8", "MLFLOW_SHARE_WEBHOOK_BACKOFF": "0.1"}
+    with running_server(tmp_path_factory.mktemp("share-server"), env_extra=webhooks) as server:
         populate(server)
         yield server
 

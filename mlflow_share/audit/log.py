@@ -282,6 +282,17 @@ def record_in_transaction(conn: sa.Connection, changes: list[dict[str, Any]],
         ) from None
 
 
+@contextmanager
+def audited_write(engine: Engine, change: dict[str, Any]) -> Iterator[sa.Connection]:
+    """One write transaction that commits with its audit event; the body may add to ``change``."""
+    with writer_lock(engine), engine.connect() as conn:
+        begin_write(conn)
+        yield conn
+        seq = record_in_transaction(conn, [change], action=f"share.{change['op']}")
+        conn.commit()
+    committed(seq)
+
+
 # -- appending request events ----------------------------------------------------------------
 class AuditAppender:
     """Appends request events (reads, denials, failures) from the thread that served them.

@@ -440,13 +440,17 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
         """Moves are compare-and-set when asked, protected aliases only onto verified
         versions, and every move is in ``share_alias_history`` (same transaction)."""
         with self.ManagedSessionMaker(read_only=False) as session:
-            _alias_move(session.connection(), name, alias, int(version))
-            return super().set_registered_model_alias(name, alias, version)
+            move = _alias_move(session.connection(), name, alias, int(version))
+            result = super().set_registered_model_alias(name, alias, version)
+        _notify_alias_move(move)
+        return result
 
     def delete_registered_model_alias(self, name: str, alias: str) -> Any:
         with self.ManagedSessionMaker(read_only=False) as session:
-            _alias_move(session.connection(), name, alias, None)
-            return super().delete_registered_model_alias(name, alias)
+            move = _alias_move(session.connection(), name, alias, None)
+            result = super().delete_registered_model_alias(name, alias)
+        _notify_alias_move(move)
+        return result
 
     def set_model_version_tag(self, name: str, version: str, tag: Any) -> Any:
         _refuse_reserved_tag(tag.key)
@@ -457,7 +461,8 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
         return super().delete_model_version_tag(name, version, key)
 
 
-def _alias_move(conn: sa.Connection, name: str, alias: str, version: int | None) -> None:
+def _alias_move(conn: sa.Connection, name: str, alias: str, version: int | None
+                ) -> dict[str, Any]:
     from mlflow_share.audit.log import system_principal
     from mlflow_share.governance import aliases
 
@@ -469,11 +474,24 @@ def _alias_move(conn: sa.Connection, name: str, alias: str, version: int | None)
         "AND name = :n"), {"n": name}).scalar()
     ctx = AUDIT_CONTEXT.get()
     expected = ctx.extra.get("alias_expected") if ctx is not None else None
-    aliases.record(conn, model_id=model_id, name=name, alias=alias, to_version=version,
-                   principal=ctx.principal if ctx is not None else system_principal(),
-                   reason=ctx.extra.get("alias_reason") if ctx is not None else None,
-                   expected_version=int(expected) if expected is not None else None,
-                   protected_move=aliases.is_protected(conn, model_id, alias))
+    protected = aliases.is_protected(conn, model_id, alias)
+    principal = ctx.principal if ctx is not None else system_principal()
+    reason = ctx.extra.get("alias_reason") if ctx is not None else None
+    before = aliases.record(conn, model_id=model_id, name=name, alias=alias,
+                            to_version=version, principal=principal, reason=reason,
+                            expected_version=int(expected) if expected is not None else None,
+                            protected_move=protected)
+    return {"model_id": model_id, "protected": protected, "model": name, "alias": alias,
+            "from_version": before, "to_version": version, "principal": principal,
+            "reason": reason}
+
+
+def _notify_alias_move(move: dict[str, Any]) -> None:
+    """After the commit: a protected alias's move is announced to the model's subscribers."""
+    from mlflow_share.governance import notifications
+
+    if move.pop("protected"):
+        notifications.emit(move.pop("model_id"), "alias.moved", move)
 
 
 def _refuse_reserved_tag(key: str) -> None:

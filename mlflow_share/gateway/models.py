@@ -60,7 +60,7 @@ class LoadedModel:
     size: int
 
 
-def _specs(args: list[Any]) -> list[TensorSpec]:
+def specs(args: list[Any]) -> list[TensorSpec]:
     specs = []
     for arg in args:
         dtype = _NUMPY_TYPES.get(arg.type)
@@ -140,15 +140,13 @@ def parse_onnx(model_bytes: bytes) -> Any:
     return proto
 
 
-def read_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
-                 version: int) -> tuple[registration.ManifestRecord, bytes, bytes | None]:
-    """The version's manifest, ``model.onnx`` and ``MLmodel`` bytes, every file checked."""
+def read_files(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, version: int,
+               keep: tuple[str, ...]) -> tuple[registration.ManifestRecord, dict[str, bytes]]:
+    """Check every file of a version against its manifest; return the bytes of ``keep``."""
     record = registration.find_manifest(engine, name, str(version))
     if record.problems():
         raise DataLoss(f"The manifest of {name!r} version {version} does not match its identity.")
     files = mf.resources(record.statement)
-    if MODEL_FILE not in files:
-        raise InvalidInput(f"{name!r} version {version} has no {MODEL_FILE}.")
     root = repo.at_root()
     kept: dict[str, bytes] = {}
     for relative, (size, sha) in sorted(files.items()):
@@ -157,34 +155,49 @@ def read_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
         for chunk in root.iter_verified(opened):
             hasher.update(chunk)
             length += len(chunk)
-            if relative in (MODEL_FILE, "MLmodel"):
+            if relative in keep:
                 chunks.append(chunk)
         if (length, hasher.hexdigest()) != (size, sha):
             raise DataLoss(f"{name!r} version {version}: {relative} does not match the manifest "
                            f"(expected SHA-256 {sha}, actual {hasher.hexdigest()}).")
-        if chunks:
+        if relative in keep:
             kept[relative] = b"".join(chunks)
+    return record, kept
+
+
+def read_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
+                 version: int) -> tuple[registration.ManifestRecord, bytes, bytes | None]:
+    """The version's manifest, ``model.onnx`` and ``MLmodel`` bytes, every file checked."""
+    record, kept = read_files(engine, repo, name, version, (MODEL_FILE, "MLmodel"))
+    if MODEL_FILE not in kept:
+        raise InvalidInput(f"{name!r} version {version} has no {MODEL_FILE}.")
     return record, kept[MODEL_FILE], kept.get("MLmodel")
 
 
-def load_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, version: int,
-                 *, intra_op_threads: int = 1) -> LoadedModel:
+def new_session(model_bytes: bytes, name: str, version: int, *, intra_op_threads: int = 1
+                ) -> Any:
+    """An onnxruntime session on the CPU provider, or 400 saying the model does not load."""
     import onnxruntime as ort
 
-    record, model_bytes, mlmodel = read_version(engine, repo, name, version)
-    check_flavors(mlmodel)
     parse_onnx(model_bytes)
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(model_bytes, sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model_bytes, sess_options=options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are many and plain
         raise InvalidInput(f"{name!r} version {version}: model.onnx does not load in "
                            f"onnxruntime ({type(exc).__name__}).") from None
+
+
+def load_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, version: int,
+                 *, intra_op_threads: int = 1) -> LoadedModel:
+    record, model_bytes, mlmodel = read_version(engine, repo, name, version)
+    check_flavors(mlmodel)
+    session = new_session(model_bytes, name, version, intra_op_threads=intra_op_threads)
     return LoadedModel(name, version, record.model_id, record.identity, session,
-                       _specs(session.get_inputs()), [o.name for o in session.get_outputs()],
+                       specs(session.get_inputs()), [o.name for o in session.get_outputs()],
                        len(model_bytes))
 
 

@@ -81,8 +81,9 @@ def check_target(conn: sa.Connection, name: str, version: int) -> None:
 
 def record(conn: sa.Connection, *, model_id: str | None, name: str, alias: str,
            to_version: int | None, principal: str, reason: str | None,
-           expected_version: int | None, protected_move: bool) -> None:
-    """Inside the change's transaction: compare-and-set, the target check, the history row."""
+           expected_version: int | None, protected_move: bool) -> int | None:
+    """Inside the change's transaction: compare-and-set, the target check, the history row.
+    Returns the version the alias pointed at before."""
     before = current_version(conn, name, alias)
     if expected_version is not None and before != expected_version:
         raise Conflict(f"Alias {alias!r} of {name!r} points at version {before}, not "
@@ -92,6 +93,7 @@ def record(conn: sa.Connection, *, model_id: str | None, name: str, alias: str,
     conn.execute(_H.insert().values(
         model_id=model_id, name=name, alias=alias, from_version=before, to_version=to_version,
         principal=principal, at=db.now_ms(), reason=(reason or None) and reason[:1000]))
+    return before
 
 
 def history(engine: sa.Engine, model_id: str | None, name: str,

@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from importlib import resources as importlib_resources
 
 import casbin
@@ -116,6 +117,7 @@ class _Snapshot:
     admins: frozenset[str]
     grants: dict[tuple[str, str], dict[str, frozenset[str]]]  # (kind, id) -> {team: perms}
     capabilities: dict[str, frozenset[str]]  # role -> actions, compiled from the p rules
+    next_expiry: int | None = None  # ms: the earliest package grant to lapse, then reload
 
 
 class PolicyEngine:
@@ -141,13 +143,19 @@ class PolicyEngine:
                 self._model_ids = {}
                 self._resource_version = resource_version
         snapshot = self._snapshot
-        if snapshot is None or snapshot.version != policy_version:
+        if self._stale(snapshot, policy_version):
             with self._lock:
                 snapshot = self._snapshot
-                if snapshot is None or snapshot.version != policy_version:
+                if self._stale(snapshot, policy_version):
                     snapshot = self._load(policy_version)
                     self._snapshot = snapshot
+        assert snapshot is not None
         return snapshot
+
+    @staticmethod
+    def _stale(snapshot: _Snapshot | None, version: int) -> bool:
+        return snapshot is None or snapshot.version != version or (
+            snapshot.next_expiry is not None and db.now_ms() >= snapshot.next_expiry)
 
     def snapshot(self) -> _Snapshot:
         return self._snapshot or self.refresh()
@@ -172,10 +180,21 @@ class PolicyEngine:
                     sa.select(db.tokens).where(db.tokens.c.revoked_at.is_(None))
                 )
             }
-            grant_rows = conn.execute(
+            grant_rows = [tuple(row) for row in conn.execute(
                 sa.select(db.grants.c.kind, db.grants.c.resource_id,
                           db.grants.c.team, db.grants.c.permission)
-            ).all()
+            )]
+            now = db.now_ms()
+            pg = db.package_grants.c
+            package_rows: Any = conn.execute(sa.select(pg.kind, pg.resource_id, pg.team,
+                                                  pg.permission, pg.expires_at)).all()
+        next_expiry: int | None = None
+        for kind, resource_id, team, permission, expires_at in package_rows:
+            if expires_at is not None:
+                if expires_at <= now:
+                    continue
+                next_expiry = min(next_expiry or expires_at, expires_at)
+            grant_rows.append((kind, resource_id, team, permission))
         capabilities: dict[str, set[str]] = {}
         for role, action in enforcer.get_policy():
             capabilities.setdefault(role, set()).add(action)
@@ -195,6 +214,7 @@ class PolicyEngine:
                 for key, by_team in grants.items()
             },
             capabilities={role: frozenset(acts) for role, acts in capabilities.items()},
+            next_expiry=next_expiry,
         )
 
     # -- identity --------------------------------------------------------------------
@@ -293,6 +313,13 @@ class PolicyEngine:
             if model_id is not None:
                 self._model_ids[name] = model_id
         return model_id
+
+    def model_ids(self) -> list[str]:
+        """mlflow-share's IDs of every registered model it owns."""
+        with self.engine.connect() as conn:
+            found: Any = conn.execute(sa.select(db.resources.c.resource_id).where(
+                db.resources.c.kind == "registered_model")).scalars().all()
+        return [str(model_id) for model_id in found]
 
     def readable_teams(self, principal: Principal) -> list[str]:
         """Teams whose membership lets ``principal`` read (every role reads)."""

@@ -1,0 +1,313 @@
+"""Sharing packages: a model's pinned versions, metadata and target teams, validated, then
+published (the grants take effect), revoked or expired (they stop at once).
+
+Life cycle: ``create`` validates at once and stores the package as ``validated`` or
+``rejected`` with its report; ``validate`` runs the checks again (after a fix); ``publish``
+(maintainers of the owner team) re-checks the bytes, writes the package's grants, the
+semantic version and the ``mlflow_share.semver`` tag of the version in one audited
+transaction; ``revoke`` removes the grants. A published package past ``expires_at`` reads as
+``expired`` and its grants no longer count.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlflow_share import db
+from mlflow_share.artifacts.repository import ChecksumArtifactRepository
+from mlflow_share.audit.log import audited_write
+from mlflow_share.directory import MODEL
+from mlflow_share.errors import Conflict, InvalidInput, NotFound
+from mlflow_share.governance import validation
+from mlflow_share.governance.aliases import current_version
+from mlflow_share.policy.enforcer import validate_choice, validate_identifier
+
+SHARE_PERMISSIONS = ("read", "execute", "write")
+SEMVER_TAG = "mlflow_share.semver"
+DETAIL_FIELDS = ("description", "intended_use", "limitations", "owner_contact")
+_P = db.packages
+
+
+@dataclass
+class Draft:
+    model: str
+    model_id: str
+    versions: list[int]
+    alias: str | None
+    teams: list[tuple[str, str]]
+    semver: str | None
+    details: dict[str, Any]
+    expires_at: int | None
+
+
+def _version_number(value: Any) -> int:
+    text = str(value)
+    if isinstance(value, bool) or not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise InvalidInput(f"{value!r} is not a version number.")
+    return int(text)
+
+
+def parse_draft(engine: sa.Engine, data: dict[str, Any], *, model: str, model_id: str,
+                created_by: str) -> Draft:
+    """Check the request's shape (400/404 before anything is stored)."""
+    versions, alias = data.get("versions"), data.get("alias")
+    if (versions is None) == (alias is None):
+        raise InvalidInput("Give either 'versions' (a list of version numbers) or 'alias'.")
+    if versions is not None:
+        if not isinstance(versions, list) or not versions or len(versions) > 100:
+            raise InvalidInput("'versions' must be a non-empty list of version numbers.")
+        pinned = sorted({_version_number(v) for v in versions})
+    teams_in = data.get("teams")
+    if not isinstance(teams_in, list) or not teams_in or len(teams_in) > 100:
+        raise InvalidInput("'teams' must be a non-empty list of {team, permission}.")
+    teams: list[tuple[str, str]] = []
+    for entry in teams_in:
+        if not isinstance(entry, dict):
+            raise InvalidInput("Each entry of 'teams' must be an object {team, permission}.")
+        team = validate_identifier("team name", entry.get("team"))
+        permission = validate_choice("permission", entry.get("permission"), SHARE_PERMISSIONS)
+        if (team, permission) not in teams:
+            teams.append((team, permission))
+    details: dict[str, Any] = {"owner_contact": created_by}
+    for key in DETAIL_FIELDS:
+        value = data.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise InvalidInput(f"{key!r} must be a string.")
+            details[key] = value
+    semver = data.get("semver")
+    if semver is not None and not isinstance(semver, str):
+        raise InvalidInput("'semver' must be a string such as 1.2.0.")
+    expires_at = data.get("expires_at")
+    if expires_at is not None:
+        if isinstance(expires_at, bool) or not isinstance(expires_at, int):
+            raise InvalidInput("'expires_at' must be a time in milliseconds since the epoch.")
+        if expires_at <= db.now_ms():
+            raise InvalidInput("'expires_at' is in the past.")
+    with engine.connect() as conn:
+        known: set[Any] = set(conn.execute(sa.select(db.teams.c.name).where(
+            db.teams.c.name.in_([t for t, _ in teams]))).scalars())
+        unknown = sorted({t for t, _ in teams} - known)
+        if unknown:
+            raise NotFound(f"Unknown team(s) {unknown}.")
+        if alias is not None:
+            if not isinstance(alias, str) or not alias:
+                raise InvalidInput("'alias' must be an alias name.")
+            found = current_version(conn, model, alias)
+            if found is None:
+                raise NotFound(f"Registered model {model!r} has no alias {alias!r}.")
+            pinned = [found]
+        existing: set[Any] = set(conn.execute(sa.text(
+            "SELECT version FROM model_versions WHERE name = :n"), {"n": model}).scalars())
+        missing = [v for v in pinned if v not in existing]
+        if missing:
+            raise NotFound(f"Registered model {model!r} has no version(s) {missing}.")
+        details["metrics"] = _metrics(conn, model, pinned)
+    return Draft(model, model_id, pinned, alias, teams, semver, details, expires_at)
+
+
+def _metrics(conn: sa.Connection, model: str, versions: list[int]) -> dict[str, Any]:
+    """The latest metrics of each version's run, as they are now (a snapshot)."""
+    snapshot: dict[str, Any] = {}
+    for version in versions:
+        run_id = conn.execute(sa.text(
+            "SELECT run_id FROM model_versions WHERE name = :n AND version = :v"),
+            {"n": model, "v": version}).scalar()
+        rows: Any = conn.execute(sa.text(
+            "SELECT key, value FROM latest_metrics WHERE run_uuid = :r ORDER BY key"),
+            {"r": run_id}).all() if run_id else []
+        snapshot[str(version)] = {"run_id": run_id,
+                                  "metrics": {str(k): float(v) for k, v in rows}}
+    return snapshot
+
+
+def _report(engine: sa.Engine, repo: ChecksumArtifactRepository, *, model: str, model_id: str,
+            versions: list[int], semver: str | None, details: dict[str, Any],
+            package_id: str | None) -> dict[str, Any]:
+    with engine.connect() as conn:
+        checks = [validation.check("metadata", None, validation.metadata_problems(
+            conn, model_id=model_id, versions=versions, semver=semver, details=details,
+            package_id=package_id))]
+    for version in versions:
+        checks.extend(validation.validate_version(engine, repo, model, version))
+    return {"ok": all(c["ok"] for c in checks), "checked_at": db.now_ms(), "checks": checks}
+
+
+def create(engine: sa.Engine, repo: ChecksumArtifactRepository, draft: Draft,
+           created_by: str) -> dict[str, Any]:
+    package_id = uuid.uuid4().hex[:16]
+    report = _report(engine, repo, model=draft.model, model_id=draft.model_id,
+                     versions=draft.versions, semver=draft.semver, details=draft.details,
+                     package_id=package_id)
+    status = "validated" if report["ok"] else "rejected"
+    change = {"op": "package.create", "package": package_id, "model": draft.model,
+              "versions": draft.versions, "teams": [list(t) for t in draft.teams],
+              "semver": draft.semver, "status": status}
+    with audited_write(engine, change) as conn:
+        conn.execute(_P.insert().values(
+            id=package_id, model_id=draft.model_id, versions=json.dumps(draft.versions),
+            alias=draft.alias, semver=draft.semver, details=json.dumps(draft.details),
+            teams=json.dumps([list(t) for t in draft.teams]), status=status,
+            report=json.dumps(report), expires_at=draft.expires_at, created_by=created_by,
+            created_at=db.now_ms()))
+    return get(engine, package_id)
+
+
+def get(engine: sa.Engine, package_id: str) -> dict[str, Any]:
+    """The package as stored, with its model's current name (404 if none)."""
+    if not isinstance(package_id, str) or not package_id.isalnum() or len(package_id) > 32:
+        raise NotFound(f"Sharing package {package_id!r} does not exist.")
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(_P, db.resources.c.name, db.resources.c.owner_team).join(
+            db.resources, sa.and_(db.resources.c.kind == MODEL,
+                                  db.resources.c.resource_id == _P.c.model_id),
+            isouter=True).where(_P.c.id == package_id)).first()
+    if row is None:
+        raise NotFound(f"Sharing package {package_id!r} does not exist.")
+    return _as_dict(row)
+
+
+
+
+def _as_dict(row: Any) -> dict[str, Any]:
+    status = str(row.status)
+    if status == "published" and row.expires_at is not None and row.expires_at <= db.now_ms():
+        status = "expired"
+    details = json.loads(row.details)
+    return {
+        "id": row.id, "model": row.name, "model_id": row.model_id,
+        "owner_team": row.owner_team, "versions": [str(v) for v in json.loads(row.versions)],
+        "alias": row.alias, "semver": row.semver, "status": status,
+        "teams": [{"team": t, "permission": p} for t, p in json.loads(row.teams)],
+        "metrics": details.pop("metrics", {}), **{k: details.get(k) for k in DETAIL_FIELDS},
+        "expires_at": row.expires_at, "report": json.loads(row.report or "null"),
+        "created_by": row.created_by, "created_at": row.created_at,
+        "published_by": row.published_by, "published_at": row.published_at,
+        "revoked_by": row.revoked_by, "revoked_at": row.revoked_at,
+    }
+
+
+def validate(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[str, Any]
+             ) -> dict[str, Any]:
+    """Run the checks again; a package not yet published becomes validated or rejected."""
+    if package["status"] not in ("validated", "rejected"):
+        raise Conflict(f"Sharing package {package['id']} is {package['status']}: only a "
+                       "package that is not published yet can be validated again.")
+    report = _revalidate(engine, repo, package)
+    status = "validated" if report["ok"] else "rejected"
+    change = {"op": "package.validate", "package": package["id"], "status": status}
+    with audited_write(engine, change) as conn:
+        conn.execute(_P.update().where(_P.c.id == package["id"], _P.c.status.in_(
+            ("validated", "rejected"))).values(status=status, report=json.dumps(report)))
+    return get(engine, package["id"])
+
+
+def _revalidate(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[str, Any]
+                ) -> dict[str, Any]:
+    details = {k: package[k] for k in DETAIL_FIELDS if package.get(k) is not None}
+    return _report(engine, repo, model=package["model"], model_id=package["model_id"],
+                   versions=[int(v) for v in package["versions"]], semver=package["semver"],
+                   details=details, package_id=package["id"])
+
+
+def publish(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[str, Any],
+            by: str) -> dict[str, Any]:
+    """Re-check, then make the grants, the semantic version and its tag take effect."""
+    if package["status"] != "validated":
+        raise Conflict(f"Sharing package {package['id']} is {package['status']}: only a "
+                       "validated package can be published.")
+    report = _revalidate(engine, repo, package)  # the bytes may have changed since
+    if not report["ok"]:
+        with audited_write(engine, {"op": "package.validate", "package": package["id"],
+                                    "status": "rejected"}) as conn:
+            conn.execute(_P.update().where(_P.c.id == package["id"]).values(
+                status="rejected", report=json.dumps(report)))
+        raise Conflict(f"Sharing package {package['id']} no longer passes validation: "
+                       + "; ".join(p for c in report["checks"] for p in c["problems"]))
+    change = {"op": "package.publish", "package": package["id"], "model": package["model"],
+              "versions": package["versions"], "semver": package["semver"],
+              "teams": package["teams"]}
+    with audited_write(engine, change) as conn:
+        updated = conn.execute(_P.update().where(
+            _P.c.id == package["id"], _P.c.status == "validated").values(
+            status="published", report=json.dumps(report), published_by=by,
+            published_at=db.now_ms())).rowcount
+        if not updated:
+            raise Conflict(f"Sharing package {package['id']} changed while it was published.")
+        for team in package["teams"]:
+            conn.execute(db.package_grants.insert().values(
+                package_id=package["id"], team=team["team"], permission=team["permission"],
+                kind=MODEL, resource_id=package["model_id"], expires_at=package["expires_at"]))
+        if package["semver"]:
+            _name_version(conn, package)
+        db.bump(conn, db.POLICY_VERSION)
+    return get(engine, package["id"])
+
+
+def _name_version(conn: sa.Connection, package: dict[str, Any]) -> None:
+    version = int(package["versions"][0])
+    semver = package["semver"]
+    s = db.semvers.c
+    named: Any = conn.execute(sa.select(s.semver, s.version).where(
+        s.model_id == package["model_id"],
+        sa.or_(s.semver == semver, s.version == version))).all()
+    if any((str(n), int(v)) != (semver, version) for n, v in named):
+        raise Conflict(f"Semantic version {semver} or version {version} is already taken.")
+    if not named:
+        conn.execute(db.semvers.insert().values(model_id=package["model_id"], semver=semver,
+                                                version=version, package_id=package["id"]))
+        conn.execute(sa.text(
+            "INSERT INTO model_version_tags (key, value, name, version) "
+            "VALUES (:k, :s, :n, :v)"), {"k": SEMVER_TAG, "s": semver, "n": package["model"],
+                                         "v": version})
+
+
+def revoke(engine: sa.Engine, package: dict[str, Any], by: str) -> dict[str, Any]:
+    if package["status"] in ("revoked", "rejected"):
+        raise Conflict(f"Sharing package {package['id']} is {package['status']}.")
+    change = {"op": "package.revoke", "package": package["id"], "model": package["model"],
+              "teams": package["teams"]}
+    with audited_write(engine, change) as conn:
+        conn.execute(db.package_grants.delete().where(
+            db.package_grants.c.package_id == package["id"]))
+        conn.execute(_P.update().where(_P.c.id == package["id"]).values(
+            status="revoked", revoked_by=by, revoked_at=db.now_ms()))
+        db.bump(conn, db.POLICY_VERSION)
+    return get(engine, package["id"])
+
+
+def list_packages(engine: sa.Engine, *, model_ids: list[str] | None, teams: list[str],
+                  status: str | None = None) -> list[dict[str, Any]]:
+    """Packages of ``model_ids`` (None: all), and published ones that target ``teams``."""
+    query = sa.select(_P, db.resources.c.name, db.resources.c.owner_team).join(
+        db.resources, sa.and_(db.resources.c.kind == MODEL,
+                              db.resources.c.resource_id == _P.c.model_id), isouter=True)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(_P.c.created_at)).all()
+    found = []
+    for row in rows:
+        targets = {t for t, _ in json.loads(row.teams)}
+        visible = model_ids is None or row.model_id in model_ids or (
+            row.status == "published" and targets & set(teams))
+        if visible:
+            package = _as_dict(row)
+            if status is None or package["status"] == status:
+                found.append(package)
+    return found
+
+
+def published_versions(conn: sa.Connection, model_id: str) -> dict[str, int]:
+    """Semantic version -> version number, for versions in a live published package."""
+    now = db.now_ms()
+    rows: Any = conn.execute(sa.select(_P.c.versions).where(
+        _P.c.model_id == model_id, _P.c.status == "published",
+        sa.or_(_P.c.expires_at.is_(None), _P.c.expires_at > now))).scalars().all()
+    live = {int(v) for versions in rows for v in json.loads(versions)}
+    named: Any = conn.execute(sa.select(db.semvers.c.semver, db.semvers.c.version).where(
+        db.semvers.c.model_id == model_id)).all()
+    return {str(s): int(v) for s, v in named if int(v) in live}

@@ -1,0 +1,385 @@
+"""Sharing packages across three teams, validation, semantic versions, lineage and webhooks,
+on a real server with the stock MLflow client and real ONNX models built here."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import sqlalchemy as sa
+
+from tests.conftest import ShareServer
+from tests.integration.test_gateway import _gateway
+
+pytestmark = pytest.mark.integration
+API = "/api/2.0/mlflow"
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+SHARE = "/api/2.0/mlflow-share"
+X = np.random.default_rng(11).random((40, 4)).astype(np.float32)
+
+
+def _classifier() -> Any:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    labels = (X[:, 0] + X[:, 2] > 1.0).astype(np.int64)
+    return to_onnx(LogisticRegression().fit(X, labels), X[:1], options={"zipmap": False})
+
+
+def _log_onnx(server: ShareServer, user: str, name: str, *, params: dict[str, Any]) -> str:
+    """Log and register an ONNX model with the stock client, as ``user``; returns its version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    onx = _classifier()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    labels = session.run(None, {session.get_inputs()[0].name: X})[0]
+    os.environ["MLFLOW_TRACKING_TOKEN"] = server.tokens[user]
+    mlflow.set_tracking_uri(server.url)
+    experiment = f"sharing-{name}"
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run():
+        mlflow.log_params(params)
+        mlflow.log_metric("accuracy", 0.9 + 0.01 * len(params))
+        mlflow.set_tag("mlflow.source.git.commit", "0123456789abcdef")
+        info = mlflow.onnx.log_model(onx, name="model", input_example=X[:2],
+                                     signature=infer_signature(X, labels),
+                                     registered_model_name=name)
+    return str(info.registered_model_version)
+
+
+@pytest.fixture
+def stock(share_server: ShareServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The stock MlflowClient as a given user: ``stock("bea").get_registered_model(...)``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", share_server.url)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+
+    def as_user(user: str) -> MlflowClient:
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", share_server.tokens[user])
+        return MlflowClient(share_server.url)
+
+    yield as_user
+    mlflow.set_tracking_uri(None)
+
+
+def _cli(server: ShareServer, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url,
+           "MLFLOW_TRACKING_TOKEN": server.tokens[user]}
+    return subprocess.run([sys.executable, "-m", "mlflow_share.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _denied(call: Any) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        call()
+    except MlflowException as exc:
+        return exc.error_code == "PERMISSION_DENIED"
+    return False
+
+
+def _invoke(gateway: str, server: ShareServer, user: str, name: str) -> int:
+    return requests.post(f"{gateway}/v1/models/{name}/versions/1/invocations",
+                         json={"inputs": X[:3].tolist()}, timeout=30,
+                         headers={"Authorization": f"Bearer {server.tokens[user]}"}).status_code
+
+
+def test_package_workflow_across_three_teams(share_server: ShareServer, stock: Any,
+                                             unique: str, tmp_path: Path) -> None:
+    import mlflow
+
+    name = f"churn-{unique}"
+    assert _log_onnx(share_server, "aaron", name, params={"C": 1.0}) == "1"
+    created = _cli(share_server, "aaron", "share", "create", name, "--version", "1",
+                   "--team", "team-b:execute", "--team", "team-b:read", "--semver", "1.0.0",
+                   "--description", "Churn classifier for the retention team",
+                   "--intended-use", "weekly churn scoring")
+    assert created.returncode == 0, created.stdout + created.stderr
+    package_id = created.stdout.strip().splitlines()[-1]
+    assert "[validated]" in created.stdout and "ok  onnx v1" in created.stdout
+    assert "metrics v1: accuracy=0.91" in created.stdout  # the run's metrics, snapshotted
+
+    with _gateway(share_server, tmp_path) as gateway:
+        # Before publish: team B (and team C) can neither read nor execute.
+        assert _denied(lambda: stock("bea").get_registered_model(name))
+        assert name not in [m.name for m in stock("bea").search_registered_models()]
+        assert _invoke(gateway, share_server, "bea", name) == 403
+        # An engineer of the owner team may package but not publish.
+        refused = _cli(share_server, "aaron", "share", "publish", package_id)
+        assert refused.returncode != 0 and "PERMISSION_DENIED" in refused.stderr
+        published = _cli(share_server, "alice", "share", "publish", package_id)
+        assert published.returncode == 0, published.stderr
+
+        # After publish: team B finds, reads, downloads and executes it.
+        found = _cli(share_server, "bea", "search", "--semver", "^1")
+        assert found.returncode == 0 and name in found.stdout, found.stderr
+        assert stock("bea").get_registered_model(name).name == name
+        downloaded = mlflow.artifacts.download_artifacts(f"models:/{name}/1",
+                                                         dst_path=str(tmp_path / "b"))
+        assert (Path(downloaded) / "model.onnx").is_file()
+        assert _invoke(gateway, share_server, "bea", name) == 200
+        shown = _cli(share_server, "bert", "share", "show", package_id)  # a team-b viewer
+        assert shown.returncode == 0 and "[published]" in shown.stdout, shown.stderr
+        # Team C still gets nothing.
+        assert _denied(lambda: stock("carl").get_registered_model(name))
+        assert _invoke(gateway, share_server, "carl", name) == 403
+        assert _cli(share_server, "carl", "share", "show", package_id).returncode != 0
+        resolved = _cli(share_server, "bea", "semver", "resolve", name, "^1.0")
+        assert resolved.stdout.strip() == f"1.0.0  models:/{name}/1", resolved.stderr
+
+        # Revoke: team B loses access at once.
+        assert _cli(share_server, "alice", "share", "revoke", package_id).returncode == 0
+        assert _denied(lambda: stock("bea").get_registered_model(name))
+        assert _invoke(gateway, share_server, "bea", name) == 403
+
+    tags = stock("alice").get_model_version(name, "1").tags
+    assert tags["mlflow_share.semver"] == "1.0.0"
+    engine = sa.create_engine(share_server.backend_uri)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT principal, details FROM share_audit_events WHERE details LIKE :p "
+            "ORDER BY seq"), {"p": f"%{package_id}%"}).all()
+    engine.dispose()
+    ops = [(principal, change["op"]) for principal, details in rows
+           for change in json.loads(details).get("changes") or []
+           if str(change.get("op", "")).startswith("package.")]
+    assert ops == [("aaron", "package.create"), ("alice", "package.publish"),
+                   ("alice", "package.revoke")]
+
+
+def _register_files(server: ShareServer, name: str, files: dict[str, bytes]) -> str:
+    token = server.tokens["alice"]
+    experiment = server.api("GET", f"{API}/experiments/get-by-name", token=token,
+                            params={"experiment_name": f"sharing-{name}"})
+    if experiment.ok:
+        experiment_id = experiment.json()["experiment"]["experiment_id"]
+    else:
+        experiment_id = server.api("POST", f"{API}/experiments/create", token=token, json={
+            "name": f"sharing-{name}"}).json()["experiment_id"]
+        assert server.api("POST", f"{API}/registered-models/create", token=token,
+                          json={"name": name}).ok
+    run = server.api("POST", f"{API}/runs/create", token=token, json={
+        "experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+    for relative, data in files.items():
+        assert server.api("PUT", f"{ARTIFACTS}/{experiment_id}/{run}/artifacts/model/"
+                          f"{relative}", token=token, data=data).ok
+    created = server.api("POST", f"{API}/model-versions/create", token=token, json={
+        "name": name, "source": f"runs:/{run}/model", "run_id": run})
+    assert created.status_code == 200, created.text
+    return str(created.json()["model_version"]["version"])
+
+
+def _onnx_files(example: list[list[float]]) -> dict[str, bytes]:
+    signature = {"inputs": json.dumps([{"type": "tensor", "tensor-spec": {
+        "dtype": "float32", "shape": [-1, 4]}}]),
+        "outputs": json.dumps([{"type": "tensor", "tensor-spec": {
+            "dtype": "int64", "shape": [-1]}}])}
+    mlmodel = {"flavors": {"onnx": {"data": "model.onnx", "onnx_version": "1.17.0"},
+                           "python_function": {"loader_module": "mlflow.onnx",
+                                               "data": "model.onnx"}},
+               "signature": signature,
+               "saved_input_example_info": {"artifact_path": "input_example.json",
+                                            "serving_input_path": "serving_input_example.json",
+                                            "type": "ndarray"}}
+    import yaml
+
+    return {"MLmodel": yaml.safe_dump(mlmodel).encode(),
+            "model.onnx": _classifier().SerializeToString(),
+            "input_example.json": json.dumps(example).encode(),
+            "serving_input_example.json": json.dumps({"inputs": example}).encode()}
+
+
+def _create(server: ShareServer, name: str, version: str, **extra: Any) -> dict[str, Any]:
+    body = {"model": name, "versions": [version],
+            "teams": [{"team": "team-b", "permission": "execute"}],
+            "description": "a model", **extra}
+    response = server.api("POST", f"{SHARE}/packages", token=server.tokens["alice"], json=body)
+    assert response.status_code == 200, response.text
+    return dict(response.json()["package"])
+
+
+def _problems(package: dict[str, Any], check: str) -> list[str]:
+    return [p for c in package["report"]["checks"] if c["check"] == check
+            for p in c["problems"]]
+
+
+def test_validation_rejects_with_a_clear_report(share_server: ShareServer, unique: str) -> None:
+    name = f"val-{unique}"
+    good = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    assert _create(share_server, name, good, semver="0.1.0")["status"] == "validated"
+
+    # Missing metadata.
+    bare = _create(share_server, name, good, description=None, semver="not-semver")
+    assert bare["status"] == "rejected"
+    assert any("description" in p for p in _problems(bare, "metadata"))
+    assert any("not-semver" in p for p in _problems(bare, "metadata"))
+
+    # An input example that does not fit the model (3 features, the model takes 4).
+    wrong = _register_files(share_server, name, _onnx_files([[0.1, 0.2, 0.3]]))
+    failing = _create(share_server, name, wrong)
+    assert failing["status"] == "rejected"
+    assert any("expects size 4" in p for p in _problems(failing, "input_example")), failing
+    assert not _problems(failing, "onnx")
+
+    # A model that is not ONNX (a pickled scikit-learn model).
+    pickled = _register_files(share_server, name, {
+        "MLmodel": b"flavors:\n  sklearn:\n    pickled_model: model.pkl\n"
+                   b"  python_function:\n    loader_module: mlflow.sklearn\n",
+        "model.pkl": b"\x80\x04not really a pickle"})
+    not_onnx = _create(share_server, name, pickled)
+    assert not_onnx["status"] == "rejected"
+    assert any("ONNX" in p for p in _problems(not_onnx, "onnx")), not_onnx
+
+    # A corrupted artifact: bytes changed on disk after registration.
+    corrupt = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    location = share_server.api("GET", f"{API}/model-versions/get-download-uri",
+                                token=share_server.tokens["alice"],
+                                params={"name": name, "version": corrupt}).json()[
+        "artifact_uri"].removeprefix("mlflow-artifacts:/")
+    target = share_server.artifacts / location / "model.onnx"
+    target.write_bytes(target.read_bytes()[:-8] + b"tampered")
+    tampered = _create(share_server, name, corrupt)
+    assert tampered["status"] == "rejected"
+    assert any("model.onnx does not match the manifest" in p
+               for p in _problems(tampered, "manifest")), tampered
+    # A rejected package cannot be published.
+    publish = share_server.api("POST", f"{SHARE}/packages/{tampered['id']}/publish",
+                               token=share_server.tokens["alice"])
+    assert publish.status_code == 409, publish.text
+
+
+def test_semver_is_unique_and_ranges_pick_the_newest_published(share_server: ShareServer,
+                                                                 unique: str) -> None:
+    name = f"sem-{unique}"
+    files = _onnx_files(X[:2].tolist())
+    versions = [_register_files(share_server, name, files) for _ in range(4)]
+    token = share_server.tokens["alice"]
+    for version, semver in zip(versions, ("1.2.0", "1.3.0-rc.1", "1.3.0", "2.0.0")):
+        package = _create(share_server, name, version, semver=semver)
+        assert package["status"] == "validated", package
+        assert share_server.api("POST", f"{SHARE}/packages/{package['id']}/publish",
+                                token=token).ok
+    taken = _create(share_server, name, versions[0], semver="2.0.0")
+    assert taken["status"] == "rejected"
+    assert any("already names version" in p for p in _problems(taken, "metadata"))
+
+    def resolve(text: str) -> Any:
+        response = share_server.api("GET", f"{SHARE}/semver/resolve", token=token,
+                                    params={"model": name, "range": text})
+        return response.json().get("semver") if response.ok else response.status_code
+
+    assert resolve("^1.2") == "1.3.0"
+    assert resolve("~1.2.0") == "1.2.0"
+    assert resolve("^2") == "2.0.0"
+    assert resolve(">=1.3.0-rc.0 <1.3.0") == "1.3.0-rc.1"
+    assert resolve("^3") == 404
+    assert resolve("^x.y") == 400
+    listed = share_server.api("GET", f"{SHARE}/semver", token=token,
+                              params={"model": name}).json()["versions"]
+    assert [v["semver"] for v in listed] == ["2.0.0", "1.3.0", "1.3.0-rc.1", "1.2.0"]
+
+
+def test_lineage_and_diff(share_server: ShareServer, unique: str,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"lin-{unique}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", share_server.url)
+    _log_onnx(share_server, "alice", name, params={"C": 1.0})
+    _log_onnx(share_server, "alice", name, params={"C": 0.5, "penalty": "l2"})
+    shown = _cli(share_server, "alice", "lineage", f"models:/{name}/2", "--json")
+    assert shown.returncode == 0, shown.stderr
+    found = json.loads(shown.stdout)
+    assert found["run"]["params"] == {"C": "0.5", "penalty": "l2"}
+    assert found["run"]["code_commit"] == "0123456789abcdef"
+    assert found["run"]["experiment"] == f"sharing-{name}"
+    assert found["parent"] == {"version": "1", "basis": "previous version"}
+    assert len(found["manifest"]["identity"]) == 64
+    assert [t["team"] for t in found["consuming_teams"]] == []
+    changed = _cli(share_server, "alice", "diff", f"models:/{name}/1", f"models:/{name}/2")
+    assert changed.returncode == 0, changed.stderr
+    assert "param C: 1.0 -> 0.5" in changed.stdout
+    assert "param penalty: None -> l2" in changed.stdout
+    assert "metric accuracy: 0.91 -> 0.92" in changed.stdout
+    assert "file ~ MLmodel" in changed.stdout  # run ids differ; model.onnx is the same model
+    # Someone who cannot read the model gets 403; lineage needs read.
+    assert _cli(share_server, "carl", "lineage", f"models:/{name}/1").returncode != 0
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhooks_are_signed_and_private_addresses_refused(share_server: ShareServer,
+                                                           unique: str) -> None:
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    _Receiver.received = []
+    try:
+        name = f"hook-{unique}"
+        version = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+        token = share_server.tokens["bob"]  # a team-b maintainer, subscribing for team-b
+        refused = share_server.api("POST", f"{SHARE}/subscriptions", token=token,
+                                   json={"model": name, "url": "http://10.1.2.3/hook"})
+        assert refused.status_code == 403  # bob cannot read the model yet
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        alice = share_server.tokens["alice"]
+        for private in ("http://10.1.2.3/hook", "http://169.254.169.254/latest/meta-data",
+                        "http://[::ffff:192.168.0.1]/", "http://0x7f000001/", "http://2130706433/",
+                        "file:///etc/passwd"):
+            response = share_server.api("POST", f"{SHARE}/subscriptions", token=alice,
+                                        json={"model": name, "url": private})
+            assert response.status_code == 400, (private, response.text)
+            assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        subscription = share_server.api("POST", f"{SHARE}/subscriptions", token=alice, json={
+            "model": name, "url": url, "team": "team-a"})
+        assert subscription.status_code == 200, subscription.text
+        secret = subscription.json()["subscription"]["secret"]
+        package = _create(share_server, name, version, semver="1.0.0")
+        assert share_server.api("POST", f"{SHARE}/packages/{package['id']}/publish",
+                                token=alice).ok
+        deadline = time.monotonic() + 20
+        while not _Receiver.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _Receiver.received, "no webhook delivery arrived"
+        headers, body = _Receiver.received[0]
+        signed = f"{headers['X-MLflow-Delivery-Id']}.{headers['X-MLflow-Timestamp']}.".encode() + body
+        expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest())
+        assert headers["X-MLflow-Signature"] == "v1," + expected.decode()
+        event = json.loads(body)
+        assert event["event"] == "package.published"
+        assert event["data"]["id"] == package["id"] and event["data"]["semver"] == "1.0.0"
+        deliveries = share_server.api("GET", f"{SHARE}/subscriptions/deliveries", token=alice,
+                                      params={"model": name}).json()["deliveries"]
+        assert [(d["status"], d["attempts"]) for d in deliveries] == [("delivered", 1)]
+    finally:
+        receiver.shutdown()
