@@ -321,11 +321,61 @@ def alias() -> None:
 @click.argument("model")
 @click.argument("alias_name", metavar="ALIAS")
 @click.option("--off", is_flag=True, help="Unprotect it instead.")
+@click.option("--require-approval", is_flag=True,
+              help="Every move also needs a second maintainer's approval.")
 @click.pass_context
-def alias_protect(ctx: click.Context, model: str, alias_name: str, off: bool) -> None:
+def alias_protect(ctx: click.Context, model: str, alias_name: str, off: bool,
+                  require_approval: bool) -> None:
     """Only maintainers may move ALIAS of MODEL, and only onto verified versions."""
-    _run(_client(ctx).protect_alias, model, alias_name, not off)
-    click.echo(f"{model}@{alias_name}: {'unprotected' if off else 'protected'}")
+    _run(_client(ctx).protect_alias, model, alias_name, not off, require_approval)
+    state = "unprotected" if off else "protected" + (
+        ", moves need a second maintainer" if require_approval else "")
+    click.echo(f"{model}@{alias_name}: {state}")
+
+
+@alias.command("request")
+@click.argument("model")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version")
+@click.option("--reason", required=True)
+@click.pass_context
+def alias_request(ctx: click.Context, model: str, alias_name: str, version: str,
+                  reason: str) -> None:
+    """Ask a second maintainer to move ALIAS of MODEL to VERSION; prints the request id."""
+    found = _run(_client(ctx).request_alias_move, model, alias_name, version, reason)
+    click.echo(f"{model}@{alias_name}: {found['from_version']} -> {found['to_version']} "
+               "awaits approval")
+    click.echo(found["id"])
+
+
+@alias.command("approve")
+@click.argument("request_id", metavar="ID")
+@click.pass_context
+def alias_approve(ctx: click.Context, request_id: str) -> None:
+    """Approve (and so make) a requested move; not your own."""
+    found = _run(_client(ctx).approve_alias_move, request_id)
+    click.echo(f"request {request_id}: approved, {found['alias']} -> {found['to_version']}")
+
+
+@alias.command("reject")
+@click.argument("request_id", metavar="ID")
+@click.option("--reason", default=None)
+@click.pass_context
+def alias_reject(ctx: click.Context, request_id: str, reason: str | None) -> None:
+    _run(_client(ctx).reject_alias_move, request_id, reason)
+    click.echo(f"request {request_id}: rejected")
+
+
+@alias.command("requests")
+@click.argument("model")
+@click.option("--status", default=None, help="pending, approved or rejected.")
+@click.pass_context
+def alias_requests(ctx: click.Context, model: str, status: str | None) -> None:
+    """Requested moves of MODEL's protected aliases and their decisions."""
+    for found in _run(_client(ctx).alias_requests, model, status):
+        click.echo(f"{found['id']}  {found['alias']}: {found['from_version']} -> "
+                   f"{found['to_version']}  {found['status']}  by {found['requested_by']}"
+                   + (f", decided by {found['decided_by']}" if found["decided_by"] else ""))
 
 
 @alias.command("move")

@@ -176,9 +176,28 @@ class ShareAdminClient:
                           params={"name": name, "version": version})
 
     # -- aliases: protection, compare-and-set moves, rollback, history -----------------------
-    def protect_alias(self, model: str, alias: str, protect: bool = True) -> dict[str, Any]:
-        return self._call("POST", "/aliases/protect" if protect else "/aliases/unprotect",
-                          {"model": model, "alias": alias})
+    def protect_alias(self, model: str, alias: str, protect: bool = True,
+                      require_approval: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "alias": alias}
+        if protect:
+            body["require_approval"] = require_approval
+        return self._call("POST", "/aliases/protect" if protect else "/aliases/unprotect", body)
+
+    def request_alias_move(self, model: str, alias: str, version: str,
+                           reason: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/aliases/requests", _drop_none({
+            "model": model, "alias": alias, "version": version, "reason": reason}))["request"])
+
+    def approve_alias_move(self, request_id: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/aliases/requests/{request_id}/approve")["request"])
+
+    def reject_alias_move(self, request_id: str, reason: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", f"/aliases/requests/{request_id}/reject",
+                               _drop_none({"reason": reason}))["request"])
+
+    def alias_requests(self, model: str, status: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/aliases/requests", params=_drop_none(
+            {"model": model, "status": status}))["requests"])
 
     def move_alias(self, model: str, alias: str, version: str,
                    expected_version: str | None = None,

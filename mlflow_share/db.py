@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -155,6 +156,27 @@ protected_aliases = sa.Table(
     sa.Column("alias", sa.String(256), primary_key=True),
     sa.Column("protected_by", sa.String(128), nullable=False),
     sa.Column("protected_at", sa.BigInteger, nullable=False),
+    # Moves need a second maintainer's approval (share_alias_requests).
+    sa.Column("require_approval", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+# Requested moves of protected aliases that need a second maintainer: request -> approve or
+# reject, each recorded with who and when.
+alias_requests = sa.Table(
+    "share_alias_requests",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("model_id", sa.String(64), nullable=False, index=True),
+    sa.Column("alias", sa.String(256), nullable=False),
+    sa.Column("from_version", sa.Integer, nullable=True),
+    sa.Column("to_version", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("requested_by", sa.String(128), nullable=False),
+    sa.Column("requested_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending, approved, rejected, failed
+    sa.Column("decided_by", sa.String(128), nullable=True),
+    sa.Column("decided_at", sa.BigInteger, nullable=True),
+    sa.Column("decision", sa.Text, nullable=True),
 )
 
 alias_history = sa.Table(
@@ -308,6 +330,7 @@ def create_schema(engine: Engine) -> None:
     for attempt in range(5):
         try:
             metadata.create_all(engine, checkfirst=True)
+            _add_missing_columns(engine)
             with engine.begin() as conn:
                 for key in (POLICY_VERSION, RESOURCE_VERSION):
                     exists = conn.execute(
@@ -321,6 +344,27 @@ def create_schema(engine: Engine) -> None:
             if attempt == 4:
                 raise
             time.sleep(0.05 * (attempt + 1))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added to an existing table since it was created (each with a default)."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if column.server_default is None and not column.nullable:
+                raise RuntimeError(f"{table.name}.{column.name} needs a default to be added.")
+            kind = column.type.compile(dialect=engine.dialect)
+            default = ""
+            if column.server_default is not None:
+                clause: Any = column.server_default.arg  # type: ignore[attr-defined]
+                default = " DEFAULT " + str(clause.compile(dialect=engine.dialect))
+            null = "" if column.nullable else " NOT NULL"
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                                     f"{kind}{default}{null}")
 
 
 def bump(conn: sa.Connection, key: str) -> None:

@@ -36,7 +36,7 @@ from mlflow_share.audit.log import (
     summarize,
     writer_lock,
 )
-from mlflow_share.errors import Conflict, InvalidInput, MlflowShareError
+from mlflow_share.errors import Conflict, InvalidInput, MlflowShareError, PermissionDenied
 from mlflow_share.stores import ScopedRegistryStore, ScopedTrackingStore
 
 _logger = logging.getLogger(__name__)
@@ -474,16 +474,25 @@ def _alias_move(conn: sa.Connection, name: str, alias: str, version: int | None
         "AND name = :n"), {"n": name}).scalar()
     ctx = AUDIT_CONTEXT.get()
     expected = ctx.extra.get("alias_expected") if ctx is not None else None
-    protected = aliases.is_protected(conn, model_id, alias)
+    rule = aliases.protection(conn, model_id, alias)
+    protected = rule is not None
     principal = ctx.principal if ctx is not None else system_principal()
     reason = ctx.extra.get("alias_reason") if ctx is not None else None
+    request_id = ctx.extra.get("alias_request") if ctx is not None else None
+    if rule is not None and rule.require_approval:
+        if request_id is None:
+            raise PermissionDenied(
+                f"Alias {alias!r} of {name!r} moves only with a second maintainer's approval: "
+                f"mlflow-share alias request {name} {alias} VERSION --reason TEXT.")
+        aliases.decide_in(conn, str(request_id), model_id=model_id, alias=alias,
+                          version=version, by=principal)
     before = aliases.record(conn, model_id=model_id, name=name, alias=alias,
                             to_version=version, principal=principal, reason=reason,
                             expected_version=int(expected) if expected is not None else None,
                             protected_move=protected)
     return {"model_id": model_id, "protected": protected, "model": name, "alias": alias,
             "from_version": before, "to_version": version, "principal": principal,
-            "reason": reason}
+            "reason": reason, "request": request_id}
 
 
 def _notify_alias_move(move: dict[str, Any]) -> None:

@@ -16,32 +16,44 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
 
 from mlflow_share import db
-from mlflow_share.errors import Conflict, InvalidInput, NotFound
+from mlflow_share.audit.log import audited_write
+from mlflow_share.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 
 BRANCH_PREFIX = "branch-"
 _P = db.protected_aliases
 _H = db.alias_history
 
 
-def is_protected(conn: sa.Connection, model_id: str | None, alias: str) -> bool:
+def protection(conn: sa.Connection, model_id: str | None, alias: str) -> Any:
+    """The alias's protection row (``require_approval``), or None if it is not protected."""
     if model_id is None:
-        return False
-    return conn.execute(sa.select(_P.c.alias).where(
-        _P.c.model_id == model_id, _P.c.alias == alias)).first() is not None
+        return None
+    return conn.execute(sa.select(_P.c.alias, _P.c.require_approval).where(
+        _P.c.model_id == model_id, _P.c.alias == alias)).first()
 
 
-def protect(engine: sa.Engine, model_id: str, alias: str, user: str) -> None:
+def is_protected(conn: sa.Connection, model_id: str | None, alias: str) -> bool:
+    return protection(conn, model_id, alias) is not None
+
+
+def protect(engine: sa.Engine, model_id: str, alias: str, user: str,
+            require_approval: bool = False) -> None:
     if alias.startswith(BRANCH_PREFIX):
         raise InvalidInput(f"{alias!r} is a branch: branches are never protected.")
     with engine.begin() as conn:
         if not is_protected(conn, model_id, alias):
             conn.execute(_P.insert().values(model_id=model_id, alias=alias, protected_by=user,
-                                            protected_at=db.now_ms()))
+                                            protected_at=db.now_ms(),
+                                            require_approval=require_approval))
+        else:
+            conn.execute(_P.update().where(_P.c.model_id == model_id, _P.c.alias == alias)
+                         .values(require_approval=require_approval))
 
 
 def unprotect(engine: sa.Engine, model_id: str, alias: str) -> bool:
@@ -50,11 +62,79 @@ def unprotect(engine: sa.Engine, model_id: str, alias: str) -> bool:
             _P.c.model_id == model_id, _P.c.alias == alias)).rowcount)
 
 
-def protected(engine: sa.Engine, model_id: str) -> list[str]:
+def protected(engine: sa.Engine, model_id: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        found: list[Any] = list(conn.execute(
-            sa.select(_P.c.alias).where(_P.c.model_id == model_id)).scalars())
-    return sorted(str(alias) for alias in found)
+        rows: Any = conn.execute(sa.select(_P).where(_P.c.model_id == model_id)
+                                 .order_by(_P.c.alias)).all()
+    return [{"alias": r.alias, "require_approval": bool(r.require_approval),
+             "protected_by": r.protected_by, "protected_at": r.protected_at} for r in rows]
+
+
+# -- moves that need a second maintainer -------------------------------------------------------
+_R = db.alias_requests
+
+
+def request_move(engine: sa.Engine, *, model_id: str, name: str, alias: str, version: int,
+                 reason: str | None, by: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        rule = protection(conn, model_id, alias)
+        if rule is None or not rule.require_approval:
+            raise InvalidInput(f"Alias {alias!r} of {name!r} does not need an approval: move it.")
+        check_target(conn, name, version)
+        before = current_version(conn, name, alias)
+    request_id = uuid.uuid4().hex[:16]
+    change = {"op": "alias.request", "request": request_id, "model": name, "alias": alias,
+              "from_version": before, "to_version": version, "reason": reason}
+    with audited_write(engine, change) as conn:
+        conn.execute(_R.insert().values(
+            id=request_id, model_id=model_id, alias=alias, from_version=before,
+            to_version=version, reason=reason, requested_by=by, requested_at=db.now_ms(),
+            status="pending"))
+    return get_request(engine, request_id)
+
+
+def get_request(engine: sa.Engine, request_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(_R).where(_R.c.id == str(request_id)[:32])).first()
+    if row is None:
+        raise NotFound(f"Alias move request {request_id!r} does not exist.")
+    return dict(row._mapping)
+
+
+def list_requests(engine: sa.Engine, model_id: str, status: str | None = None
+                  ) -> list[dict[str, Any]]:
+    query = sa.select(_R).where(_R.c.model_id == model_id)
+    if status:
+        query = query.where(_R.c.status == status)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query.order_by(_R.c.requested_at))]
+
+
+def decide_in(conn: sa.Connection, request_id: str, *, model_id: str | None, alias: str,
+              version: int | None, by: str) -> None:
+    """Inside the move's transaction: the approved request, claimed once (409 for a second)."""
+    row = conn.execute(sa.select(_R).where(_R.c.id == request_id)).first()
+    if row is None or row.model_id != model_id or row.alias != alias or \
+            row.to_version != version:
+        raise Conflict(f"Request {request_id} does not ask for this move.")
+    if row.requested_by == by:
+        raise PermissionDenied("A move needs a second maintainer: you cannot approve your "
+                               "own request.")
+    claimed = conn.execute(_R.update().where(_R.c.id == request_id, _R.c.status == "pending")
+                           .values(status="approved", decided_by=by,
+                                   decided_at=db.now_ms())).rowcount
+    if not claimed:
+        raise Conflict(f"Request {request_id} was already decided.")
+
+
+def reject(engine: sa.Engine, request: dict[str, Any], by: str, reason: str | None) -> None:
+    change = {"op": "alias.reject", "request": request["id"], "reason": reason}
+    with audited_write(engine, change) as conn:
+        rejected = conn.execute(_R.update().where(
+            _R.c.id == request["id"], _R.c.status == "pending").values(
+            status="rejected", decided_by=by, decided_at=db.now_ms(), decision=reason)).rowcount
+        if not rejected:
+            raise Conflict(f"Request {request['id']} was already decided.")
 
 
 def current_version(conn: sa.Connection, name: str, alias: str) -> int | None:

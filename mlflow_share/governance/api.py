@@ -1,4 +1,5 @@
-"""``/api/2.0/mlflow-share/aliases/...``: protect, move (compare-and-set), roll back, history.
+"""``/api/2.0/mlflow-share/aliases/...``: protect, move (compare-and-set), roll back, history,
+and moves that need a second maintainer (``/requests``: request -> approve or reject).
 
 Reading needs read on the model; moving an alias needs write, or manage when it is protected;
 protecting and unprotecting need manage. Moves go through MLflow's own registry store, so
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
+from mlflow_share import db
 from mlflow_share.admin.api import (
     PREFIX,
     current_principal,
@@ -21,7 +24,7 @@ from mlflow_share.admin.api import (
     string_field,
 )
 from mlflow_share.audit.log import AUDIT_CONTEXT
-from mlflow_share.errors import InvalidInput, NotFound
+from mlflow_share.errors import Conflict, InvalidInput, NotFound
 from mlflow_share.governance import aliases
 from mlflow_share.policy.enforcer import PolicyEngine
 
@@ -46,12 +49,13 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         return model_id
 
     def move(name: str, alias: str, version: int, expected: int | None,
-             reason: str | None) -> None:
+             reason: str | None, request_id: str | None = None) -> None:
         from mlflow.server.handlers import _get_model_registry_store
 
         ctx = AUDIT_CONTEXT.get()
         if ctx is not None:
-            ctx.extra.update({"alias_expected": expected, "alias_reason": reason})
+            ctx.extra.update({"alias_expected": expected, "alias_reason": reason,
+                              "alias_request": request_id})
         _get_model_registry_store().set_registered_model_alias(name, alias, str(version))
 
     def guard(name: str, alias: str) -> str:
@@ -71,8 +75,13 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         data = json_body()
         name, alias = string_field(data, "model"), string_field(data, "alias")
         assert name and alias
-        aliases.protect(engine, allowed(name, "manage"), alias, current_principal().name)
-        return jsonify({"model": name, "alias": alias, "protected": True})
+        approval = data.get("require_approval", False)
+        if not isinstance(approval, bool):
+            raise InvalidInput("'require_approval' must be true or false.")
+        aliases.protect(engine, allowed(name, "manage"), alias, current_principal().name,
+                        approval)
+        return jsonify({"model": name, "alias": alias, "protected": True,
+                        "require_approval": approval})
 
     @api.post("/unprotect")
     def unprotect() -> Response:
@@ -110,6 +119,53 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         move(name, alias, target, current, reason)
         return jsonify({"model": name, "alias": alias, "version": str(target),
                         "from_version": str(current) if current is not None else None})
+
+    # -- moves that need a second maintainer ---------------------------------------------------
+    def request_for(request_id: str, action: str) -> tuple[dict[str, Any], str]:
+        found = aliases.get_request(engine, request_id)
+        with engine.connect() as conn:
+            name = conn.execute(sa.select(db.resources.c.name).where(
+                db.resources.c.resource_id == found["model_id"])).scalar()
+        if name is None:
+            raise NotFound(f"The model of request {request_id!r} no longer exists.")
+        allowed(str(name), action)
+        return found, str(name)
+
+    @api.post("/requests")
+    def request_move() -> Response:
+        data = json_body()
+        name, alias = string_field(data, "model"), string_field(data, "alias")
+        assert name and alias
+        version = _version(data.get("version"), "version")
+        assert version is not None
+        model_id = allowed(name, "manage")
+        return jsonify({"request": aliases.request_move(
+            engine, model_id=model_id, name=name, alias=alias, version=version,
+            reason=string_field(data, "reason", required=False), by=current_principal().name)})
+
+    @api.get("/requests")
+    def list_requests() -> Response:
+        name = request.args.get("model") or ""
+        return jsonify({"requests": aliases.list_requests(
+            engine, allowed(name, "read"), request.args.get("status"))})
+
+    @api.post("/requests/<request_id>/approve")
+    def approve(request_id: str) -> Response:
+        found, name = request_for(request_id, "manage")
+        if found["status"] != "pending":
+            raise Conflict(f"Request {request_id} is {found['status']}.")
+        move(name, found["alias"], int(found["to_version"]), found["from_version"],
+             found["reason"], request_id)
+        return jsonify({"request": aliases.get_request(engine, request_id)})
+
+    @api.post("/requests/<request_id>/reject")
+    def reject(request_id: str) -> Response:
+        found, _ = request_for(request_id, "manage")
+        data = request.get_json(silent=True) or {}
+        reason = data.get("reason") if isinstance(data, dict) else None
+        aliases.reject(engine, found, current_principal().name,
+                       reason if isinstance(reason, str) else None)
+        return jsonify({"request": aliases.get_request(engine, request_id)})
 
     @api.get("/history")
     def alias_history() -> Response:

@@ -35,6 +35,16 @@ def _model_with_versions(server: ShareServer, name: str, count: int) -> None:
         assert created.status_code == 200, created.text
 
 
+def _second_maintainer(server: ShareServer, unique: str) -> str:
+    """Another maintainer of team-a (alice is the first)."""
+    second = f"amy-{unique}"
+    server.admin("POST", "/users", json={"name": second, "password": USER_PASSWORD})
+    server.admin("POST", "/teams/members", json={"team": "team-a", "user": second,
+                                                 "role": "maintainer"})
+    server.tokens[second] = server.admin("POST", "/tokens", json={"user": second}).json()["token"]
+    return second
+
+
 def _alias(server: ShareServer, user: str, name: str, alias: str, version: str) -> Any:
     return server.api("POST", f"{API}/registered-models/alias", token=server.tokens[user],
                       json={"name": name, "alias": alias, "version": version})
@@ -85,12 +95,7 @@ def test_concurrent_moves_one_wins_the_other_gets_409(share_server: ShareServer,
                                                       unique: str) -> None:
     name = f"gov-race-{unique}"
     _model_with_versions(share_server, name, 3)
-    second = f"amy-{unique}"
-    share_server.admin("POST", "/users", json={"name": second, "password": USER_PASSWORD})
-    share_server.admin("POST", "/teams/members", json={"team": "team-a", "user": second,
-                                                       "role": "maintainer"})
-    share_server.tokens[second] = share_server.admin("POST", "/tokens", json={
-        "user": second}).json()["token"]
+    second = _second_maintainer(share_server, unique)
     assert _alias(share_server, "alice", name, "production", "1").ok
     share_server.api("POST", f"{SHARE}/aliases/protect", token=share_server.tokens["alice"],
                      json={"model": name, "alias": "production"})
@@ -138,3 +143,48 @@ def test_branches_are_free_for_engineers_and_never_protected(share_server: Share
     assert listed["protected"] == []
     assert share_server.api("GET", f"{SHARE}/aliases", token=share_server.tokens["carl"],
                             params={"model": name}).status_code == 403
+
+
+def test_a_move_can_require_a_second_maintainer(share_server: ShareServer, unique: str) -> None:
+    name = f"gov-4eyes-{unique}"
+    _model_with_versions(share_server, name, 3)
+    second = _second_maintainer(share_server, unique)
+    assert _alias(share_server, "alice", name, "production", "1").ok
+    protect = _cli(share_server, "alice", "alias", "protect", name, "production",
+                   "--require-approval")
+    assert protect.returncode == 0 and "second maintainer" in protect.stdout, protect.stderr
+    # Nobody moves it directly any more, maintainers included, through stock MLflow or ours.
+    direct = _alias(share_server, "alice", name, "production", "2")
+    assert direct.status_code == 403 and "approval" in direct.json()["message"]
+    assert share_server.api("POST", f"{SHARE}/aliases/move", token=share_server.tokens["alice"],
+                            json={"model": name, "alias": "production",
+                                  "version": "2"}).status_code == 403
+    # An engineer cannot even ask.
+    assert _cli(share_server, "aaron", "alias", "request", name, "production", "2",
+                "--reason", "x").returncode != 0
+    asked = _cli(share_server, "alice", "alias", "request", name, "production", "2",
+                 "--reason", "v2 wins the A/B test")
+    assert asked.returncode == 0, asked.stderr
+    request_id = asked.stdout.strip().splitlines()[-1]
+    own = _cli(share_server, "alice", "alias", "approve", request_id)
+    assert own.returncode != 0 and "your own request" in own.stderr
+    approved = _cli(share_server, second, "alias", "approve", request_id)
+    assert approved.returncode == 0, approved.stderr
+    again = _cli(share_server, second, "alias", "approve", request_id)
+    assert again.returncode != 0 and "approved" in again.stderr
+    got = share_server.api("GET", f"{API}/registered-models/alias", token=share_server.tokens[
+        "ava"], params={"name": name, "alias": "production"}).json()
+    assert got["model_version"]["version"] == "2"
+    # A second request, rejected: the alias stays.
+    second_ask = _cli(share_server, "alice", "alias", "request", name, "production", "3",
+                      "--reason", "try v3")
+    rejected = _cli(share_server, second, "alias", "reject",
+                    second_ask.stdout.strip().splitlines()[-1], "--reason", "not yet")
+    assert rejected.returncode == 0, rejected.stderr
+    listed = _cli(share_server, "ava", "alias", "requests", name)
+    lines = listed.stdout.strip().splitlines()
+    assert [line.split("  ")[2] for line in lines] == ["approved", "rejected"]
+    assert f"decided by {second}" in lines[0]
+    history = _cli(share_server, "ava", "alias", "history", name, "--alias", "production")
+    assert history.stdout.strip().splitlines()[-1].split("  ")[1] == "production: 1 -> 2"
+    assert f"by {second}" in history.stdout.strip().splitlines()[-1]

@@ -326,6 +326,58 @@ def test_lineage_and_diff(share_server: ShareServer, unique: str,
     assert _cli(share_server, "carl", "lineage", f"models:/{name}/1").returncode != 0
 
 
+def test_an_expired_package_stops_granting_at_once(share_server: ShareServer, stock: Any,
+                                                  unique: str) -> None:
+    name = f"exp-{unique}"
+    version = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    expires_at = int(time.time() * 1000) + 4000
+    package = _create(share_server, name, version, expires_at=expires_at,
+                      teams=[{"team": "team-b", "permission": "read"}])
+    assert share_server.api("POST", f"{SHARE}/packages/{package['id']}/publish",
+                            token=share_server.tokens["alice"]).ok
+    assert stock("bea").get_registered_model(name).name == name
+    time.sleep(max(0.0, expires_at / 1000 - time.time()) + 0.2)
+    assert _denied(lambda: stock("bea").get_registered_model(name))
+    assert name not in [m.name for m in stock("bea").search_registered_models()]
+    shown = share_server.api("GET", f"{SHARE}/packages/{package['id']}",
+                             token=share_server.tokens["alice"]).json()["package"]
+    assert shown["status"] == "expired"
+    past = share_server.api("POST", f"{SHARE}/packages", token=share_server.tokens["alice"],
+                            json={"model": name, "versions": [version], "expires_at": 1,
+                                  "teams": [{"team": "team-b", "permission": "read"}]})
+    assert past.status_code == 400 and "past" in past.json()["message"]
+
+
+def test_bad_package_requests_are_refused_whole(share_server: ShareServer, unique: str) -> None:
+    name = f"bad-{unique}"
+    version = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    token = share_server.tokens["alice"]
+    for body, status in (
+            ({"model": name, "versions": [version], "teams": [{"team": "team-z",
+                                                              "permission": "read"}]}, 404),
+            ({"model": name, "versions": [version], "teams": [{"team": "team-b",
+                                                              "permission": "manage"}]}, 400),
+            ({"model": name, "versions": ["99"], "teams": [{"team": "team-b",
+                                                           "permission": "read"}]}, 404),
+            ({"model": name, "alias": "nope", "teams": [{"team": "team-b",
+                                                        "permission": "read"}]}, 404),
+            ({"model": name, "teams": [{"team": "team-b", "permission": "read"}]}, 400),
+            ({"model": name, "versions": [version], "teams": "team-b:read"}, 400),
+            ({"model": name, "versions": [version], "description": 5,
+              "teams": [{"team": "team-b", "permission": "read"}]}, 400)):
+        response = share_server.api("POST", f"{SHARE}/packages", token=token, json=body)
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["error_code"] in ("INVALID_PARAMETER_VALUE",
+                                                 "RESOURCE_DOES_NOT_EXIST")
+    # Team B's engineer cannot package team A's model; nothing was stored by the above.
+    assert share_server.api("POST", f"{SHARE}/packages", token=share_server.tokens["bea"], json={
+        "model": name, "versions": [version],
+        "teams": [{"team": "team-b", "permission": "read"}]}).status_code in (403, 404)
+    assert share_server.api("GET", f"{SHARE}/packages", token=token,
+                            params={"model": name}).json()["packages"] == []
+    assert share_server.api("GET", f"{SHARE}/packages/../../x", token=token).status_code == 404
+
+
 class _Receiver(BaseHTTPRequestHandler):
     received: list[tuple[dict[str, str], bytes]] = []
 
@@ -381,5 +433,24 @@ def test_webhooks_are_signed_and_private_addresses_refused(share_server: ShareSe
         deliveries = share_server.api("GET", f"{SHARE}/subscriptions/deliveries", token=alice,
                                       params={"model": name}).json()["deliveries"]
         assert [(d["status"], d["attempts"]) for d in deliveries] == [("delivered", 1)]
+
+        # A protected alias's move is announced too; a branch's is not.
+        for alias in ("production", "branch-x"):
+            assert share_server.api("POST", f"{API}/registered-models/alias", token=alice, json={
+                "name": name, "alias": alias, "version": version}).ok
+        share_server.api("POST", f"{SHARE}/aliases/protect", token=alice,
+                         json={"model": name, "alias": "production"})
+        second = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+        for alias in ("production", "branch-x"):
+            assert share_server.api("POST", f"{API}/registered-models/alias", token=alice, json={
+                "name": name, "alias": alias, "version": second}).ok
+        deadline = time.monotonic() + 20
+        while len(_Receiver.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        events = [json.loads(body) for _, body in _Receiver.received[1:]]
+        assert [(e["event"], e["data"]["alias"], e["data"]["from_version"],
+                 e["data"]["to_version"]) for e in events] == [
+            ("alias.moved", "production", int(version), int(second))]
     finally:
         receiver.shutdown()
