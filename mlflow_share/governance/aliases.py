@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -145,7 +146,8 @@ def current_version(conn: sa.Connection, name: str, alias: str) -> int | None:
 
 
 def check_target(conn: sa.Connection, name: str, version: int) -> None:
-    """A protected alias only points at a READY version that has a verified manifest."""
+    """A protected alias only points at a READY version that has a verified manifest and
+    whose validation passed (a sharing package pins it and was not rejected)."""
     row = conn.execute(sa.text(
         "SELECT status, storage_location FROM model_versions WHERE name = :n AND version = :v"),
         {"n": name, "v": version}).first()
@@ -157,6 +159,14 @@ def check_target(conn: sa.Connection, name: str, version: int) -> None:
     if row.status != "READY" or manifest is None:
         raise Conflict(f"Version {version} of {name!r} is not a READY version with a verified "
                        "manifest: a protected alias cannot point at it.")
+    pinned: Any = conn.execute(sa.select(db.packages.c.versions).join(
+        db.resources, sa.and_(db.resources.c.kind == "registered_model",
+                              db.resources.c.resource_id == db.packages.c.model_id)).where(
+        db.resources.c.name == name, db.packages.c.status != "rejected")).scalars().all()
+    if not any(version in json.loads(versions) for versions in pinned):
+        raise Conflict(f"Version {version} of {name!r} has not passed validation: a protected "
+                       f"alias cannot point at it. Validate it first: mlflow-share share create "
+                       f"{name} --version {version} --team TEAM:PERMISSION ...")
 
 
 def record(conn: sa.Connection, *, model_id: str | None, name: str, alias: str,

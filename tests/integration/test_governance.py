@@ -12,27 +12,25 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import USER_PASSWORD, ShareServer
+from tests.integration.test_sharing import X, _onnx_files, _register_files
 
 pytestmark = pytest.mark.integration
 API = "/api/2.0/mlflow"
-ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 SHARE = "/api/2.0/mlflow-share"
 
 
-def _model_with_versions(server: ShareServer, name: str, count: int) -> None:
-    token = server.tokens["alice"]
-    experiment = server.api("POST", f"{API}/experiments/create", token=token,
-                            json={"name": f"gov-{name}"}).json()["experiment_id"]
-    assert server.api("POST", f"{API}/registered-models/create", token=token,
-                      json={"name": name}).ok
-    for index in range(count):
-        run = server.api("POST", f"{API}/runs/create", token=token, json={
-            "experiment_id": experiment}).json()["run"]["info"]["run_id"]
-        assert server.api("PUT", f"{ARTIFACTS}/{experiment}/{run}/artifacts/model/MLmodel",
-                          token=token, data=f"v{index}".encode()).ok
-        created = server.api("POST", f"{API}/model-versions/create", token=token,
-                             json={"name": name, "source": f"runs:/{run}/model", "run_id": run})
-        assert created.status_code == 200, created.text
+def _model_with_versions(server: ShareServer, name: str, count: int, *,
+                         validated: bool = True) -> None:
+    """``count`` versions of a real ONNX model, each validated by a (unpublished) package."""
+    files = _onnx_files(X[:2].tolist())
+    for _ in range(count):
+        version = _register_files(server, name, files)
+        if validated:
+            package = server.api("POST", f"{SHARE}/packages", token=server.tokens["alice"],
+                                 json={"model": name, "versions": [version],
+                                       "description": "governance test",
+                                       "teams": [{"team": "team-b", "permission": "read"}]})
+            assert package.json()["package"]["status"] == "validated", package.text
 
 
 def _second_maintainer(server: ShareServer, unique: str) -> str:
@@ -188,3 +186,15 @@ def test_a_move_can_require_a_second_maintainer(share_server: ShareServer, uniqu
     history = _cli(share_server, "ava", "alias", "history", name, "--alias", "production")
     assert history.stdout.strip().splitlines()[-1].split("  ")[1] == "production: 1 -> 2"
     assert f"by {second}" in history.stdout.strip().splitlines()[-1]
+
+
+def test_a_protected_alias_only_points_at_validated_versions(share_server: ShareServer,
+                                                            unique: str) -> None:
+    name = f"gov-valid-{unique}"
+    _model_with_versions(share_server, name, 1)
+    _model_with_versions(share_server, name, 1, validated=False)
+    assert _alias(share_server, "alice", name, "production", "1").ok
+    assert _cli(share_server, "alice", "alias", "protect", name, "production").returncode == 0
+    refused = _alias(share_server, "alice", name, "production", "2")
+    assert refused.status_code == 409 and "not passed validation" in refused.json()["message"]
+    assert _alias(share_server, "alice", name, "branch-try-v2", "2").ok  # branches: free

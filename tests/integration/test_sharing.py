@@ -441,6 +441,7 @@ def test_webhooks_are_signed_and_private_addresses_refused(share_server: ShareSe
         share_server.api("POST", f"{SHARE}/aliases/protect", token=alice,
                          json={"model": name, "alias": "production"})
         second = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+        assert _create(share_server, name, second)["status"] == "validated"
         for alias in ("production", "branch-x"):
             assert share_server.api("POST", f"{API}/registered-models/alias", token=alice, json={
                 "name": name, "alias": alias, "version": second}).ok
