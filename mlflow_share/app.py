@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from mlflow_share import config, db
-from mlflow_share.directory import Directory, generate_password
+from mlflow_share.directory import MODEL, Directory, generate_password
 from mlflow_share.errors import Conflict
 
 _logger = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ def create_app(flask_app: Any = None) -> Any:
         announce_generated_admin(os.environ.get(config.ADMIN_USERNAME_ENV) or "admin", generated)
 
     policy = PolicyEngine(engine, settings.password_cache_seconds)
-    notifications.install(engine)
+    notifications.install(engine, lambda user, model_id: policy.is_allowed(
+        policy.principal(user), MODEL, model_id, policy.owner_of(MODEL, model_id), "read"))
     lookups = MlflowLookups(engine)
 
     gate = AuditGate(AuditAppender(engine))

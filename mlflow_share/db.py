@@ -247,7 +247,7 @@ subscriptions = sa.Table(
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("model_id", sa.String(64), nullable=False, index=True),
-    sa.Column("subscriber", sa.String(128), nullable=False),  # "team:<name>" or "user:<name>"
+    sa.Column("subscriber", sa.String(192), nullable=False),  # "team:<name>" or "user:<name>"
     sa.Column("url", sa.Text, nullable=False),
     sa.Column("secret", sa.String(128), nullable=False),
     sa.Column("created_by", sa.String(128), nullable=False),

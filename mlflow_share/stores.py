@@ -36,6 +36,8 @@ def _readable_ids(kind: str, scope: SearchScope) -> sa.Select[Any]:
     shared = sa.select(pg.resource_id).where(
         pg.kind == kind, pg.team.in_(scope.teams), pg.permission.in_(_READ_PERMISSIONS),
         sa.or_(pg.expires_at.is_(None), pg.expires_at > db.now_ms()),
+        pg.package_id.in_(sa.select(db.packages.c.id).where(
+            db.packages.c.status == "published")),
     )
     return sa.select(sa.union(owned, granted, shared).subquery().c.resource_id)
 

@@ -452,6 +452,24 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
         _notify_alias_move(move)
         return result
 
+    def delete_model_version(self, name: str, version: str) -> Any:
+        """MLflow drops the version's aliases with it: not a protected one (move it first)."""
+        from mlflow_share.governance import aliases
+
+        with self.ManagedSessionMaker(read_only=False) as session:
+            conn = session.connection()
+            model_id = conn.execute(sa.text(
+                "SELECT resource_id FROM share_resources WHERE kind = 'registered_model' "
+                "AND name = :n"), {"n": name}).scalar()
+            held: Any = conn.execute(sa.text(
+                "SELECT alias FROM registered_model_aliases WHERE name = :n AND version = :v"),
+                {"n": name, "v": int(version) if str(version).isdigit() else -1}).scalars().all()
+            for alias in held:
+                if aliases.is_protected(conn, model_id, str(alias)):
+                    raise Conflict(f"Version {version} of {name!r} is the target of protected "
+                                   f"alias {alias!r}: move the alias before deleting it.")
+        return super().delete_model_version(name, version)
+
     def set_model_version_tag(self, name: str, version: str, tag: Any) -> Any:
         _refuse_reserved_tag(tag.key)
         return super().set_model_version_tag(name, version, tag)

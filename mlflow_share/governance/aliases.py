@@ -47,8 +47,13 @@ def protect(engine: sa.Engine, model_id: str, alias: str, user: str,
             require_approval: bool = False) -> None:
     if alias.startswith(BRANCH_PREFIX):
         raise InvalidInput(f"{alias!r} is a branch: branches are never protected.")
-    with engine.begin() as conn:
-        if not is_protected(conn, model_id, alias):
+    change = {"op": "alias.protect", "model_id": model_id, "alias": alias,
+              "require_approval": require_approval}
+    with audited_write(engine, change) as conn:
+        before = protection(conn, model_id, alias)
+        change["before"] = None if before is None else {
+            "require_approval": bool(before.require_approval)}
+        if before is None:
             conn.execute(_P.insert().values(model_id=model_id, alias=alias, protected_by=user,
                                             protected_at=db.now_ms(),
                                             require_approval=require_approval))
@@ -58,7 +63,8 @@ def protect(engine: sa.Engine, model_id: str, alias: str, user: str,
 
 
 def unprotect(engine: sa.Engine, model_id: str, alias: str) -> bool:
-    with engine.begin() as conn:
+    with audited_write(engine, {"op": "alias.unprotect", "model_id": model_id,
+                                "alias": alias}) as conn:
         return bool(conn.execute(_P.delete().where(
             _P.c.model_id == model_id, _P.c.alias == alias)).rowcount)
 
@@ -147,7 +153,7 @@ def current_version(conn: sa.Connection, name: str, alias: str) -> int | None:
 
 def check_target(conn: sa.Connection, name: str, version: int) -> None:
     """A protected alias only points at a READY version that has a verified manifest and
-    whose validation passed (a sharing package pins it and was not rejected)."""
+    whose validation passed (a validated or published sharing package pins it)."""
     row = conn.execute(sa.text(
         "SELECT status, storage_location FROM model_versions WHERE name = :n AND version = :v"),
         {"n": name, "v": version}).first()
@@ -162,7 +168,7 @@ def check_target(conn: sa.Connection, name: str, version: int) -> None:
     pinned: Any = conn.execute(sa.select(db.packages.c.versions).join(
         db.resources, sa.and_(db.resources.c.kind == "registered_model",
                               db.resources.c.resource_id == db.packages.c.model_id)).where(
-        db.resources.c.name == name, db.packages.c.status != "rejected")).scalars().all()
+        db.resources.c.name == name, db.packages.c.status.in_(("validated", "published")))).scalars().all()
     if not any(version in json.loads(versions) for versions in pinned):
         raise Conflict(f"Version {version} of {name!r} has not passed validation: a protected "
                        f"alias cannot point at it. Validate it first: mlflow-share share create "

@@ -24,7 +24,7 @@ from mlflow_share.admin.api import (
     string_field,
 )
 from mlflow_share.audit.log import AUDIT_CONTEXT
-from mlflow_share.errors import Conflict, InvalidInput, NotFound
+from mlflow_share.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from mlflow_share.governance import aliases
 from mlflow_share.policy.enforcer import PolicyEngine
 
@@ -60,9 +60,20 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
 
     def guard(name: str, alias: str) -> str:
         model_id = allowed(name, "write")
-        if alias in aliases.protected(engine, model_id):
-            allowed(name, "manage")
+        with engine.connect() as conn:
+            if aliases.is_protected(conn, model_id, alias):
+                allowed(name, "manage")
         return model_id
+
+    def loosening(model_id: str, alias: str, keeps_approval: bool) -> None:
+        """Dropping a second maintainer's approval is for org admins only (else one
+        maintainer could switch it off, move the alias, and switch it on again)."""
+        with engine.connect() as conn:
+            rule = aliases.protection(conn, model_id, alias)
+        if rule is not None and rule.require_approval and not keeps_approval and \
+                not current_principal().is_admin:
+            raise PermissionDenied(f"Alias {alias!r} needs a second maintainer's approval to "
+                                   "move; only an org admin may lift that.")
 
     @api.get("")
     def list_aliases() -> Response:
@@ -78,8 +89,9 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         approval = data.get("require_approval", False)
         if not isinstance(approval, bool):
             raise InvalidInput("'require_approval' must be true or false.")
-        aliases.protect(engine, allowed(name, "manage"), alias, current_principal().name,
-                        approval)
+        model_id = allowed(name, "manage")
+        loosening(model_id, alias, approval)
+        aliases.protect(engine, model_id, alias, current_principal().name, approval)
         return jsonify({"model": name, "alias": alias, "protected": True,
                         "require_approval": approval})
 
@@ -88,7 +100,9 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         data = json_body()
         name, alias = string_field(data, "model"), string_field(data, "alias")
         assert name and alias
-        removed = aliases.unprotect(engine, allowed(name, "manage"), alias)
+        model_id = allowed(name, "manage")
+        loosening(model_id, alias, False)
+        removed = aliases.unprotect(engine, model_id, alias)
         return jsonify({"model": name, "alias": alias, "protected": False, "changed": removed})
 
     @api.post("/move")

@@ -41,7 +41,8 @@ def _metrics(conn: sa.Connection, run_id: str | None) -> dict[str, float]:
 def _version_row(conn: sa.Connection, name: str, version: int) -> Any:
     row = conn.execute(sa.text(
         "SELECT name, version, run_id, source, status, creation_time, description "
-        "FROM model_versions WHERE name = :n AND version = :v"), {"n": name, "v": version}).first()
+        "FROM model_versions WHERE name = :n AND version = :v "
+        "AND current_stage != 'Deleted_Internal'"), {"n": name, "v": version}).first()
     if row is None:
         raise NotFound(f"Registered model {name!r} has no version {version}.")
     return row
@@ -205,10 +206,15 @@ def parse_metric(text: str) -> tuple[str, Callable[[float, float], bool], float]
     raise InvalidInput(f"Invalid metric filter {text!r}: e.g. accuracy>=0.9.")
 
 
-def search(engine: sa.Engine, model_ids: list[str], *, owner_team: str | None = None,
-           tag: str | None = None, semver_range: str | None = None,
-           metric: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-    """Summaries of the given (readable) models that pass every filter."""
+def search(engine: sa.Engine, model_ids: list[str], run_visible: Callable[[str | None], bool],
+           *, owner_team: str | None = None, tag: str | None = None,
+           semver_range: str | None = None, metric: str | None = None,
+           status: str | None = None) -> list[dict[str, Any]]:
+    """Summaries of the given (readable) models that pass every filter.
+
+    Metrics are the run's when the caller may read its experiment, else those a published
+    sharing package disclosed for that version (its snapshot), else none.
+    """
     wanted = semvers.parse_range(semver_range) if semver_range else None
     metric_filter = parse_metric(metric) if metric else None
     tag_key, _, tag_value = (tag or "").partition("=")
@@ -232,20 +238,24 @@ def search(engine: sa.Engine, model_ids: list[str], *, owner_team: str | None = 
             if wanted and chosen is None:
                 continue
             latest = conn.execute(sa.text(
-                "SELECT version, run_id FROM model_versions WHERE name = :n "
-                "ORDER BY version DESC LIMIT 1"), {"n": name}).first()
+                "SELECT version, run_id FROM model_versions WHERE name = :n AND current_stage "
+                "!= 'Deleted_Internal' ORDER BY version DESC LIMIT 1"), {"n": name}).first()
             version = published[chosen] if chosen else (latest.version if latest else None)
             run_id = conn.execute(sa.text(
                 "SELECT run_id FROM model_versions WHERE name = :n AND version = :v"),
                 {"n": name, "v": version}).scalar() if version is not None else None
-            metrics = _metrics(conn, run_id)
+            shared = packages.list_packages(engine, model_ids=[model_id], teams=[])
+            if run_visible(experiment_of(conn, run_id)):
+                metrics = _metrics(conn, run_id)
+            else:
+                metrics = next((p["metrics"][str(version)]["metrics"] for p in reversed(shared)
+                                if p["status"] == "published"
+                                and str(version) in p["metrics"]), {})
             if metric_filter:
                 key, compare, bound = metric_filter
                 if key not in metrics or not compare(metrics[key], bound):
                     continue
-            statuses = [p["status"] for p in packages.list_packages(
-                engine, model_ids=[model_id], teams=[])]
-            validation = _validation_status(statuses)
+            validation = _validation_status([p["status"] for p in shared])
             if status and validation != status:
                 continue
             description = conn.execute(sa.text(

@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
@@ -71,17 +72,33 @@ def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return networks
 
 
+# IPv6 forms that carry an IPv4 address a router or NAT may deliver to: the IPv4 decides.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible ::a.b.c.d
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT ::ffff:0:a.b.c.d
+
+
 def _unmapped(ip: IPAddress) -> IPAddress:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return ip
+    if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in net for net in (*_NAT64, _COMPATIBLE, _TRANSLATED)) and \
+            ip not in (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1")):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 
 
 def check_address(address: str) -> None:
-    ip = _unmapped(ipaddress.ip_address(address.split("%", 1)[0]))
-    if any(ip in network for network in allowed_networks()):
+    raw = ipaddress.ip_address(address.split("%", 1)[0])
+    ip = _unmapped(raw)
+    if any(ip in network or raw in network for network in allowed_networks()):
         return
-    if not ip.is_global or ip.is_multicast:
+    if not ip.is_global or ip.is_multicast or not raw.is_global:
         raise Refused(f"{ip} is not a public address (loopback, private, link-local, reserved "
                       f"or metadata); allow it with {ALLOW_ENV} if that is intended.")
 
@@ -90,7 +107,11 @@ def check_url(url: object) -> str:
     """400 unless ``url`` is an http(s) URL whose host resolves only to allowed addresses."""
     if not isinstance(url, str) or not url or len(url) > 2048:
         raise InvalidInput("'url' must be an http:// or https:// URL.")
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError:
+        raise InvalidInput(f"Webhook URL {url!r} is not a valid URL.") from None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise InvalidInput(f"Webhook URL {url!r} must be http:// or https:// with a host.")
     if parsed.username or parsed.password:
@@ -102,7 +123,7 @@ def check_url(url: object) -> str:
         except ValueError:
             raise InvalidInput(f"Webhook host {host!r} is not a canonical IP address.") from None
     try:
-        infos = socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80),
+        infos = socket.getaddrinfo(host, port or (443 if parsed.scheme == "https" else 80),
                                    type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         raise InvalidInput(f"Webhook host {host!r} does not resolve.") from None
@@ -166,9 +187,17 @@ def sign(secret: str, delivery_id: str, timestamp: str, body: str) -> str:
 
 
 # -- subscriptions -----------------------------------------------------------------------------
+MAX_SUBSCRIPTIONS = 20  # per model and creator
+
+
 def subscribe(engine: sa.Engine, *, model_id: str, subscriber: str, url: str, by: str
               ) -> dict[str, Any]:
     check_url(url)
+    with engine.connect() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(_S).where(
+            _S.c.model_id == model_id, _S.c.created_by == by)).scalar()
+    if (count or 0) >= MAX_SUBSCRIPTIONS:
+        raise InvalidInput(f"At most {MAX_SUBSCRIPTIONS} subscriptions per model and user.")
     record = {"id": uuid.uuid4().hex[:16], "model_id": model_id, "subscriber": subscriber,
               "url": url, "secret": secrets.token_urlsafe(32), "created_by": by,
               "created_at": db.now_ms()}
@@ -183,6 +212,12 @@ def subscriptions(engine: sa.Engine, model_id: str) -> list[dict[str, Any]]:
                             .order_by(_S.c.created_at)).all()
     return [{"id": r.id, "subscriber": r.subscriber, "url": r.url, "created_by": r.created_by,
              "created_at": r.created_at} for r in rows]
+
+
+def redacted(subscription: dict[str, Any]) -> dict[str, Any]:
+    """A subscription as others see it: URLs often carry secrets of their own."""
+    parsed = urlparse(subscription["url"])
+    return {**subscription, "url": f"{parsed.scheme}://{parsed.hostname}/..."}
 
 
 def unsubscribe(engine: sa.Engine, model_id: str, subscription_id: str) -> None:
@@ -205,15 +240,22 @@ def deliveries(engine: sa.Engine, model_id: str) -> list[dict[str, Any]]:
 
 # -- delivery ------------------------------------------------------------------------------------
 class Notifier:
-    """Queues one delivery per subscription of an event and sends them from one thread."""
+    """Queues one delivery per subscription of an event; a few threads send them.
 
-    def __init__(self, engine: sa.Engine) -> None:
+    A subscription is served only while its creator may still read the model: someone who
+    lost access stops receiving events at once.
+    """
+
+    def __init__(self, engine: sa.Engine, may_read: Callable[[str, str], bool] | None = None,
+                 threads: int = 4) -> None:
         self.engine = engine
+        self.may_read = may_read or (lambda _user, _model_id: True)
+        self.threads = threads
         self.attempts = max(1, int(os.environ.get("MLFLOW_SHARE_WEBHOOK_ATTEMPTS", "5")))
         self.backoff = float(os.environ.get("MLFLOW_SHARE_WEBHOOK_BACKOFF", "1"))
         self.timeout = float(os.environ.get("MLFLOW_SHARE_WEBHOOK_TIMEOUT", "10"))
         self._queue: queue.Queue[str] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def emit(self, model_id: str | None, event: str, data: dict[str, Any]) -> None:
@@ -226,8 +268,9 @@ class Notifier:
         now = db.now_ms()
         try:
             with self.engine.begin() as conn:
-                subs: Any = conn.execute(sa.select(_S.c.id).where(_S.c.model_id == model_id)
-                                    ).scalars().all()
+                rows: Any = conn.execute(sa.select(_S.c.id, _S.c.created_by).where(
+                    _S.c.model_id == model_id)).all()
+                subs = [sid for sid, user in rows if self.may_read(str(user), model_id)]
                 ids = [uuid.uuid4().hex[:16] for _ in subs]
                 for delivery_id, sub in zip(ids, subs):
                     conn.execute(_D.insert().values(
@@ -243,10 +286,12 @@ class Notifier:
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="mlflow-share-webhooks",
-                                                daemon=True)
-                self._thread.start()
+            self._workers = [t for t in self._workers if t.is_alive()]
+            while len(self._workers) < self.threads:
+                worker = threading.Thread(target=self._run, name="mlflow-share-webhooks",
+                                          daemon=True)
+                worker.start()
+                self._workers.append(worker)
 
     def _run(self) -> None:
         session = _session()
@@ -282,13 +327,15 @@ class Notifier:
                    "X-MLflow-Timestamp": timestamp, "X-MLflow-Share-Event": row.event,
                    "X-MLflow-Signature": sign(row.secret, delivery_id, timestamp, row.payload)}
         try:
-            response = session.post(row.url, data=row.payload.encode(), headers=headers,
-                                    timeout=self.timeout, allow_redirects=False)
+            # The body is never read: a receiver cannot stall or flood the sender with it.
+            with session.post(row.url, data=row.payload.encode(), headers=headers,
+                              timeout=self.timeout, allow_redirects=False,
+                              stream=True) as response:
+                code = response.status_code
         except Refused as exc:  # raised from connect(): not a urllib3 error, never retried
             return "refused", f"refused: {exc}", None
         except requests.RequestException as exc:
             return "retry", f"{type(exc).__name__}: {str(exc)[:300]}", None
-        code = response.status_code
         if 200 <= code < 300:
             return "delivered", None, code
         if code == 429 or code >= 500:
@@ -306,9 +353,9 @@ class Notifier:
 _NOTIFIER: Notifier | None = None
 
 
-def install(engine: sa.Engine) -> Notifier:
+def install(engine: sa.Engine, may_read: Callable[[str, str], bool] | None = None) -> Notifier:
     global _NOTIFIER
-    _NOTIFIER = Notifier(engine)
+    _NOTIFIER = Notifier(engine, may_read)
     return _NOTIFIER
 
 

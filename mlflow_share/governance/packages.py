@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from mlflow_share import db
 from mlflow_share.artifacts.repository import ChecksumArtifactRepository
@@ -31,6 +32,8 @@ SHARE_PERMISSIONS = ("read", "execute", "write")
 SEMVER_TAG = "mlflow_share.semver"
 DETAIL_FIELDS = ("description", "intended_use", "limitations", "owner_contact")
 _P = db.packages
+_YEAR_10000_MS = 253_402_300_800_000
+_LIVE = "current_stage != 'Deleted_Internal'"  # MLflow soft-deletes model versions
 
 
 @dataclass
@@ -81,11 +84,12 @@ def parse_draft(engine: sa.Engine, data: dict[str, Any], *, model: str, model_id
                 raise InvalidInput(f"{key!r} must be a string.")
             details[key] = value
     semver = data.get("semver")
-    if semver is not None and not isinstance(semver, str):
-        raise InvalidInput("'semver' must be a string such as 1.2.0.")
+    if semver is not None and (not isinstance(semver, str) or len(semver) > 128):
+        raise InvalidInput("'semver' must be a string such as 1.2.0 (at most 128 characters).")
     expires_at = data.get("expires_at")
     if expires_at is not None:
-        if isinstance(expires_at, bool) or not isinstance(expires_at, int):
+        if isinstance(expires_at, bool) or not isinstance(expires_at, int) or \
+                expires_at >= _YEAR_10000_MS:
             raise InvalidInput("'expires_at' must be a time in milliseconds since the epoch.")
         if expires_at <= db.now_ms():
             raise InvalidInput("'expires_at' is in the past.")
@@ -103,7 +107,8 @@ def parse_draft(engine: sa.Engine, data: dict[str, Any], *, model: str, model_id
                 raise NotFound(f"Registered model {model!r} has no alias {alias!r}.")
             pinned = [found]
         existing: set[Any] = set(conn.execute(sa.text(
-            "SELECT version FROM model_versions WHERE name = :n"), {"n": model}).scalars())
+            f"SELECT version FROM model_versions WHERE name = :n AND {_LIVE}"),
+            {"n": model}).scalars())
         missing = [v for v in pinned if v not in existing]
         if missing:
             raise NotFound(f"Registered model {model!r} has no version(s) {missing}.")
@@ -225,13 +230,24 @@ def publish(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[s
     if not report["ok"]:
         with audited_write(engine, {"op": "package.validate", "package": package["id"],
                                     "status": "rejected"}) as conn:
-            conn.execute(_P.update().where(_P.c.id == package["id"]).values(
+            conn.execute(_P.update().where(_P.c.id == package["id"],
+                                           _P.c.status == "validated").values(
                 status="rejected", report=json.dumps(report)))
         raise Conflict(f"Sharing package {package['id']} no longer passes validation: "
                        + "; ".join(p for c in report["checks"] for p in c["problems"]))
     change = {"op": "package.publish", "package": package["id"], "model": package["model"],
               "versions": package["versions"], "semver": package["semver"],
               "teams": package["teams"]}
+    try:
+        _publish(engine, package, change, report, by)
+    except IntegrityError:  # a racing publish took the same semantic version first
+        raise Conflict(f"Semantic version {package['semver']} or version "
+                       f"{package['versions'][0]} was just published by another package.") from None
+    return get(engine, package["id"])
+
+
+def _publish(engine: sa.Engine, package: dict[str, Any], change: dict[str, Any],
+             report: dict[str, Any], by: str) -> None:
     with audited_write(engine, change) as conn:
         updated = conn.execute(_P.update().where(
             _P.c.id == package["id"], _P.c.status == "validated").values(
@@ -246,7 +262,6 @@ def publish(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[s
         if package["semver"]:
             _name_version(conn, package)
         db.bump(conn, db.POLICY_VERSION)
-    return get(engine, package["id"])
 
 
 def _name_version(conn: sa.Connection, package: dict[str, Any]) -> None:
@@ -273,10 +288,15 @@ def revoke(engine: sa.Engine, package: dict[str, Any], by: str) -> dict[str, Any
     change = {"op": "package.revoke", "package": package["id"], "model": package["model"],
               "teams": package["teams"]}
     with audited_write(engine, change) as conn:
+        # The status first (it locks the row): a publish racing this one either committed
+        # its grants before (deleted below) or finds the package revoked and stops.
+        revoked = conn.execute(_P.update().where(
+            _P.c.id == package["id"], _P.c.status.in_(("validated", "published"))).values(
+            status="revoked", revoked_by=by, revoked_at=db.now_ms())).rowcount
+        if not revoked:
+            raise Conflict(f"Sharing package {package['id']} changed while it was revoked.")
         conn.execute(db.package_grants.delete().where(
             db.package_grants.c.package_id == package["id"]))
-        conn.execute(_P.update().where(_P.c.id == package["id"]).values(
-            status="revoked", revoked_by=by, revoked_at=db.now_ms()))
         db.bump(conn, db.POLICY_VERSION)
     return get(engine, package["id"])
 
@@ -287,17 +307,18 @@ def list_packages(engine: sa.Engine, *, model_ids: list[str] | None, teams: list
     query = sa.select(_P, db.resources.c.name, db.resources.c.owner_team).join(
         db.resources, sa.and_(db.resources.c.kind == MODEL,
                               db.resources.c.resource_id == _P.c.model_id), isouter=True)
+    if model_ids is not None and not teams:
+        query = query.where(_P.c.model_id.in_(model_ids))
     with engine.connect() as conn:
         rows = conn.execute(query.order_by(_P.c.created_at)).all()
     found = []
     for row in rows:
-        targets = {t for t, _ in json.loads(row.teams)}
+        package = _as_dict(row)
+        targets = {t["team"] for t in package["teams"]}
         visible = model_ids is None or row.model_id in model_ids or (
-            row.status == "published" and targets & set(teams))
-        if visible:
-            package = _as_dict(row)
-            if status is None or package["status"] == status:
-                found.append(package)
+            package["status"] == "published" and targets & set(teams))
+        if visible and (status is None or package["status"] == status):
+            found.append(package)
     return found
 
 
@@ -307,7 +328,12 @@ def published_versions(conn: sa.Connection, model_id: str) -> dict[str, int]:
     rows: Any = conn.execute(sa.select(_P.c.versions).where(
         _P.c.model_id == model_id, _P.c.status == "published",
         sa.or_(_P.c.expires_at.is_(None), _P.c.expires_at > now))).scalars().all()
-    live = {int(v) for versions in rows for v in json.loads(versions)}
+    pinned = {int(v) for versions in rows for v in json.loads(versions)}
+    existing: set[Any] = set(conn.execute(sa.text(
+        f"SELECT v.version FROM model_versions v JOIN share_resources r ON r.name = v.name "
+        f"AND r.kind = 'registered_model' WHERE r.resource_id = :m AND v.{_LIVE}"),
+        {"m": model_id}).scalars())
+    live = pinned & {int(v) for v in existing}
     named: Any = conn.execute(sa.select(db.semvers.c.semver, db.semvers.c.version).where(
         db.semvers.c.model_id == model_id)).all()
     return {str(s): int(v) for s, v in named if int(v) in live}

@@ -183,7 +183,8 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
             principal, MODEL, rid, policy.owner_of(MODEL, rid), "read")]
         args = request.args
         return jsonify({"models": lineage.search(
-            engine, readable, owner_team=args.get("owner_team"), tag=args.get("tag"),
+            engine, readable, run_visible, owner_team=args.get("owner_team"),
+            tag=args.get("tag"),
             semver_range=args.get("semver"), metric=args.get("metric"),
             status=args.get("status"))})
 
@@ -205,7 +206,14 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     @api.get("/subscriptions")
     def list_subscriptions() -> Response:
         name = request.args.get("model") or ""
-        return jsonify({"subscriptions": notifications.subscriptions(engine, model(name, "read"))})
+        model_id = model(name, "read")
+        principal = current_principal()
+        maintainer = policy.is_allowed(principal, MODEL, model_id,
+                                       policy.owner_of(MODEL, model_id), "manage")
+        found = notifications.subscriptions(engine, model_id)
+        return jsonify({"subscriptions": [
+            s if maintainer or s["created_by"] == principal.name else notifications.redacted(s)
+            for s in found]})
 
     @api.delete("/subscriptions")
     def unsubscribe() -> Response:

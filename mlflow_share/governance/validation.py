@@ -58,9 +58,12 @@ def metadata_problems(conn: sa.Connection, *, model_id: str, versions: list[int]
     if semver is None:
         return problems
     try:
-        semvers.parse(semver)
+        parsed = semvers.parse(semver)
     except InvalidInput as exc:
         return [*problems, exc.message]
+    if parsed.build:
+        return [*problems, f"Semantic version {semver} has build metadata (+{parsed.build}): "
+                           "it does not change precedence, so it cannot tell versions apart."]
     if len(versions) != 1:
         problems.append(f"Semantic version {semver} must name exactly one model version; the "
                         f"package pins {len(versions)}.")
@@ -146,11 +149,10 @@ def _example_body(spec: dict[str, Any], files: dict[str, bytes]) -> bytes:
     if not isinstance(info, dict):
         raise InvalidInput("No input example was logged with the model (log it with "
                            "input_example=...).")
-    serving = info.get("serving_input_path")
-    if serving in files:
+    serving, example = info.get("serving_input_path"), info.get("artifact_path")
+    if isinstance(serving, str) and serving in files:
         return files[serving]
-    example = info.get("artifact_path")
-    if example not in files:
+    if not isinstance(example, str) or example not in files:
         raise InvalidInput(f"The input example {serving or example!r} named by MLmodel is not "
                            "among the model's files.")
     data = json.loads(files[example])
@@ -185,31 +187,41 @@ def _signature_problems(signature: Any, by_name: dict[str, Any], values: list[An
         outputs = json.loads(signature["outputs"])
     except (TypeError, ValueError):
         return ["The model signature's outputs are not valid JSON."]
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        return ["The model signature's outputs are not a list of column or tensor specs."]
     problems = []
-    for index, out in enumerate(outputs if isinstance(outputs, list) else []):
-        label = out.get("name") or f"#{index}"
-        value = by_name.get(out.get("name")) if out.get("name") else (
-            values[index] if index < len(values) else None)
-        if value is None:
-            problems.append(f"Signature output {label} is not produced by the model "
-                            f"(it produces {list(by_name)}).")
-            continue
-        array = np.asarray(value)
-        if out.get("type") == "tensor":
-            tensor = out.get("tensor-spec") or {}
-            want = np.dtype(tensor.get("dtype", "float32"))
-            shape = list(tensor.get("shape") or [])
-            if array.dtype != want:
-                problems.append(f"Signature output {label} is {want}, the model returns "
-                                f"{array.dtype}.")
-            if len(shape) != array.ndim or any(w not in (-1, g) for w, g in
-                                                zip(shape, array.shape)):
-                problems.append(f"Signature output {label} has shape {shape}, the model "
-                                f"returns {list(array.shape)}.")
-        else:
-            kinds, size = _COLUMN_TYPES.get(str(out.get("type")), (None, None))
-            if kinds is not None and (array.dtype.kind not in kinds or
-                                      (size is not None and array.dtype.itemsize != size)):
-                problems.append(f"Signature output {label} is {out.get('type')}, the model "
-                                f"returns {array.dtype}.")
+    for index, out in enumerate(outputs):
+        try:
+            problems.extend(_output_problems(index, out, by_name, values))
+        except (TypeError, ValueError):
+            problems.append(f"Signature output #{index} is malformed: {str(out)[:200]}")
+    return problems
+
+
+def _output_problems(index: int, out: dict[str, Any], by_name: dict[str, Any],
+                     values: list[Any]) -> list[str]:
+    label = out.get("name") or f"#{index}"
+    value = by_name.get(out["name"]) if out.get("name") else (
+        values[index] if index < len(values) else None)
+    if value is None:
+        return [f"Signature output {label} is not produced by the model (it produces "
+                f"{list(by_name)})."]
+    array = np.asarray(value)
+    problems = []
+    if out.get("type") == "tensor":
+        tensor = out.get("tensor-spec") or {}
+        want = np.dtype(tensor.get("dtype", "float32"))
+        shape = list(tensor.get("shape") or [])
+        if array.dtype != want:
+            problems.append(f"Signature output {label} is {want}, the model returns "
+                            f"{array.dtype}.")
+        if len(shape) != array.ndim or any(w not in (-1, g) for w, g in zip(shape, array.shape)):
+            problems.append(f"Signature output {label} has shape {shape}, the model returns "
+                            f"{list(array.shape)}.")
+        return problems
+    kinds, size = _COLUMN_TYPES.get(str(out.get("type")), (None, None))
+    if kinds is not None and (array.dtype.kind not in kinds or
+                              (size is not None and array.dtype.itemsize != size)):
+        problems.append(f"Signature output {label} is {out.get('type')}, the model returns "
+                        f"{array.dtype}.")
     return problems

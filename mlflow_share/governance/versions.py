@@ -38,6 +38,7 @@ def parse(text: object) -> semver.Version:
 class _Comparator:
     op: str  # one of > >= < <= =
     version: semver.Version
+    synthetic: bool = False  # a bound the range implies (``^1`` -> ``<2.0.0-0``), not named
 
     def holds(self, candidate: semver.Version) -> bool:
         order = candidate.compare(self.version)
@@ -52,7 +53,8 @@ class Range:
 
     def matches(self, candidate: semver.Version) -> bool:
         if candidate.prerelease and not any(
-                c.version.prerelease and c.version.to_tuple()[:3] == candidate.to_tuple()[:3]
+                c.version.prerelease and not c.synthetic
+                and c.version.to_tuple()[:3] == candidate.to_tuple()[:3]
                 for c in self.comparators):
             return False
         return all(c.holds(candidate) for c in self.comparators)
@@ -94,8 +96,8 @@ def _expand(op: str, groups: tuple[str | None, ...], text: str) -> list[_Compara
 
     def between(upper: semver.Version) -> list[_Comparator]:
         # "-0" is the lowest pre-release: the bound excludes the upper release's candidates.
-        return [_Comparator(">=", low),
-                _Comparator("<", semver.Version(*upper.to_tuple()[:3], prerelease="0"))]
+        return [_Comparator(">=", low), _Comparator(
+            "<", semver.Version(*upper.to_tuple()[:3], prerelease="0"), synthetic=True)]
 
     if op == "^":
         if major > 0 or minor is None:
@@ -121,7 +123,8 @@ def _expand(op: str, groups: tuple[str | None, ...], text: str) -> list[_Compara
             bound = semver.Version(major, minor + 1, 0, prerelease="0")
         else:
             return [_Comparator(op, low)]
-        return [_Comparator(">=" if op == ">" else "<", bound)]
+        return [_Comparator(">=" if op == ">" else "<", bound, synthetic=True)]
     if op == "<" and (minor is None or patch is None):
-        return [_Comparator("<", semver.Version(major, minor or 0, 0, prerelease="0"))]
+        return [_Comparator("<", semver.Version(major, minor or 0, 0, prerelease="0"),
+                            synthetic=True)]
     return [_Comparator(op, low)]

@@ -186,8 +186,11 @@ class PolicyEngine:
             )]
             now = db.now_ms()
             pg = db.package_grants.c
-            package_rows: Any = conn.execute(sa.select(pg.kind, pg.resource_id, pg.team,
-                                                  pg.permission, pg.expires_at)).all()
+            # Only packages still published count, whatever a racing revoke left behind.
+            package_rows: Any = conn.execute(
+                sa.select(pg.kind, pg.resource_id, pg.team, pg.permission, pg.expires_at)
+                .join(db.packages, db.packages.c.id == pg.package_id)
+                .where(db.packages.c.status == "published")).all()
         next_expiry: int | None = None
         for kind, resource_id, team, permission, expires_at in package_rows:
             if expires_at is not None:

@@ -70,6 +70,16 @@ def test_protected_alias_moves_only_by_maintainers_and_rolls_back(share_server: 
                                token=share_server.tokens["aaron"],
                                json={"name": name, "alias": "production"})
     assert deleted.status_code == 403
+    for route, body in (("move", {"version": "2"}), ("rollback", {"reason": "x"})):
+        ours = share_server.api("POST", f"{SHARE}/aliases/{route}",
+                                token=share_server.tokens["aaron"],
+                                json={"model": name, "alias": "production", **body})
+        assert ours.status_code == 403, ours.text  # mlflow-share's own API: the same rule
+    # Deleting the version it points at would drop the alias with it: refused.
+    dropped = share_server.api("DELETE", f"{API}/model-versions/delete",
+                               token=share_server.tokens["alice"],
+                               json={"name": name, "version": "1"})
+    assert dropped.status_code == 409 and "protected alias" in dropped.json()["message"]
     assert _alias(share_server, "alice", name, "production", "2").ok
     assert _alias(share_server, "alice", name, "production", "3").ok
     rolled = _cli(share_server, "alice", "alias", "rollback", name, "production",
@@ -157,6 +167,12 @@ def test_a_move_can_require_a_second_maintainer(share_server: ShareServer, uniqu
     assert share_server.api("POST", f"{SHARE}/aliases/move", token=share_server.tokens["alice"],
                             json={"model": name, "alias": "production",
                                   "version": "2"}).status_code == 403
+    # One maintainer cannot lift the approval (or the protection) to move it alone.
+    for route, body in (("protect", {"require_approval": False}), ("unprotect", {})):
+        lifted = share_server.api("POST", f"{SHARE}/aliases/{route}",
+                                  token=share_server.tokens["alice"],
+                                  json={"model": name, "alias": "production", **body})
+        assert lifted.status_code == 403, lifted.text
     # An engineer cannot even ask.
     assert _cli(share_server, "aaron", "alias", "request", name, "production", "2",
                 "--reason", "x").returncode != 0

@@ -154,3 +154,14 @@ def test_deliveries_retry_server_errors_with_backoff(tmp_path: Path,
 def test_signature_is_mlflows_webhook_scheme() -> None:
     expected = base64.b64encode(hmac.new(b"secret", b"id.123.{}", hashlib.sha256).digest())
     assert notifications.sign("secret", "id", "123", "{}") == "v1," + expected.decode()
+
+
+@pytest.mark.parametrize(("text", "versions", "newest"), [
+    (">1.2", ["1.2.5", "1.3.0-alpha"], None),  # an implied bound never admits a pre-release
+    (">1", ["1.9.0", "2.0.0-rc.1", "2.0.0"], "2.0.0"),
+    ("<2", ["1.9.0", "2.0.0-rc.1"], "1.9.0"),
+    ("^1.2", ["1.2.0", "2.0.0-0"], "1.2.0"),
+])
+def test_implied_bounds_do_not_admit_pre_releases(text: str, versions: list[str],
+                                                  newest: str | None) -> None:
+    assert semvers.parse_range(text).newest(versions) == newest
