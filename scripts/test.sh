@@ -8,7 +8,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e ".[test]" -e plugins/mlflow-share-client
 .venv/bin/python -m mypy mlflow_share
 set +e
-.venv/bin/python -m pytest tests "$@"
+# Two processes (one per core here), each test file whole on one of them: most of the time
+# goes to servers starting and answering, which overlaps well.
+.venv/bin/python -m pytest -n auto --dist loadfile tests "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -371,6 +371,23 @@ class Interceptor:
         # (mlflow_share.audit.store), so a grant can never outlive or miss its model.
         self._check_model(principal, params.required(rule.fields[0]), rule.action)
 
+    def _resolve_model_version_files(self, principal: Principal, rule: Rule, params: _Params,
+                                     decision: Decision) -> None:
+        """A version's bytes: a sharing package's grant covers only the versions it pins."""
+        name = params.required(rule.fields[0])
+        raw = str(params.required(rule.fields[1]))
+        version = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else -1
+        model_id = self.policy.model_id(name)
+        owner = (self.policy.owner_of(directory_module.MODEL, model_id)
+                 if model_id is not None else None)
+        if model_id is None and not principal.is_admin and not self.lookups.model_exists(name):
+            raise NotFound(f"Registered model {name!r} does not exist.")
+        note_resource(directory_module.MODEL, model_id, name, owner)
+        if not self.policy.is_allowed(principal, directory_module.MODEL, model_id, owner,
+                                      "read", version):
+            raise PermissionDenied(f"Permission denied: {principal.name!r} may not read the "
+                                   f"files of version {raw} of registered model {name!r}.")
+
     def _resolve_model_alias(self, principal: Principal, rule: Rule, params: _Params,
                              decision: Decision) -> None:
         """Aliases need write on the model; a protected one needs manage (maintainers)."""
@@ -493,8 +510,12 @@ class Interceptor:
             raise PermissionDenied("Only the files of a registered model version can be reached.")
         model_id = segments[1]
         owner = self.policy.owner_of(directory_module.MODEL, model_id)
+        # A sharing package's grant reaches only the versions it pins (a folder of all the
+        # versions is no version: -1).
+        version = int(segments[2]) if len(segments) >= 3 and segments[2].isascii() and \
+            segments[2].isdigit() and len(segments[2]) < 10 else -1
         if principal.is_admin or self.policy.is_allowed(principal, directory_module.MODEL,
-                                                        model_id, owner, "read"):
+                                                        model_id, owner, "read", version):
             note_resource(directory_module.MODEL, model_id, None, owner)
             return
         raise PermissionDenied(

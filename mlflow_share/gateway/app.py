@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ from mlflow_share.gateway.models import (
     resolve_alias,
 )
 from mlflow_share.gateway.usage import Usage
-from mlflow_share.policy.enforcer import IMPLIED_ACTIONS, PolicyEngine
+from mlflow_share.policy.enforcer import PolicyEngine
 
 _logger = logging.getLogger(__name__)
 
@@ -143,23 +144,21 @@ class Gateway:
             raise Unauthenticated("Invalid, expired or revoked credentials.")
         return principal
 
-    def calling_team(self, principal: Principal, name: str) -> str:
-        """The team through which ``principal`` may execute ``name`` (403 if none)."""
+    def calling_team(self, principal: Principal, name: str, version: int | None = None) -> str:
+        """The team through which ``principal`` may execute ``name`` (403 if none): any
+        version, or ``version`` (a sharing package covers only the versions it pins)."""
         model_id = self.policy.model_id(name)
         if model_id is None and not principal.is_admin:
             raise NotFound(f"Registered model {name!r} does not exist.")
         owner = self.policy.owner_of(MODEL, model_id) if model_id else None
-        if not self.policy.is_allowed(principal, MODEL, model_id, owner, "execute"):
-            raise PermissionDenied(
-                f"Permission denied: {principal.name!r} may not execute registered model "
-                f"{name!r}.")
-        if owner in principal.teams:
-            return owner
-        grants = self.policy.grants_for(MODEL, model_id) if model_id else {}
-        for team in principal.teams:
-            if any("execute" in IMPLIED_ACTIONS[p] for p in grants.get(team, ())):
-                return team
-        return "admin" if principal.is_admin else next(iter(principal.teams), "-")
+        team = self.policy.granting_team(principal, MODEL, model_id, owner, "execute", version)
+        if team is not None:
+            return team
+        if principal.is_admin:
+            return "admin"
+        what = f"version {version} of " if version is not None else ""
+        raise PermissionDenied(f"Permission denied: {principal.name!r} may not execute "
+                               f"{what}registered model {name!r}.")
 
     # -- loading -------------------------------------------------------------------------------
     def _audit_load(self, model: LoadedModel, principal: str) -> None:
@@ -181,14 +180,17 @@ class Gateway:
         self.appender.append(context.event(status=500, source="gateway"))
 
     def model_for(self, name: str, alias: str | None, version: int | None,
-                  principal: str) -> LoadedModel:
+                  principal: str, allowed: Callable[[int], object] = lambda _v: None
+                  ) -> LoadedModel:
         """The loaded version an alias or number names now; for an alias whose new version
-        fails verification, the version it served before, if that is still the same one."""
+        fails verification, the version it served before, if that is still the same one.
+        ``allowed(version)`` raises unless the caller may run that version."""
         if alias is not None:  # MLflow drops a version's aliases when it deletes the version
             version, identity = resolve(self.engine, name, alias)
         else:
             assert version is not None
             identity = current_identity(self.engine, name, version)
+        allowed(version)
         try:
             model, loaded = self.cache.get(name, version, identity)
         except MlflowShareError as exc:
@@ -202,6 +204,7 @@ class Gateway:
                 still = False
             if not still:
                 raise
+            allowed(previous[0])
             _logger.error("mlflow-share gateway: %s; %s@%s keeps serving version %s",
                           exc.message, name, alias, previous[0])
             model, loaded = self.cache.get(name, previous[0], previous[1])
@@ -267,7 +270,8 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
         state["team"], state["model"] = team, name  # a model this caller may run
         if not gateway.limiter.take(team):
             raise TooMany(f"Team {team!r} is over its rate limit for the gateway.")
-        model = gateway.model_for(name, alias, version, principal.name)
+        model = gateway.model_for(name, alias, version, principal.name, lambda v: (
+            gateway.calling_team(principal, name, v)))
         state["version"] = str(model.version)
         return model
 

@@ -11,10 +11,11 @@ on each request; a change made anywhere is seen by every process on its next req
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from importlib import resources as importlib_resources
 
@@ -118,6 +119,9 @@ class _Snapshot:
     grants: dict[tuple[str, str], dict[str, frozenset[str]]]  # (kind, id) -> {team: perms}
     capabilities: dict[str, frozenset[str]]  # role -> actions, compiled from the p rules
     next_expiry: int | None = None  # ms: the earliest package grant to lapse, then reload
+    # Grants of published sharing packages: (kind, id) -> {team: {permission: versions}}.
+    shared: dict[tuple[str, str], dict[str, dict[str, frozenset[int]]]] = field(
+        default_factory=dict)
 
 
 class PolicyEngine:
@@ -188,16 +192,20 @@ class PolicyEngine:
             pg = db.package_grants.c
             # Only packages still published count, whatever a racing revoke left behind.
             package_rows: Any = conn.execute(
-                sa.select(pg.kind, pg.resource_id, pg.team, pg.permission, pg.expires_at)
+                sa.select(pg.kind, pg.resource_id, pg.team, pg.permission, pg.expires_at,
+                          db.packages.c.versions)
                 .join(db.packages, db.packages.c.id == pg.package_id)
                 .where(db.packages.c.status == "published")).all()
         next_expiry: int | None = None
-        for kind, resource_id, team, permission, expires_at in package_rows:
+        shared: dict[tuple[str, str], dict[str, dict[str, set[int]]]] = {}
+        for kind, resource_id, team, permission, expires_at, versions in package_rows:
             if expires_at is not None:
                 if expires_at <= now:
                     continue
                 next_expiry = min(next_expiry or expires_at, expires_at)
-            grant_rows.append((kind, resource_id, team, permission))
+            shared.setdefault((str(kind), str(resource_id)), {}).setdefault(
+                str(team), {}).setdefault(str(permission), set()).update(
+                int(v) for v in json.loads(versions))
         capabilities: dict[str, set[str]] = {}
         for role, action in enforcer.get_policy():
             capabilities.setdefault(role, set()).add(action)
@@ -218,6 +226,9 @@ class PolicyEngine:
             },
             capabilities={role: frozenset(acts) for role, acts in capabilities.items()},
             next_expiry=next_expiry,
+            shared={key: {team: {perm: frozenset(vs) for perm, vs in by_perm.items()}
+                          for team, by_perm in by_team.items()}
+                    for key, by_team in shared.items()},
         )
 
     # -- identity --------------------------------------------------------------------
@@ -262,28 +273,45 @@ class PolicyEngine:
             role = ADMIN_ROLE
         return role is not None and action in snapshot.capabilities.get(role, ())
 
-    def grants_for(self, kind: str, resource_id: str) -> Mapping[str, frozenset[str]]:
-        return self.snapshot().grants.get((kind, resource_id), {})
-
     def is_allowed(
         self, principal: Principal, kind: str, resource_id: str | None,
-        owner_team: str | None, action: str,
+        owner_team: str | None, action: str, version: int | None = None,
     ) -> bool:
-        """May ``principal`` do ``action`` on the resource owned by ``owner_team``?"""
+        """May ``principal`` do ``action`` on the resource owned by ``owner_team``?
+
+        ``version``: the model version whose bytes are read or executed. A sharing package's
+        grant covers only the versions it pins; with ``version=None`` (the model's metadata:
+        finding it, listing its versions) any live package grant counts.
+        """
         if principal.is_admin:
             return True
+        return self.granting_team(principal, kind, resource_id, owner_team, action,
+                                  version) is not None
+
+    def granting_team(
+        self, principal: Principal, kind: str, resource_id: str | None,
+        owner_team: str | None, action: str, version: int | None = None,
+    ) -> str | None:
+        """The team through which ``principal`` may ``action`` (the owner team first)."""
         if owner_team is not None and self.enforce(principal.name, owner_team, action):
-            return True
+            return owner_team
         if resource_id is None:
-            return False
-        grants = self.grants_for(kind, resource_id)
+            return None
+        snapshot = self.snapshot()
+        grants = snapshot.grants.get((kind, resource_id), {})
+        shared = snapshot.shared.get((kind, resource_id), {})
         # Only the caller's own teams can carry a grant to it: cost follows its memberships.
         for team in principal.teams:
             permissions = grants.get(team)
             if permissions and any(action in IMPLIED_ACTIONS[p] for p in permissions):
                 if self.enforce(principal.name, team, action):
-                    return True
-        return False
+                    return team
+            for permission, versions in shared.get(team, {}).items():
+                if action in IMPLIED_ACTIONS[permission] and (
+                        version is None or version in versions) and \
+                        self.enforce(principal.name, team, action):
+                    return team
+        return None
 
     def can_create_in(self, principal: Principal, team: str) -> bool:
         return principal.is_admin or self.enforce(principal.name, team, "create")

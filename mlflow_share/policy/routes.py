@@ -176,7 +176,8 @@ FLASK_RULES: Mapping[str, Rule] = {
     "static": PUBLIC,
     # These views read `request.args` whatever the method: so does their rule.
     "serve_artifacts": _r("run", "read", "run_id", "run_uuid", source="query"),
-    "serve_model_version_artifact": _r("model", "read", "name", source="query"),
+    "serve_model_version_artifact": _r("model_version_files", "read", "name", "version",
+                                       source="query"),
     "serve_get_metric_history_bulk": _r("runs", "read", "run_id", source="query"),
     "serve_get_metric_history_bulk_interval": _r("runs", "read", "run_ids", source="query"),
     "get_metric_history_bulk_interval_handler": _r("runs", "read", "run_ids", source="query"),

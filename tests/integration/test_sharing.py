@@ -50,19 +50,27 @@ def _log_onnx(server: ShareServer, user: str, name: str, *, params: dict[str, An
 
     session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
     labels = session.run(None, {session.get_inputs()[0].name: X})[0]
+    before = os.environ.get("MLFLOW_TRACKING_TOKEN")
     os.environ["MLFLOW_TRACKING_TOKEN"] = server.tokens[user]
-    mlflow.set_tracking_uri(server.url)
-    experiment = f"sharing-{name}"
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run():
-        mlflow.log_params(params)
-        mlflow.log_metric("accuracy", 0.9 + 0.01 * len(params))
-        mlflow.set_tag("mlflow.source.git.commit", "0123456789abcdef")
-        info = mlflow.onnx.log_model(onx, name="model", input_example=X[:2],
-                                     signature=infer_signature(X, labels),
-                                     registered_model_name=name)
+    try:
+        mlflow.set_tracking_uri(server.url)
+        experiment = f"sharing-{name}"
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run():
+            mlflow.log_params(params)
+            mlflow.log_metric("accuracy", 0.9 + 0.01 * len(params))
+            mlflow.set_tag("mlflow.source.git.commit", "0123456789abcdef")
+            mlflow.log_input(mlflow.data.from_numpy(X, name="churn-train"), context="training")
+            info = mlflow.onnx.log_model(onx, name="model", input_example=X[:2],
+                                         signature=infer_signature(X, labels),
+                                         registered_model_name=name)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_TOKEN", None)
+        else:
+            os.environ["MLFLOW_TRACKING_TOKEN"] = before
     return str(info.registered_model_version)
 
 
@@ -148,6 +156,25 @@ def test_package_workflow_across_three_teams(share_server: ShareServer, stock: A
         assert _cli(share_server, "carl", "share", "show", package_id).returncode != 0
         resolved = _cli(share_server, "bea", "semver", "resolve", name, "^1.0")
         assert resolved.stdout.strip() == f"1.0.0  models:/{name}/1", resolved.stderr
+
+        # The package pins version 1: team A's next version stays theirs until packaged.
+        assert _log_onnx(share_server, "aaron", name, params={"C": 2.0}) == "2"
+        stock("bea")  # the stock client's identity: bea
+        with pytest.raises(Exception, match="403|PERMISSION_DENIED|Permission denied"):
+            mlflow.artifacts.download_artifacts(f"models:/{name}/2", dst_path=str(tmp_path / "c"))
+        got = share_server.api("GET", "/model-versions/get-artifact",
+                               token=share_server.tokens["bea"],
+                               params={"name": name, "version": "2", "path": "MLmodel"})
+        assert got.status_code == 403, got.text
+        assert share_server.api("GET", "/model-versions/get-artifact",
+                                token=share_server.tokens["bea"], params={
+                                    "name": name, "version": "1", "path": "MLmodel"}).ok
+        second = requests.post(f"{gateway}/v1/models/{name}/versions/2/invocations",
+                               json={"inputs": X[:3].tolist()}, timeout=30, headers={
+                                   "Authorization": f"Bearer {share_server.tokens['bea']}"})
+        assert second.status_code == 403, second.text
+        assert _invoke(gateway, share_server, "bea", name) == 200  # version 1 still runs
+        assert _invoke(gateway, share_server, "aaron", name) == 200
 
         # Revoke: team B loses access at once.
         assert _cli(share_server, "alice", "share", "revoke", package_id).returncode == 0
@@ -314,6 +341,9 @@ def test_lineage_and_diff(share_server: ShareServer, unique: str,
     assert found["run"]["code_commit"] == "0123456789abcdef"
     assert found["run"]["experiment"] == f"sharing-{name}"
     assert found["parent"] == {"version": "1", "basis": "previous version"}
+    [dataset] = found["run"]["datasets"]
+    assert dataset["name"] == "churn-train" and dataset["context"] == "training"
+    assert len(dataset["digest"]) >= 8
     assert len(found["manifest"]["identity"]) == 64
     assert [t["team"] for t in found["consuming_teams"]] == []
     changed = _cli(share_server, "alice", "diff", f"models:/{name}/1", f"models:/{name}/2")
@@ -376,6 +406,36 @@ def test_bad_package_requests_are_refused_whole(share_server: ShareServer, uniqu
     assert share_server.api("GET", f"{SHARE}/packages", token=token,
                             params={"model": name}).json()["packages"] == []
     assert share_server.api("GET", f"{SHARE}/packages/../../x", token=token).status_code == 404
+
+
+def test_discovery_filters_what_the_caller_may_read(share_server: ShareServer,
+                                                   unique: str) -> None:
+    name = f"disc-{unique}"
+    version = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    alice, bea = share_server.tokens["alice"], share_server.tokens["bea"]
+    assert share_server.api("POST", f"{API}/registered-models/set-tag", token=alice, json={
+        "name": name, "key": "domain", "value": f"churn-{unique}"}).ok
+
+    def search(token: str, **filters: str) -> list[str]:
+        response = share_server.api("GET", f"{SHARE}/models/search", token=token,
+                                    params=filters)
+        assert response.status_code == 200, response.text
+        return [m["name"] for m in response.json()["models"]]
+
+    tag = f"domain=churn-{unique}"
+    assert search(alice, tag=tag) == [name]
+    assert search(alice, tag=tag, owner_team="team-b") == []
+    assert search(alice, tag=tag, status="none") == [name]
+    assert search(bea, tag=tag) == []  # team B cannot read it (yet)
+    package = _create(share_server, name, version, semver="3.1.0",
+                      teams=[{"team": "team-b", "permission": "read"}])
+    assert search(alice, tag=tag, status="validated") == [name]
+    assert share_server.api("POST", f"{SHARE}/packages/{package['id']}/publish",
+                            token=alice).ok
+    assert search(bea, tag=tag, semver="^3", status="published") == [name]
+    assert search(bea, tag=tag, semver="^4") == []
+    assert share_server.api("GET", f"{SHARE}/models/search", token=bea,
+                            params={"metric": "accuracy>>1"}).status_code == 400
 
 
 class _Receiver(BaseHTTPRequestHandler):
