@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,40 +116,41 @@ def _notifier(tmp_path: Path, url: str) -> tuple[notifications.Notifier, str]:
     return notifier, "d1"
 
 
-def test_the_peer_is_checked_at_connect_time(tmp_path: Path,
+@pytest.fixture
+def sink() -> Iterator[int]:
+    """A receiver on loopback that answers 500 twice, then 204; yields its port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Sink.hits = 0
+    yield int(server.server_address[1])
+    server.shutdown()
+
+
+def _delivery(notifier: notifications.Notifier) -> Any:
+    with notifier.engine.connect() as conn:
+        return conn.execute(sa.select(db.deliveries)).one()
+
+
+def test_the_peer_is_checked_at_connect_time(tmp_path: Path, sink: int,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A subscription whose name later points at a private address (DNS rebinding) is refused
     when connecting, before a byte is sent, and never retried."""
     monkeypatch.delenv(notifications.ALLOW_ENV, raising=False)
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    _Sink.hits = 0
-    try:
-        notifier, delivery = _notifier(tmp_path, f"http://localhost:{sink.server_address[1]}/")
-        assert notifier.deliver(notifications._session(), delivery) == "refused"
-        assert _Sink.hits == 0
-        with notifier.engine.connect() as conn:
-            row = conn.execute(sa.select(db.deliveries)).one()
-        assert row.status == "refused" and row.attempts == 1 and "not a public" in row.last_error
-    finally:
-        sink.shutdown()
+    notifier, delivery = _notifier(tmp_path, f"http://localhost:{sink}/")
+    assert notifier.deliver(notifications._session(), delivery) == "refused"
+    assert _Sink.hits == 0
+    row = _delivery(notifier)
+    assert row.status == "refused" and row.attempts == 1 and "not a public" in row.last_error
 
 
-def test_deliveries_retry_server_errors_with_backoff(tmp_path: Path,
+def test_deliveries_retry_server_errors_with_backoff(tmp_path: Path, sink: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(notifications.ALLOW_ENV, "127.0.0.0/8")
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    _Sink.hits = 0
-    try:
-        notifier, delivery = _notifier(tmp_path, f"http://127.0.0.1:{sink.server_address[1]}/")
-        assert notifier.deliver(notifications._session(), delivery) == "delivered"
-        assert _Sink.hits == 3
-        with notifier.engine.connect() as conn:
-            row = conn.execute(sa.select(db.deliveries)).one()
-        assert (row.status, row.attempts, row.response_status) == ("delivered", 3, 204)
-    finally:
-        sink.shutdown()
+    notifier, delivery = _notifier(tmp_path, f"http://127.0.0.1:{sink}/")
+    assert notifier.deliver(notifications._session(), delivery) == "delivered"
+    assert _Sink.hits == 3
+    row = _delivery(notifier)
+    assert (row.status, row.attempts, row.response_status) == ("delivered", 3, 204)
 
 
 def test_signature_is_mlflows_webhook_scheme() -> None:
