@@ -50,8 +50,10 @@ def string_field(data: dict[str, Any], name: str, *, required: bool = True) -> s
     return value
 
 
-def require_model(policy: PolicyEngine, name: str, action: str) -> str | None:
-    """mlflow-share's ID of registered model ``name`` if the caller may ``action`` it;
+def require_model(policy: PolicyEngine, name: str, action: str,
+                  version: int | None = None) -> str | None:
+    """mlflow-share's ID of registered model ``name`` if the caller may ``action`` it (on
+    ``version``: a sharing package covers only the versions it pins);
     404 for a model that does not exist (admins: one with no owner team gives ``None``),
     403 otherwise. Names the model in the request's audit event."""
     principal = current_principal()
@@ -60,9 +62,10 @@ def require_model(policy: PolicyEngine, name: str, action: str) -> str | None:
         raise NotFound(f"Registered model {name!r} does not exist.")
     owner = policy.owner_of(MODEL, model_id) if model_id is not None else None
     note_resource(MODEL, model_id, name, owner)
-    if not policy.is_allowed(principal, MODEL, model_id, owner, action):
-        raise PermissionDenied(
-            f"Permission denied: {principal.name!r} may not {action} registered model {name!r}.")
+    if not policy.is_allowed(principal, MODEL, model_id, owner, action, version):
+        what = f"version {version} of " if version is not None else ""
+        raise PermissionDenied(f"Permission denied: {principal.name!r} may not {action} "
+                               f"{what}registered model {name!r}.")
     return model_id
 
 

@@ -1,6 +1,7 @@
 """``/api/2.0/mlflow-share/model-versions/{manifest,verify}``: a version's manifest and a check.
 
-Both need read access to the registered model (a team it is shared with has it).
+Both need read access to the model version (a sharing package gives it for the versions it
+pins).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ def create_artifacts_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprin
 
     def readable_version() -> tuple[str, str]:
         name, version = request.args.get("name"), request.args.get("version")
-        if not name or not version or not version.isdigit():
+        if not name or not version or not version.isascii() or not version.isdigit() or \
+                len(version) > 9:
             raise InvalidInput("Give 'name' and a numeric 'version' of a model version.")
-        require_model(policy, name, "read")
+        require_model(policy, name, "read", int(version))
         return name, version
 
     @api.get("/manifest")

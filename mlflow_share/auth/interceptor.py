@@ -307,13 +307,16 @@ class Interceptor:
             experiment_id = self._logged_model_experiment(model_id)
             self._check_experiment(principal, experiment_id, "write")
 
-    def _readable_model(self, principal: Principal, names: list[str]) -> bool:
-        for name in names:
+    def _readable_model(self, principal: Principal, versions: list[tuple[str, int]]) -> bool:
+        """May ``principal`` read one of these model versions (a sharing package's grant
+        counts only for the versions it pins)?"""
+        for name, version in versions:
             model_id = self.policy.model_id(name)
             if model_id is None:
                 continue
             owner = self.policy.owner_of(directory_module.MODEL, model_id)
-            if self.policy.is_allowed(principal, directory_module.MODEL, model_id, owner, "read"):
+            if self.policy.is_allowed(principal, directory_module.MODEL, model_id, owner, "read",
+                                      version):
                 # Read through the model's grant: its owner team sees this access too.
                 note_resource(directory_module.MODEL, model_id, name, owner)
                 return True

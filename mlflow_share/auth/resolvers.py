@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import posixpath
 import threading
-from urllib.parse import unquote
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -85,15 +86,16 @@ class MlflowLookups:
         return self._scalar("SELECT name FROM registered_models WHERE name = :name",
                             name=name) is not None
 
-    def models_of_run(self, run_id: str) -> list[str]:
-        """Names of registered models with a version registered from ``run_id``."""
+    def models_of_run(self, run_id: str) -> list[tuple[str, int]]:
+        """``(name, version)`` of the registered model versions registered from ``run_id``."""
         with self.engine.connect() as conn:
-            return sorted(set(conn.execute(
-                sa.text("SELECT name FROM model_versions WHERE run_id = :run"), {"run": run_id}
-            ).scalars()))
+            rows: Any = conn.execute(sa.text(
+                "SELECT name, version FROM model_versions WHERE run_id = :run"), {"run": run_id}
+            ).all()
+        return sorted({(str(name), int(version)) for name, version in rows})
 
-    def models_serving_location(self, segments: list[str]) -> list[str]:
-        """Names of registered models having a version whose files include this artifact path.
+    def models_serving_location(self, segments: list[str]) -> list[tuple[str, int]]:
+        """``(name, version)`` of the model versions whose files include this artifact path.
 
         ``segments`` is a validated artifact path: ``<exp>/<run>/artifacts/...`` for run
         artifacts, ``<exp>/models/<model id>/artifacts/...`` for logged models.
@@ -108,22 +110,23 @@ class MlflowLookups:
         else:
             owner_column, owner = "run_id", segments[1]
             base = f"mlflow-artifacts:/{experiment_id}/{owner}/artifacts"
+        rows: Any
         with self.engine.connect() as conn:
             if owner_column == "run_id":
                 rows = conn.execute(sa.text(
-                    "SELECT name, source, storage_location FROM model_versions WHERE run_id = :o"
-                ), {"o": owner}).all()
+                    "SELECT name, version, source, storage_location FROM model_versions "
+                    "WHERE run_id = :o"), {"o": owner}).all()
             else:
                 rows = conn.execute(sa.text(
-                    "SELECT name, source, storage_location FROM model_versions "
+                    "SELECT name, version, source, storage_location FROM model_versions "
                     "WHERE source = :s OR storage_location LIKE :p ESCAPE '\\'"
                 ), {"s": f"models:/{owner}", "p": _like_prefix(base)}).all()
-        names: set[str] = set()
-        for name, source, storage_location in rows:
+        found: set[tuple[str, int]] = set()
+        for name, version, source, storage_location in rows:
             for root in _artifact_roots(str(source or ""), str(storage_location or ""), base, owner):
                 if location == root or location.startswith(root + "/"):
-                    names.add(str(name))
-        return sorted(names)
+                    found.add((str(name), int(version)))
+        return sorted(found)
 
 
 def _artifact_roots(source: str | None, storage_location: str | None, base: str,

@@ -58,8 +58,8 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
                               "server configures one): versions cannot be verified here.")
         return found
 
-    def model(name: str, action: str) -> str:
-        model_id = require_model(policy, name, action)
+    def model(name: str, action: str, version: int | None = None) -> str:
+        model_id = require_model(policy, name, action, version)
         if model_id is None:
             raise NotFound(f"Registered model {name!r} has no owner team in mlflow-share.")
         return model_id
@@ -164,7 +164,7 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     @api.get("/lineage")
     def version_lineage() -> Response:
         name, version = parse_version_uri(request.args.get("uri") or "")
-        model_id = model(name, "read")
+        model_id = model(name, "read", version)
         return jsonify(lineage.lineage(engine, name=name, model_id=model_id, version=version,
                                        run_visible=run_visible))
 
@@ -172,8 +172,8 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     def version_diff() -> Response:
         a = parse_version_uri(request.args.get("a") or "")
         b = parse_version_uri(request.args.get("b") or "")
-        model(a[0], "read")
-        model(b[0], "read")
+        model(a[0], "read", a[1])
+        model(b[0], "read", b[1])
         return jsonify(lineage.diff(engine, a, b, run_visible))
 
     @api.get("/models/search")

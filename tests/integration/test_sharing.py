@@ -169,6 +169,19 @@ def test_package_workflow_across_three_teams(share_server: ShareServer, stock: A
         assert share_server.api("GET", "/model-versions/get-artifact",
                                 token=share_server.tokens["bea"], params={
                                     "name": name, "version": "1", "path": "MLmodel"}).ok
+        # Nor through where the versions came from: the logged model's files and its run.
+        for version, allowed in (("1", True), ("2", False)):
+            mv = share_server.api("GET", f"{API}/model-versions/get", token=share_server.tokens[
+                "bea"], params={"name": name, "version": version}).json()["model_version"]
+            logged = share_server.api("GET", f"{API}/logged-models/{mv['source'][8:]}",
+                                      token=share_server.tokens["aaron"]).json()["model"]
+            files = logged["info"]["artifact_uri"].removeprefix("mlflow-artifacts:/")
+            read = share_server.api("GET", f"{ARTIFACTS}/{files}/model.onnx",
+                                    token=share_server.tokens["bea"])
+            run = share_server.api("GET", f"{API}/runs/get", token=share_server.tokens["bea"],
+                                   params={"run_id": mv["run_id"]})
+            assert (read.status_code, run.status_code) == ((200, 200) if allowed else
+                                                           (403, 403)), (version, read.text)
         second = requests.post(f"{gateway}/v1/models/{name}/versions/2/invocations",
                                json={"inputs": X[:3].tolist()}, timeout=30, headers={
                                    "Authorization": f"Bearer {share_server.tokens['bea']}"})
