@@ -92,6 +92,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.governance import notifications
     from mlflow_share.governance.api import create_alias_blueprint
     from mlflow_share.governance.sharing_api import create_sharing_blueprint
+    from mlflow_share.health import create_health_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
     from mlflow_share.audit.store import install_audited_stores
@@ -130,6 +131,7 @@ def create_app(flask_app: Any = None) -> Any:
         flask_app.register_blueprint(create_usage_blueprint(policy, engine))
         flask_app.register_blueprint(create_alias_blueprint(policy, engine))
         flask_app.register_blueprint(create_sharing_blueprint(policy, engine))
+        flask_app.register_blueprint(create_health_blueprint(policy, gate.appender))
         flask_app.after_request(gate.flask_after_request)
 
     wsgi = settings.server_kind in ("gunicorn", "waitress")

@@ -308,8 +308,34 @@ class AuditAppender:
 
         self.engine = db.get_engine(engine.url.render_as_string(hide_password=False),
                                     purpose="audit")
+        self.failing_since: float | None = None  # monotonic time of the first failed append
 
     def append(self, row: dict[str, Any]) -> int:
+        try:
+            seq = self._append(row)
+        except AuditUnavailable:
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+            raise
+        self.failing_since = None
+        return seq
+
+    def healthy(self) -> bool:
+        """True unless appends are failing now: after a failure, a write transaction is tried
+        (and rolled back), so the appender reports its recovery without real traffic."""
+        if self.failing_since is None:
+            return True
+        try:
+            with writer_lock(self.engine), self.engine.connect() as connection:
+                begin_write(connection)
+                connection.execute(sa.select(models.events.c.seq).limit(1)).all()
+                connection.rollback()
+        except Exception:  # noqa: BLE001 - still failing
+            return False
+        self.failing_since = None
+        return True
+
+    def _append(self, row: dict[str, Any]) -> int:
         """Append one event and commit it; ``AuditUnavailable`` if that cannot be done."""
         dialect = self.engine.dialect
         for attempt in range(3):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed
 
@@ -154,6 +155,11 @@ class Interceptor:
         except MlflowException as exc:
             _note_denial(exc.message)
             return _error(exc)
+        except SQLAlchemyError:  # the database is down: nothing can be decided, so nothing is
+            _logger.exception("mlflow-share could not reach its database to decide a request")
+            _note_denial("The database is unreachable.")
+            return _plain_error(503, "TEMPORARILY_UNAVAILABLE",
+                                "The server cannot reach its database; try again shortly.")
         except Exception:  # noqa: BLE001 - fail closed: an unexpected error denies, in the envelope
             _logger.exception("mlflow-share could not decide a request; denied")
             _note_denial("The request could not be authorised.")

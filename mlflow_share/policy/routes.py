@@ -190,6 +190,7 @@ FLASK_RULES: Mapping[str, Rule] = {
     "serve_post_ui_telemetry": AUTHENTICATED,
     # mlflow-share's own API and pages: authenticated here, authorised inside each view.
     "mlflow_share_api.whoami": AUTHENTICATED,
+    "mlflow_share_health.ready": PUBLIC,
 }
 
 # Routes uvicorn serves natively (FastAPI), keyed by route name.

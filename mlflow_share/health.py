@@ -1,0 +1,72 @@
+"""``GET /api/2.0/mlflow-share/ready``: readiness for a load balancer, degraded states named.
+
+Unauthenticated (a load balancer has no token) and terse: each check is ``ok`` or the name of
+what is wrong, never an error message. 200 when every check is ``ok``, else 503, so a replica
+that cannot reach its database, cannot load its policy or cannot append to the audit log is
+taken out of rotation — it refuses requests (503) meanwhile, so nothing is served unaudited or
+decided on an old policy.
+
+- ``database``: a read of the policy version counters;
+- ``policy``: this process's policy snapshot reloaded up to the database's version;
+- ``audit``: appends work (after a failed one, a write transaction is tried and rolled back);
+- ``artifacts``: the artifact root is reachable (local roots: the folder, or the folder it
+  will be created in, is writable).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from mlflow_share import db
+from mlflow_share.admin.api import PREFIX
+from mlflow_share.audit.log import AuditAppender
+from mlflow_share.policy.enforcer import PolicyEngine
+
+
+def checks(policy: PolicyEngine, appender: AuditAppender) -> dict[str, str]:
+    found: dict[str, str] = {}
+    try:
+        with policy.engine.connect() as conn:
+            version, _ = db.read_versions(conn)
+        found["database"] = "ok"
+    except Exception:  # noqa: BLE001 - any failure here means: not ready
+        return {"database": "unreachable", "policy": "unknown", "audit": "unknown",
+                "artifacts": _artifacts()}
+    try:
+        found["policy"] = "ok" if policy.refresh().version == version else "stale"
+    except Exception:  # noqa: BLE001
+        found["policy"] = "not loadable"
+    found["audit"] = "ok" if appender.healthy() else "append failing"
+    found["artifacts"] = _artifacts()
+    return found
+
+
+def _artifacts() -> str:
+    from mlflow_share.artifacts import registration
+
+    repo: Any = registration.destination()
+    if repo is None:
+        return "ok"  # not a checksum+ root: MLflow's own repository, checked by MLflow
+    root = getattr(repo.storage, "root", None)  # LocalStorage; S3 is checked when used
+    if not isinstance(root, str):
+        return "ok"
+    while not os.path.exists(root) and os.path.dirname(root) != root:
+        root = os.path.dirname(root)  # created on the first upload: its parent must allow it
+    return "ok" if os.path.isdir(root) and os.access(root, os.W_OK) else "not writable"
+
+
+def create_health_blueprint(policy: PolicyEngine, appender: AuditAppender) -> Blueprint:
+    api = Blueprint("mlflow_share_health", __name__, url_prefix=PREFIX)
+
+    @api.get("/ready")
+    def ready() -> Response:
+        found = checks(policy, appender)
+        healthy = all(value == "ok" for value in found.values())
+        response = jsonify({"status": "ready" if healthy else "degraded", "checks": found})
+        response.status_code = 200 if healthy else 503
+        return response
+
+    return api
