@@ -4,17 +4,30 @@ request."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import sqlalchemy as sa
 
-from tests.conftest import POSTGRES_URL, ShareServer, populate, start_server, stop_server
+from tests.conftest import (
+    POSTGRES_URL,
+    USER_PASSWORD,
+    ShareServer,
+    populate,
+    start_server,
+    stop_server,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 API = "/api/2.0/mlflow"
@@ -100,6 +113,117 @@ def test_one_audit_chain_with_writers_on_both_instances(
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # dense: one linear chain
 
 
+class _Load:
+    """``clients`` threads as one user, spread over the instances, for ``seconds``: reads,
+    searches, writes and artifact uploads. Records every answer and every stored file."""
+
+    def __init__(self, servers: tuple[ShareServer, ...], token: str, name: str,
+                 experiment: str, run: str) -> None:
+        self.servers, self.token, self.name = servers, token, name
+        self.experiment, self.run = experiment, run
+        self.statuses: list[int] = []
+        self.failed: list[str] = []  # no answer (connection refused or cut)
+        self.files: dict[str, str] = {}  # artifact path -> SHA-256, for 200s
+        self.lock = threading.Lock()
+
+    def client(self, index: int, deadline: float) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.token}"
+        step = 0
+        while time.monotonic() < deadline:
+            server = self.servers[(index + step) % len(self.servers)]
+            kind = (index + step) % 4
+            step += 1
+            path = None
+            try:
+                if kind == 0:
+                    response = session.get(f"{server.url}{API}/registered-models/get",
+                                           params={"name": self.name}, timeout=30)
+                elif kind == 1:
+                    response = session.get(f"{server.url}{API}/registered-models/search",
+                                           params={"max_results": 5}, timeout=30)
+                elif kind == 2:
+                    response = session.post(f"{server.url}{API}/runs/log-metric", timeout=30,
+                                            json={"run_id": self.run, "key": f"m{index}",
+                                                  "value": step, "timestamp": step, "step": step})
+                else:
+                    data = os.urandom(2048 + step)
+                    path = f"{self.experiment}/{self.run}/artifacts/load/{index}-{step}.bin"
+                    response = session.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/"
+                                           f"{path}", data=data, timeout=30)
+            except requests.RequestException as exc:
+                with self.lock:
+                    self.failed.append(type(exc).__name__)
+                continue
+            with self.lock:
+                self.statuses.append(response.status_code)
+                if path is not None and response.status_code == 200:
+                    self.files[path] = hashlib.sha256(data).hexdigest()
+
+    def run_for(self, clients: int, seconds: float, during: Any = None) -> None:
+        deadline = time.monotonic() + seconds
+        threads = [threading.Thread(target=self.client, args=(i, deadline))
+                   for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        if during is not None:
+            time.sleep(seconds / 3)
+            during()
+        for thread in threads:
+            thread.join()
+
+
+def _loader(server: ShareServer, unique: str) -> tuple[str, str, str]:
+    """A user of its own (whose events are counted), a model, an experiment and a run."""
+    user = f"loader-{unique}"
+    server.admin("POST", "/users", json={"name": user, "password": USER_PASSWORD})
+    server.admin("POST", "/teams/members", json={"team": "team-a", "user": user,
+                                                 "role": "engineer"})
+    token = server.admin("POST", "/tokens", json={"user": user}).json()["token"]
+    assert server.api("POST", f"{API}/registered-models/create", token=token,
+                      json={"name": f"load-{unique}"}).ok
+    experiment = server.api("POST", f"{API}/experiments/create", token=token,
+                            json={"name": f"load-{unique}"}).json()["experiment_id"]
+    run = server.api("POST", f"{API}/runs/create", token=token, json={
+        "experiment_id": experiment}).json()["run"]["info"]["run_id"]
+    return token, experiment, run
+
+
+def _events_of(server: ShareServer, user: str) -> int:
+    engine = sa.create_engine(server.backend_uri)
+    with engine.connect() as conn:
+        count = conn.execute(sa.text(
+            "SELECT count(*) FROM share_audit_events WHERE principal = :p AND source = 'request'"),
+            {"p": user}).scalar()
+    engine.dispose()
+    return int(count or 0)
+
+
+def _verify_chain_and_files(server: ShareServer, files: dict[str, str], token: str) -> None:
+    verified = subprocess.run(
+        [sys.executable, "-m", "mlflow_share.cli", "audit", "verify", "--backend-store-uri",
+         server.backend_uri], capture_output=True, text=True, timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    for path, sha in files.items():
+        got = server.api("GET", f"/api/2.0/mlflow-artifacts/artifacts/{path}", token=token)
+        assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == sha, path
+        assert got.headers.get("X-MLflow-Share-Integrity") != "unverified"
+
+
+def test_fifty_clients_over_two_instances(pair: tuple[ShareServer, ShareServer],
+                                          unique: str) -> None:
+    a, b = pair
+    token, experiment, run = _loader(a, unique)
+    load = _Load((a, b), token, f"load-{unique}", experiment, run)
+    load.run_for(clients=50, seconds=8)
+    assert load.failed == [] and load.statuses, load.failed[:5]
+    assert [s for s in load.statuses if s >= 500] == []
+    assert set(load.statuses) == {200}
+    # Every request is in the audit chain, once.
+    assert _events_of(a, f"loader-{unique}") == len(load.statuses) + 3  # + the setup calls
+    _verify_chain_and_files(b, load.files, token)
+
+
 def test_without_the_database_requests_fail_cleanly_and_recover(
         pair: tuple[ShareServer, ShareServer], unique: str) -> None:
     """The database goes away for both instances (connections refused, open ones cut), then
@@ -141,3 +265,22 @@ def test_without_the_database_requests_fail_cleanly_and_recover(
         [sys.executable, "-m", "mlflow_share.cli", "audit", "verify", "--backend-store-uri",
          a.backend_uri], capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_an_instance_killed_mid_load_loses_nothing(pair: tuple[ShareServer, ShareServer],
+                                                   unique: str) -> None:
+    """``kill -9`` of one instance (all its workers) while 20 clients use both: the other
+    keeps serving, every answered request is in the chain once, stored files verify."""
+    a, b = pair
+    token, experiment, run = _loader(b, unique)
+    load = _Load((a, b), token, f"load-{unique}", experiment, run)
+    load.run_for(clients=20, seconds=6,
+                 during=lambda: os.killpg(a.process.pid, signal.SIGKILL))
+    assert [s for s in load.statuses if s >= 500] == []
+    assert load.failed, "no request met the killed instance"
+    answered = len(load.statuses)
+    events = _events_of(b, f"loader-{unique}") - 3
+    # Answered requests all have their event; a request cut by the kill may have one too.
+    assert answered <= events <= answered + len(load.failed)
+    assert b.api("GET", f"{SHARE}/ready").status_code == 200
+    _verify_chain_and_files(b, load.files, token)
