@@ -19,6 +19,7 @@ there (409 otherwise).
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -36,7 +37,7 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from mlflow_share.artifacts.ledger import Digest, Ledger
 from mlflow_share.artifacts.storage import STAGING_PREFIX, LocalStorage, S3Storage, Staged
 from mlflow_share.audit.log import AUDIT_CONTEXT
-from mlflow_share.errors import Conflict, DataLoss, InvalidInput
+from mlflow_share.errors import Conflict, DataLoss, InvalidInput, Unavailable
 
 _logger = logging.getLogger(__name__)
 
@@ -194,13 +195,13 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                      expected_sha256: str | None = None) -> Digest:
         """Stream ``read(n)`` into ``key`` while hashing; 400 if the declared digest differs."""
         self._refuse_registered(key)
-        staged = self.storage.stage(key)
+        staged = _stage(self.storage, key)
         try:
             size, digest = self._fill(staged, read)
             _check_declared(key, expected_sha256, digest)
-        except BaseException:
+        except BaseException as exc:
             staged.discard()
-            raise
+            raise _out_of_space(exc)
         self._publish([(staged, size, digest)], {"op": "artifact.put", "path": key})
         return Digest(key, size, digest, None)
 
@@ -217,7 +218,7 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                                  expected_sha256: str | None = None) -> None:
         """``write_stream`` for an ASGI body: one thread hop per MiB, not per chunk."""
         self._refuse_registered(key)
-        staged = await asyncio.to_thread(self.storage.stage, key)
+        staged = await asyncio.to_thread(_stage, self.storage, key)
         sha, size = hashlib.sha256(), 0
 
         def absorb(buffer: bytes) -> None:
@@ -240,9 +241,9 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
             staged.file.close()
             digest = sha.hexdigest()
             _check_declared(key, expected_sha256, digest)
-        except BaseException:
+        except BaseException as exc:
             staged.discard()
-            raise
+            raise _out_of_space(exc)
         await asyncio.to_thread(self._publish, [(staged, size, digest)],
                                 {"op": "artifact.put", "path": key})
 
@@ -262,15 +263,15 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                     key = "/".join(p for p in (base, relative.replace(os.sep, "/")) if p)
                     _split(key)
                     self._refuse_registered(key)
-                    item = self.storage.stage(key)
+                    item = _stage(self.storage, key)
                     staged.append((item, 0, ""))
                     with open(os.path.join(folder, name), "rb") as source:
                         size, digest = self._fill(item, source.read)
                     staged[-1] = (item, size, digest)
-        except BaseException:
+        except BaseException as exc:
             for item, _, _ in staged:
                 item.discard()
-            raise
+            raise _out_of_space(exc)
         if staged:
             self._publish(staged, {"op": "artifact.put", "path": base})
 
@@ -469,3 +470,18 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 out.write(chunk)
                 size += len(chunk)
         return size, sha.hexdigest()
+
+
+def _out_of_space(exc: BaseException) -> BaseException:
+    """A full volume (or quota) as a clear 503; anything else unchanged."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Unavailable("The artifact store has no space left: the upload was not stored. "
+                           "Free space (or raise the quota) and upload again.")
+    return exc
+
+
+def _stage(storage: LocalStorage | S3Storage, key: str) -> Staged:
+    try:
+        return storage.stage(key)
+    except OSError as exc:
+        raise _out_of_space(exc) from None

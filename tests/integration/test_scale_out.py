@@ -284,3 +284,49 @@ def test_an_instance_killed_mid_load_loses_nothing(pair: tuple[ShareServer, Shar
     assert answered <= events <= answered + len(load.failed)
     assert b.api("GET", f"{SHARE}/ready").status_code == 200
     _verify_chain_and_files(b, load.files, token)
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: the artifact volume that fills up."""
+    mount_point = tmp_path / "volume"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_artifact_volume_is_a_clear_error_and_leaves_nothing(
+        small_volume: Path, tmp_path: Path) -> None:
+    server = start_server(tmp_path / "srv", artifacts_uri=f"checksum+file://{small_volume}/root")
+    try:
+        populate(server)
+        token = server.tokens["alice"]
+        experiment = server.api("POST", f"{API}/experiments/create", token=token,
+                                json={"name": "full"}).json()["experiment_id"]
+        run = server.api("POST", f"{API}/runs/create", token=token, json={
+            "experiment_id": experiment}).json()["run"]["info"]["run_id"]
+        base = f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts"
+        small = os.urandom(200_000)
+        assert server.api("PUT", f"{base}/small.bin", token=token, data=small).ok
+        big = server.api("PUT", f"{base}/big.bin", token=token, data=os.urandom(3_000_000))
+        assert big.status_code in (503, 507), big.text
+        assert big.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert "space" in big.json()["message"]
+        # Nothing of it is visible or recorded; what was stored before still verifies.
+        assert server.api("GET", f"{base}/big.bin", token=token).status_code == 404
+        listing = server.api("GET", "/api/2.0/mlflow-artifacts/artifacts", token=token,
+                             params={"path": f"{experiment}/{run}/artifacts"}).json()
+        assert [f["path"] for f in listing.get("files", [])] == ["small.bin"]
+        assert server.api("GET", f"{base}/small.bin", token=token).content == small
+        leftovers = [p for p in small_volume.rglob("*") if p.is_file() and "big" in p.name]
+        assert leftovers == []
+        # Space freed: uploads work again.
+        assert server.api("PUT", f"{base}/again.bin", token=token, data=b"x" * 1000).ok
+    finally:
+        stop_server(server)
