@@ -224,6 +224,87 @@ def test_fifty_clients_over_two_instances(pair: tuple[ShareServer, ShareServer],
     _verify_chain_and_files(b, load.files, token)
 
 
+def test_interleaved_changes_across_instances_keep_the_invariants(
+        pair: tuple[ShareServer, ShareServer], unique: str) -> None:
+    """Hypothesis interleaves grants, revocations, uploads and reads through either instance;
+    after every step both instances decide alike (the grant state of the model), every stored
+    file reads back verified through either, and the audit chain verifies at the end."""
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (
+        RuleBasedStateMachine,
+        invariant,
+        rule,
+        run_state_machine_as_test,
+    )
+
+    a, b = pair
+    servers = {"a": a, "b": b}
+    name = f"state-{unique}"
+    token = a.tokens["alice"]
+    assert a.api("POST", f"{API}/registered-models/create", token=token, json={"name": name}).ok
+    experiment = a.api("POST", f"{API}/experiments/create", token=token,
+                       json={"name": name}).json()["experiment_id"]
+    run = a.api("POST", f"{API}/runs/create", token=token, json={
+        "experiment_id": experiment}).json()["run"]["info"]["run_id"]
+    base = f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts"
+    members = {"team-b": "bea", "team-c": "carl"}
+    counter = iter(range(10**6))
+
+    class Instances(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.granted: set[str] = set()
+            for team in members:  # each example starts from no grants
+                a.api("DELETE", f"{SHARE}/grants", token=token,
+                      json={"model": name, "team": team, "permission": "read"})
+            self.files: dict[str, str] = {}
+
+        @rule(team=st.sampled_from(sorted(members)), via=st.sampled_from("ab"))
+        def grant(self, team: str, via: str) -> None:
+            response = servers[via].api("POST", f"{SHARE}/grants", token=token, json={
+                "model": name, "team": team, "permission": "read"})
+            assert response.status_code == 200, response.text
+            self.granted.add(team)
+
+        @rule(team=st.sampled_from(sorted(members)), via=st.sampled_from("ab"))
+        def revoke(self, team: str, via: str) -> None:
+            response = servers[via].api("DELETE", f"{SHARE}/grants", token=token, json={
+                "model": name, "team": team, "permission": "read"})
+            assert response.status_code == 200, response.text
+            self.granted.discard(team)
+
+        @rule(via=st.sampled_from("ab"), size=st.integers(0, 70_000))
+        def upload(self, via: str, size: int) -> None:
+            data = os.urandom(size)
+            path = f"{base}/f{next(counter)}.bin"
+            response = servers[via].api("PUT", path, token=token, data=data)
+            assert response.status_code == 200, response.text
+            self.files[path] = hashlib.sha256(data).hexdigest()
+
+        @rule(via=st.sampled_from("ab"), data=st.data())
+        def download(self, via: str, data: st.DataObject) -> None:
+            if not self.files:
+                return
+            path = data.draw(st.sampled_from(sorted(self.files)))
+            got = servers[via].api("GET", path, token=token)
+            assert got.status_code == 200
+            assert hashlib.sha256(got.content).hexdigest() == self.files[path]
+
+        @invariant()
+        def both_instances_decide_alike(self) -> None:
+            for team, user in members.items():
+                expected = 200 if team in self.granted else 403
+                for server in servers.values():
+                    assert _read(server, user, name) == expected, (team, server.url)
+
+    run_state_machine_as_test(Instances, settings=settings(
+        max_examples=4, stateful_step_count=12, deadline=None, derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck)))
+    _verify_chain_and_files(b, {}, token)
+
+
 def test_without_the_database_requests_fail_cleanly_and_recover(
         pair: tuple[ShareServer, ShareServer], unique: str) -> None:
     """The database goes away for both instances (connections refused, open ones cut), then
