@@ -7,6 +7,7 @@ the same transaction, which is how every worker process learns that its cache is
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -287,6 +288,11 @@ def get_engine(uri: str, *, purpose: str = "default") -> Engine:
     dead connection is retried on a fresh one) and a small pool, since every request uses it.
     ``purpose="gateway"`` is the inference gateway's: no ping either (a few short reads per
     call; a dead connection fails that call and is replaced).
+
+    Pool sizes: ``MLFLOW_SHARE_DB_POOL_SIZE`` and ``MLFLOW_SHARE_DB_MAX_OVERFLOW`` (each
+    engine of each worker; MLflow's own stores read ``MLFLOW_SQLALCHEMYSTORE_POOL_SIZE`` and
+    ``..._MAX_OVERFLOW``). On PostgreSQL, keep instances x workers x (both) under the server's
+    ``max_connections``: past it, requests wait for a pooled connection instead of failing.
     """
     with _engines_lock:
         engine = _engines.get(f"{purpose}:{uri}")
@@ -294,13 +300,19 @@ def get_engine(uri: str, *, purpose: str = "default") -> Engine:
             kwargs: dict[str, object] = {"pool_pre_ping": purpose not in ("audit", "gateway")}
             if uri.startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-            if purpose == "audit":
-                kwargs.update(pool_size=4, max_overflow=12)
+            if not uri.startswith("sqlite"):
+                kwargs.update(pool_size=_env_int("MLFLOW_SHARE_DB_POOL_SIZE", 5),
+                              max_overflow=_env_int("MLFLOW_SHARE_DB_MAX_OVERFLOW", 10))
             engine = sa.create_engine(uri, **kwargs)
             if uri.startswith("sqlite"):
                 sa.event.listen(engine, "connect", _sqlite_pragmas)
             _engines[f"{purpose}:{uri}"] = engine
         return engine
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else default
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

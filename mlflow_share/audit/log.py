@@ -338,7 +338,8 @@ class AuditAppender:
     def _append(self, row: dict[str, Any]) -> int:
         """Append one event and commit it; ``AuditUnavailable`` if that cannot be done."""
         dialect = self.engine.dialect
-        for attempt in range(3):
+        # A refused connection (a restart, max_connections reached) is retried for ~1.5 s.
+        for attempt in range(6):
             try:
                 with self.engine.connect() as connection:
                     dbapi_connection = connection.connection.dbapi_connection
@@ -350,11 +351,11 @@ class AuditAppender:
                         connection.invalidate()  # never hand a broken connection back
                         raise
             except Exception as exc:  # noqa: BLE001 - retry on a fresh connection, then refuse
-                if attempt == 2 or isinstance(exc, CommitUncertain):
+                if attempt == 5 or isinstance(exc, CommitUncertain):
                     _logger.error("mlflow-share could not append to the audit log: %s", exc)
                     raise AuditUnavailable(
                         "The audit log is unavailable; the request was not served.") from None
-                time.sleep(0.02 * (attempt + 1))
+                time.sleep(0.05 * 2 ** attempt)
         raise AssertionError("unreachable")
 
 
