@@ -28,7 +28,7 @@ def test_scale_out_example_checks_itself() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_",
                                                                      "MLFLOW_SHARE_ADMIN"))}
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "scale-out" / "run.py"),
-                             "--check", "--workers", "1"],
+                             "--check", "--workers", "1", "--s3"],
                             capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "after revoke: [403]" in result.stdout

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -24,6 +26,7 @@ from tests.conftest import (
     POSTGRES_URL,
     USER_PASSWORD,
     ShareServer,
+    free_port,
     populate,
     start_server,
     stop_server,
@@ -418,3 +421,83 @@ def test_a_full_artifact_volume_is_a_clear_error_and_leaves_nothing(
         assert server.api("PUT", f"{base}/again.bin", token=token, data=b"x" * 1000).ok
     finally:
         stop_server(server)
+
+
+class _PrivatePostgres:
+    """A PostgreSQL server of this test's own (Debian's binaries, run as the postgres user),
+    so it can be stopped and started without touching the one other tests use."""
+
+    def __init__(self) -> None:
+        import pwd
+
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not found:
+            pytest.skip("PostgreSQL's server binaries are not installed")
+        self.bin = found[-1].parent
+        # Outside pytest's 0700 temp folders: the postgres user must reach it.
+        self.folder = Path(tempfile.mkdtemp(prefix="mlflow-share-pg-"))
+        if os.geteuid() == 0:
+            account = pwd.getpwnam("postgres")
+            os.chown(self.folder, account.pw_uid, account.pw_gid)
+        self.data = self.folder / "pgdata"
+        self.port = free_port()
+        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust",
+                          "-U", "postgres")
+        self.start()
+
+    def _as_postgres(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            pytest.skip(f"cannot run a private PostgreSQL here: {done.stderr.strip()[:300]}")
+
+    def start(self) -> None:
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l",
+                          str(self.data / "log"), "-o",
+                          f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1",
+                          "start")
+
+    def stop(self) -> None:
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast",
+                          "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+
+def test_postgres_stopped_and_restarted_mid_load(tmp_path: Path, unique: str) -> None:
+    """Clients keep calling while PostgreSQL stops and starts again: meanwhile 503s in
+    MLflow's envelope, never another 5xx; afterwards all is served, every answered request
+    is in the chain, every stored file verifies."""
+    database = _PrivatePostgres()
+    server = None
+    try:
+        server = start_server(tmp_path / "srv", database.url, workers=2)
+        populate(server)
+        token, experiment, run = _loader(server, unique)
+        load = _Load((server,), token, f"load-{unique}", experiment, run)
+
+        def outage() -> None:
+            database.stop()
+            time.sleep(2)
+            database.start()
+
+        load.run_for(clients=10, seconds=12, during=outage)
+        statuses = set(load.statuses)
+        assert statuses <= {200, 503}, [e for e in load.errors if not e.startswith("503")][:3]
+        assert 503 in statuses and load.failed == []
+        assert all("TEMPORARILY_UNAVAILABLE" in e for e in load.errors)
+        ok = load.statuses.count(200)
+        events = _events_of(server, f"loader-{unique}") - 3
+        assert ok <= events <= len(load.statuses)
+        assert server.api("GET", f"{SHARE}/ready").status_code == 200
+        _verify_chain_and_files(server, load.files, token)
+    finally:
+        if server is not None:
+            stop_server(server)
+        database.stop()
+        database.remove()
