@@ -1,7 +1,8 @@
 """Several mlflow-share instances on one machine: PostgreSQL, shared artifacts, a gateway.
 
     python examples/scale-out/run.py [--postgres postgresql://postgres@127.0.0.1:5432]
-                                     [--instances 2] [--workers 2] [--s3] [--check]
+                                     [--instances 2] [--workers 2] [--gateways 2] [--s3]
+                                     [--check]
 
 What it starts, each on a free loopback port (see README.md next to this file):
 
@@ -13,12 +14,14 @@ What it starts, each on a free loopback port (see README.md next to this file):
 3. ``--instances`` servers, ``mlflow-share server --workers N`` each, on the same database and
    artifact root: any of them answers any request, a change made through one applies on every
    other at its next request;
-4. one standalone inference gateway (``mlflow-share gateway``) on the same database and root.
+4. ``--gateways`` standalone inference gateways (``mlflow-share gateway``) on the same
+   database and root: stateless, so any of them serves any call.
 
 It prints the addresses and the admin password, then waits until Ctrl-C, when it stops
-everything, drops the database and removes its temporary folder. ``--check`` instead proves the setup works (a grant made
-through instance 1 is seen by instance 2, a revocation too, every instance is ready, the audit
-chain verifies) and exits 0 or 1.
+everything, drops the database and removes its temporary folder. ``--check`` instead proves
+the setup works (a grant made through instance 1 is seen by the others, a revocation too, a
+file uploaded through one instance reads back verified through every other, every instance
+is ready, the audit chain verifies) and exits 0 or 1.
 """
 
 from __future__ import annotations
@@ -105,19 +108,34 @@ def check(urls: list[str], password: str, backend: str) -> bool:
                     params={"name": "fraud-classifier"}).status_code
 
     grant = {"model": "fraud-classifier", "team": "payments", "permission": "read"}
-    results = {"before grant": [bob_reads(u) for u in others]}
+    results = {"bob reads, before the grant": [bob_reads(u) for u in others]}
     call(first, "POST", f"{SHARE}/grants", headers=alice, json=grant).raise_for_status()
-    results["after grant"] = [bob_reads(u) for u in others]
+    results["bob reads, after the grant"] = [bob_reads(u) for u in others]
     call(first, "DELETE", f"{SHARE}/grants", headers=alice, json=grant).raise_for_status()
-    results["after revoke"] = [bob_reads(u) for u in others]
+    results["bob reads, after the revocation"] = [bob_reads(u) for u in others]
+    # A file uploaded through instance 1 reads back, verified, through every other.
+    experiment = call(first, "POST", "/api/2.0/mlflow/experiments/create", headers=alice,
+                      json={"name": "scale-out"}).json()["experiment_id"]
+    run = call(first, "POST", "/api/2.0/mlflow/runs/create", headers=alice,
+               json={"experiment_id": experiment}).json()["run"]["info"]["run_id"]
+    data = os.urandom(300_000)
+    path = f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/weights.bin"
+    call(first, "PUT", path, headers=alice, data=data).raise_for_status()
+    read_back = [call(u, "GET", path, headers=alice) for u in others]
+    results["alice's upload, read back"] = [r.status_code if r.content == data and "unverified" not in
+                                 r.headers.get("X-MLflow-Share-Integrity", "") else 0
+                                 for r in read_back]
     ready = [call(u, "GET", f"{SHARE}/ready").status_code for u in urls]
     verified = subprocess.run([sys.executable, "-m", "mlflow_share.cli", "audit", "verify",
                                "--backend-store-uri", backend], capture_output=True, text=True)
     for label, statuses in results.items():
-        print(f"bob on the other instances, {label}: {statuses}")
+        print(f"{label}, on the other instances: {statuses}")
     print(f"readiness: {ready}; audit verify: {verified.stdout.strip() or verified.stderr}")
-    return (results == {"before grant": [403] * len(others), "after grant": [200] * len(others),
-                        "after revoke": [403] * len(others)}
+    n = len(others)
+    return (results == {"bob reads, before the grant": [403] * n,
+                        "bob reads, after the grant": [200] * n,
+                        "bob reads, after the revocation": [403] * n,
+                        "alice's upload, read back": [200] * n}
             and ready == [200] * len(urls) and verified.returncode == 0)
 
 
@@ -127,6 +145,7 @@ def main() -> int:
         "MLFLOW_SHARE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432"))
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--gateways", type=int, default=2)
     parser.add_argument("--s3", action="store_true", help="artifacts on a moto S3 server")
     parser.add_argument("--check", action="store_true", help="prove it works, then stop")
     args = parser.parse_args()
@@ -165,15 +184,20 @@ def main() -> int:
                                    log, env))
             urls.append(f"http://127.0.0.1:{port}")
             wait_for(urls[-1] + "/health", processes[-1], log)  # one at a time: migrations
-        port = free_port()
-        processes.append(start([sys.executable, "-m", "mlflow_share.cli", "gateway",
-                                "--backend-store-uri", backend, "--artifacts-destination",
-                                artifacts, "--port", str(port)], home / "gateway.log", env))
-        gateway = f"http://127.0.0.1:{port}"
-        wait_for(gateway + "/ping", processes[-1], home / "gateway.log")
+        gateways = []
+        for index in range(args.gateways):
+            port = free_port()
+            log = home / f"gateway-{index + 1}.log"
+            processes.append(start([sys.executable, "-m", "mlflow_share.cli", "gateway",
+                                    "--backend-store-uri", backend, "--artifacts-destination",
+                                    artifacts, "--port", str(port)], log, env))
+            gateways.append(f"http://127.0.0.1:{port}")
+            wait_for(gateways[-1] + "/ping", processes[-1], log)
         for index, url in enumerate(urls):
             print(f"instance {index + 1}: {url}  (log {home}/server-{index + 1}.log)")
-        print(f"gateway:    {gateway}/v1/models\ndatabase:   {backend}\nartifacts:  {artifacts}")
+        for index, url in enumerate(gateways):
+            print(f"gateway {index + 1}:  {url}/v1/models")
+        print(f"database:   {backend}\nartifacts:  {artifacts}")
         print(f"admin:      admin / {password}")
         if args.check:
             return 0 if check(urls, password, backend) else 1

@@ -31,4 +31,5 @@ def test_scale_out_example_checks_itself() -> None:
                              "--check", "--workers", "1", "--s3"],
                             capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "after revoke: [403]" in result.stdout
+    assert "bob reads, after the revocation, on the other instances: [403]" in result.stdout
+    assert "alice's upload, read back, on the other instances: [200]" in result.stdout
