@@ -70,6 +70,13 @@ def _read(server: ShareServer, user: str, name: str) -> int:
                       params={"name": name}).status_code
 
 
+def _verify_chain(server: ShareServer) -> None:
+    verified = subprocess.run(
+        [sys.executable, "-m", "mlflow_share.cli", "audit", "verify", "--backend-store-uri",
+         server.backend_uri], capture_output=True, text=True, timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 def test_a_revocation_on_one_instance_applies_on_the_other_at_once(
         pair: tuple[ShareServer, ShareServer], unique: str) -> None:
     a, b = pair
@@ -108,10 +115,7 @@ def test_one_audit_chain_with_writers_on_both_instances(
         assert server.api("POST", f"{API}/registered-models/create",
                           token=server.tokens["aaron"],
                           json={"name": f"chain-{unique}-{index}"}).ok
-    verified = subprocess.run(
-        [sys.executable, "-m", "mlflow_share.cli", "audit", "verify", "--backend-store-uri",
-         a.backend_uri], capture_output=True, text=True, timeout=120)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    _verify_chain(a)
     engine = sa.create_engine(a.backend_uri)
     with engine.connect() as conn:
         seqs = conn.execute(sa.text("SELECT seq FROM share_audit_events ORDER BY seq")
@@ -210,10 +214,7 @@ def _events_of(server: ShareServer, user: str) -> int:
 
 
 def _verify_chain_and_files(server: ShareServer, files: dict[str, str], token: str) -> None:
-    verified = subprocess.run(
-        [sys.executable, "-m", "mlflow_share.cli", "audit", "verify", "--backend-store-uri",
-         server.backend_uri], capture_output=True, text=True, timeout=300)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    _verify_chain(server)
     for path, sha in files.items():
         got = server.api("GET", f"/api/2.0/mlflow-artifacts/artifacts/{path}", token=token)
         assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == sha, path
@@ -352,10 +353,7 @@ def test_without_the_database_requests_fail_cleanly_and_recover(
         assert server.api("POST", f"{API}/registered-models/create",
                           token=server.tokens["alice"],
                           json={"name": f"after-{unique}-{server.url[-5:]}"}).ok
-    verified = subprocess.run(
-        [sys.executable, "-m", "mlflow_share.cli", "audit", "verify", "--backend-store-uri",
-         a.backend_uri], capture_output=True, text=True, timeout=120)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    _verify_chain(a)
 
 
 def test_an_instance_killed_mid_load_loses_nothing(pair: tuple[ShareServer, ShareServer],
