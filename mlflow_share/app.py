@@ -88,11 +88,6 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.admin.api import create_blueprint
     from mlflow_share.artifacts import serving
     from mlflow_share.artifacts.api import create_artifacts_blueprint
-    from mlflow_share.gateway.api import create_usage_blueprint
-    from mlflow_share.governance import notifications
-    from mlflow_share.governance.api import create_alias_blueprint
-    from mlflow_share.governance.sharing_api import create_sharing_blueprint
-    from mlflow_share.health import create_health_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
     from mlflow_share.audit.store import install_audited_stores
@@ -100,6 +95,11 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.auth.interceptor import Interceptor
     from mlflow_share.auth.middleware import AuditGate, ShareASGIMiddleware, ShareWSGIMiddleware
     from mlflow_share.auth.resolvers import MlflowLookups
+    from mlflow_share.gateway.api import create_usage_blueprint
+    from mlflow_share.governance import notifications
+    from mlflow_share.governance.api import create_alias_blueprint
+    from mlflow_share.governance.sharing_api import create_sharing_blueprint
+    from mlflow_share.health import create_health_blueprint
     from mlflow_share.policy.enforcer import PolicyEngine
     from mlflow_share.policy.routes import RouteTable
 

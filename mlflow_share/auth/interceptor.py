@@ -36,7 +36,7 @@ from mlflow_share.errors import (
     Unauthenticated,
 )
 from mlflow_share.policy.enforcer import PolicyEngine, validate_identifier
-from mlflow_share.policy.routes import Match, Rule, RouteTable
+from mlflow_share.policy.routes import Match, RouteTable, Rule
 
 _logger = logging.getLogger(__name__)
 

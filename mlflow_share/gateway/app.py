@@ -16,7 +16,6 @@ serving and the refusal is logged and audited.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging

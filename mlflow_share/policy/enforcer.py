@@ -16,8 +16,8 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from importlib import resources as importlib_resources
+from typing import Any
 
 import casbin
 import sqlalchemy as sa
