@@ -217,6 +217,7 @@ class Report:
     extra: list[str] = field(default_factory=list)
     changed: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    kept: dict[str, bytes] = field(default_factory=dict, repr=False)  # files asked for
 
     @property
     def ok(self) -> bool:
@@ -229,8 +230,9 @@ class Report:
 
 
 def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
-                   version: str) -> Report:
-    """Check every stored byte of a version against its manifest (and the manifest itself)."""
+                   version: str, keep: tuple[str, ...] = ()) -> Report:
+    """Check every stored byte of a version against its manifest (and the manifest itself);
+    the bytes of the files named in ``keep`` are kept in ``Report.kept`` (same pass)."""
     import hashlib
 
     record = find_manifest(engine, name, version)
@@ -247,11 +249,15 @@ def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: st
     report.extra = sorted(set(present) - set(expected))
     for relative in sorted(set(expected) & set(present)):
         size, sha = expected[relative]
-        digest, length = hashlib.sha256(), 0
+        digest, length, chunks = hashlib.sha256(), 0, []
         with repo.open_raw(present[relative]) as stream:
             while chunk := stream.read(1024 * 1024):
                 digest.update(chunk)
                 length += len(chunk)
+                if relative in keep:
+                    chunks.append(chunk)
+        if relative in keep:
+            report.kept[relative] = b"".join(chunks)
         report.checked += 1
         if (length, digest.hexdigest()) != (size, sha):
             report.changed.append({"path": relative, "expected_sha256": sha,

@@ -197,10 +197,11 @@ class Interceptor:
 
     # -- helpers ---------------------------------------------------------------------
     def _check(self, principal: Principal, kind: str, resource_id: str | None,
-               owner: str | None, action: str, label: str, name: str | None = None) -> None:
+               owner: str | None, action: str, label: str, name: str | None = None,
+               version: int | None = None) -> None:
         # The first resource a request is checked against is the one its event names.
         note_resource(kind, resource_id, name, owner)
-        if not self.policy.is_allowed(principal, kind, resource_id, owner, action):
+        if not self.policy.is_allowed(principal, kind, resource_id, owner, action, version):
             raise PermissionDenied(
                 f"Permission denied: {principal.name!r} may not {action} {label}."
             )
@@ -214,15 +215,20 @@ class Interceptor:
         self._check(principal, directory_module.EXPERIMENT, experiment_id, owner, action,
                     f"experiment {experiment_id!r}")
 
-    def _check_model(self, principal: Principal, name: str, action: str) -> None:
+    def _check_model(self, principal: Principal, name: str, action: str,
+                     version: int | None = None) -> None:
+        """``version``: the version whose bytes are reached (a sharing package's grant covers
+        only the versions it pins)."""
         model_id = self.policy.model_id(name)
         owner = (
             self.policy.owner_of(directory_module.MODEL, model_id) if model_id is not None else None
         )
         if model_id is None and not principal.is_admin and not self.lookups.model_exists(name):
             raise NotFound(f"Registered model {name!r} does not exist.")
-        self._check(principal, directory_module.MODEL, model_id, owner, action,
-                    f"registered model {name!r}", name=name)
+        label = f"registered model {name!r}" if version is None else \
+            f"version {version} of registered model {name!r}"
+        self._check(principal, directory_module.MODEL, model_id, owner, action, label,
+                    name=name, version=version)
 
     def _experiment_of(self, what: str, key: str, load: Callable[[str], str | None]) -> str:
         experiment_id = load(key)
@@ -383,19 +389,9 @@ class Interceptor:
     def _resolve_model_version_files(self, principal: Principal, rule: Rule, params: _Params,
                                      decision: Decision) -> None:
         """A version's bytes: a sharing package's grant covers only the versions it pins."""
-        name = params.required(rule.fields[0])
         raw = str(params.required(rule.fields[1]))
         version = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else -1
-        model_id = self.policy.model_id(name)
-        owner = (self.policy.owner_of(directory_module.MODEL, model_id)
-                 if model_id is not None else None)
-        if model_id is None and not principal.is_admin and not self.lookups.model_exists(name):
-            raise NotFound(f"Registered model {name!r} does not exist.")
-        note_resource(directory_module.MODEL, model_id, name, owner)
-        if not self.policy.is_allowed(principal, directory_module.MODEL, model_id, owner,
-                                      "read", version):
-            raise PermissionDenied(f"Permission denied: {principal.name!r} may not read the "
-                                   f"files of version {raw} of registered model {name!r}.")
+        self._check_model(principal, params.required(rule.fields[0]), rule.action, version)
 
     def _resolve_model_alias(self, principal: Principal, rule: Rule, params: _Params,
                              decision: Decision) -> None:

@@ -38,6 +38,19 @@ def _version(value: Any, key: str, *, required: bool = True) -> int | None:
     return int(value)
 
 
+def _required_version(data: dict[str, Any], key: str) -> int:
+    version = _version(data.get(key), key)
+    assert version is not None
+    return version
+
+
+def _model_alias(data: dict[str, Any]) -> tuple[str, str]:
+    """The request's ``model`` and ``alias`` (400 unless both are non-empty strings)."""
+    name, alias = string_field(data, "model"), string_field(data, "alias")
+    assert name is not None and alias is not None
+    return name, alias
+
+
 def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     api = json_errors(Blueprint("mlflow_share_aliases", __name__,
                                 url_prefix=PREFIX + "/aliases"))
@@ -84,8 +97,7 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     @api.post("/protect")
     def protect() -> Response:
         data = json_body()
-        name, alias = string_field(data, "model"), string_field(data, "alias")
-        assert name and alias
+        name, alias = _model_alias(data)
         approval = data.get("require_approval", False)
         if not isinstance(approval, bool):
             raise InvalidInput("'require_approval' must be true or false.")
@@ -98,8 +110,7 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     @api.post("/unprotect")
     def unprotect() -> Response:
         data = json_body()
-        name, alias = string_field(data, "model"), string_field(data, "alias")
-        assert name and alias
+        name, alias = _model_alias(data)
         model_id = allowed(name, "manage")
         loosening(model_id, alias, False)
         removed = aliases.unprotect(engine, model_id, alias)
@@ -108,10 +119,8 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     @api.post("/move")
     def move_alias() -> Response:
         data = json_body()
-        name, alias = string_field(data, "model"), string_field(data, "alias")
-        assert name and alias
-        version = _version(data.get("version"), "version")
-        assert version is not None
+        name, alias = _model_alias(data)
+        version = _required_version(data, "version")
         guard(name, alias)
         move(name, alias, version, _version(data.get("expected_version"), "expected_version",
                                             required=False),
@@ -121,9 +130,8 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     @api.post("/rollback")
     def rollback() -> Response:
         data = json_body()
-        name, alias = string_field(data, "model"), string_field(data, "alias")
+        name, alias = _model_alias(data)
         reason = string_field(data, "reason")
-        assert name and alias
         model_id = guard(name, alias)
         with engine.connect() as conn:
             current = aliases.current_version(conn, name, alias)
@@ -148,10 +156,8 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     @api.post("/requests")
     def request_move() -> Response:
         data = json_body()
-        name, alias = string_field(data, "model"), string_field(data, "alias")
-        assert name and alias
-        version = _version(data.get("version"), "version")
-        assert version is not None
+        name, alias = _model_alias(data)
+        version = _required_version(data, "version")
         model_id = allowed(name, "manage")
         return jsonify({"request": aliases.request_move(
             engine, model_id=model_id, name=name, alias=alias, version=version,

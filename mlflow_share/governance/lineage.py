@@ -31,13 +31,6 @@ def _pairs(conn: sa.Connection, sql: str, **params: Any) -> dict[str, Any]:
     return {str(key): value for key, value in rows}
 
 
-def _metrics(conn: sa.Connection, run_id: str | None) -> dict[str, float]:
-    if not run_id:
-        return {}
-    return {k: float(v) for k, v in _pairs(
-        conn, "SELECT key, value FROM latest_metrics WHERE run_uuid = :r", r=run_id).items()}
-
-
 def _version_row(conn: sa.Connection, name: str, version: int) -> Any:
     row = conn.execute(sa.text(
         "SELECT name, version, run_id, source, status, creation_time, description "
@@ -56,7 +49,7 @@ def run_details(conn: sa.Connection, run_id: str) -> dict[str, Any]:
     if run is None:
         return {"run_id": run_id, "missing": True}
     params = _pairs(conn, "SELECT key, value FROM params WHERE run_uuid = :r", r=run_id)
-    metrics = _metrics(conn, run_id)
+    metrics = packages.run_metrics(conn, run_id)
     tags = _pairs(conn, "SELECT key, value FROM tags WHERE run_uuid = :r", r=run_id)
     datasets = [{"name": r.name, "digest": r.digest, "source_type": r.dataset_source_type,
                  "source": r.dataset_source, "context": r.context}
@@ -246,7 +239,7 @@ def search(engine: sa.Engine, model_ids: list[str], run_visible: Callable[[str |
                 {"n": name, "v": version}).scalar() if version is not None else None
             shared = packages.list_packages(engine, model_ids=[model_id], teams=[])
             if run_visible(experiment_of(conn, run_id)):
-                metrics = _metrics(conn, run_id)
+                metrics = packages.run_metrics(conn, run_id)
             else:
                 metrics = next((p["metrics"][str(version)]["metrics"] for p in reversed(shared)
                                 if p["status"] == "published"

@@ -123,12 +123,18 @@ def _metrics(conn: sa.Connection, model: str, versions: list[int]) -> dict[str, 
         run_id = conn.execute(sa.text(
             "SELECT run_id FROM model_versions WHERE name = :n AND version = :v"),
             {"n": model, "v": version}).scalar()
-        rows: Any = conn.execute(sa.text(
-            "SELECT key, value FROM latest_metrics WHERE run_uuid = :r ORDER BY key"),
-            {"r": run_id}).all() if run_id else []
-        snapshot[str(version)] = {"run_id": run_id,
-                                  "metrics": {str(k): float(v) for k, v in rows}}
+        snapshot[str(version)] = {"run_id": run_id, "metrics": run_metrics(conn, run_id)}
     return snapshot
+
+
+def run_metrics(conn: sa.Connection, run_id: str | None) -> dict[str, float]:
+    """The latest value of each metric of a run."""
+    if not run_id:
+        return {}
+    rows: Any = conn.execute(sa.text(
+        "SELECT key, value FROM latest_metrics WHERE run_uuid = :r ORDER BY key"),
+        {"r": run_id}).all()
+    return {str(key): float(value) for key, value in rows}
 
 
 def _report(engine: sa.Engine, repo: ChecksumArtifactRepository, *, model: str, model_id: str,

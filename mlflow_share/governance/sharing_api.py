@@ -78,6 +78,13 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
                 raise
         return package
 
+    def may(model_id: str, action: str) -> bool:
+        return policy.is_allowed(current_principal(), MODEL, model_id,
+                                 policy.owner_of(MODEL, model_id), action)
+
+    def readable_models() -> list[str]:
+        return [model_id for model_id in policy.model_ids() if may(model_id, "read")]
+
     def run_visible(experiment_id: str | None) -> bool:
         if experiment_id is None:
             return False
@@ -105,8 +112,7 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         elif principal.is_admin:
             ids = None
         else:
-            ids = [rid for rid in policy.model_ids() if policy.is_allowed(
-                principal, MODEL, rid, policy.owner_of(MODEL, rid), "read")]
+            ids = readable_models()
         found = packages.list_packages(engine, model_ids=ids, teams=list(principal.teams),
                                        status=status)
         if name:
@@ -178,12 +184,9 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
 
     @api.get("/models/search")
     def search_models() -> Response:
-        principal = current_principal()
-        readable = [rid for rid in policy.model_ids() if policy.is_allowed(
-            principal, MODEL, rid, policy.owner_of(MODEL, rid), "read")]
         args = request.args
         return jsonify({"models": lineage.search(
-            engine, readable, run_visible, owner_team=args.get("owner_team"),
+            engine, readable_models(), run_visible, owner_team=args.get("owner_team"),
             tag=args.get("tag"),
             semver_range=args.get("semver"), metric=args.get("metric"),
             status=args.get("status"))})
@@ -208,8 +211,7 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         name = request.args.get("model") or ""
         model_id = model(name, "read")
         principal = current_principal()
-        maintainer = policy.is_allowed(principal, MODEL, model_id,
-                                       policy.owner_of(MODEL, model_id), "manage")
+        maintainer = may(model_id, "manage")
         found = notifications.subscriptions(engine, model_id)
         return jsonify({"subscriptions": [
             s if maintainer or s["created_by"] == principal.name else notifications.redacted(s)

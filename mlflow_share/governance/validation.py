@@ -30,7 +30,7 @@ from mlflow_share.artifacts import registration
 from mlflow_share.artifacts.repository import ChecksumArtifactRepository
 from mlflow_share.errors import InvalidInput, MlflowShareError, NotFound
 from mlflow_share.gateway import inputs
-from mlflow_share.gateway.models import MODEL_FILE, check_flavors, new_session, read_files, specs
+from mlflow_share.gateway.models import MODEL_FILE, check_flavors, new_session, specs
 from mlflow_share.governance import versions as semvers
 
 MAX_TEXT = 10_000
@@ -89,11 +89,15 @@ def metadata_problems(conn: sa.Connection, *, model_id: str, versions: list[int]
 
 def validate_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
                      version: int) -> list[dict[str, Any]]:
-    """The manifest, ONNX and input-example checks of one model version."""
-    checks = [_manifest_check(engine, repo, name, version)]
+    """The manifest, ONNX and input-example checks of one model version, in one read of its
+    files (the model's own files come from the pass that checks them)."""
+    manifest, files = _manifest_check(engine, repo, name, version)
+    checks = [manifest]
+    if not manifest["ok"]:
+        not_run = "Not run: the version's bytes do not match its manifest."
+        return [*checks, check("onnx", version, [not_run]),
+                check("input_example", version, [not_run])]
     try:
-        _, files = read_files(engine, repo, name, version, (MODEL_FILE, "MLmodel",
-                                                            *_EXAMPLE_FILES))
         spec = _mlmodel(files.get("MLmodel"))
         check_flavors(files.get("MLmodel"))
         if "onnx" not in (spec.get("flavors") or {}):
@@ -114,22 +118,24 @@ def validate_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: 
 
 
 def _manifest_check(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
-                    version: int) -> dict[str, Any]:
+                    version: int) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest check, and the bytes of the files the other checks read."""
     try:
-        report = registration.verify_version(engine, repo, name, str(version))
+        report = registration.verify_version(engine, repo, name, str(version),
+                                             keep=(MODEL_FILE, "MLmodel", *_EXAMPLE_FILES))
     except NotFound:
         return check("manifest", version, [
             f"Version {version} has no manifest: it was registered on a server without a "
-            "checksum+ artifact root, so its bytes cannot be verified."])
+            "checksum+ artifact root, so its bytes cannot be verified."]), {}
     except MlflowShareError as exc:
-        return check("manifest", version, [exc.message])
+        return check("manifest", version, [exc.message]), {}
     problems = list(report.problems)
     problems += [f"{path} is missing from storage." for path in report.missing]
     problems += [f"{path} is in storage but not in the manifest." for path in report.extra]
     problems += [f"{c['path']} does not match the manifest (expected SHA-256 "
                  f"{c['expected_sha256']}, stored {c['actual_sha256']})." for c in report.changed]
     return check("manifest", version, problems, identity=report.identity,
-                  files=report.checked)
+                 files=report.checked), report.kept
 
 
 def _mlmodel(data: bytes | None) -> dict[str, Any]:
