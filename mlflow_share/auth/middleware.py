@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 
 import anyio
 import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request as WerkzeugRequest
 
@@ -41,6 +42,8 @@ Send = Callable[[dict[str, Any]], Any]
 
 _UNAVAILABLE_BODY = (b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": '
                      b'"The audit log is unavailable; the request was not served."}')
+_DATABASE_DOWN_BODY = (b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": '
+                       b'"The server cannot reach its database; try again shortly."}')
 
 
 def _parse_query(query_string: str) -> MultiDict[str, str]:
@@ -174,12 +177,17 @@ class ShareASGIMiddleware:
                 return
             principal_token = CURRENT_PRINCIPAL.set(decision.principal)
             scope_token = SEARCH_SCOPE.set(decision.scope)
+            started = _Started(send)
             try:
                 if decision.rule is not None and decision.rule.resolver == "public":
                     ctx.public = True
-                    await self.app(scope, receive, send)  # health checks and the UI's files
+                    await self.app(scope, receive, started)  # health checks and the UI's files
                 else:
-                    await self.app(scope, receive, self._gated(send, ctx))
+                    await self.app(scope, receive, self._gated(started, ctx))
+            except Exception as exc:  # noqa: BLE001 - an answer in the envelope, not a reset
+                if started.done:
+                    raise  # the client sees a cut-off body, as it must for a broken stream
+                await self._deny(send, _failure(exc), ctx)
             finally:
                 SEARCH_SCOPE.reset(scope_token)
                 CURRENT_PRINCIPAL.reset(principal_token)
@@ -235,6 +243,29 @@ class ShareASGIMiddleware:
         headers.append((b"content-length", str(len(decision.body)).encode()))
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
         await send({"type": "http.response.body", "body": decision.body})
+
+
+class _Started:
+    """A ``send`` that remembers whether the response has started."""
+
+    def __init__(self, send: Send) -> None:
+        self.send, self.done = send, False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.done = True
+        await self.send(message)
+
+
+def _failure(exc: Exception) -> Decision:
+    """An exception that escaped the app before its response started, as MLflow's envelope:
+    503 when the database is unreachable (try again), else 500."""
+    if isinstance(exc, SQLAlchemyError):
+        _logger.warning("mlflow-share could not reach its database to serve a request: %s", exc)
+        return Decision(False, 503, _DATABASE_DOWN_BODY, [("Content-Type", "application/json")])
+    _logger.error("mlflow-share: a request failed", exc_info=exc)
+    body = b'{"error_code": "INTERNAL_ERROR", "message": "The request failed on the server."}'
+    return Decision(False, 500, body, [("Content-Type", "application/json")])
 
 
 def _replay(body: bytes) -> Receive:

@@ -165,7 +165,7 @@ class _Load:
                                            f"{path}", data=data, timeout=30)
             except requests.RequestException as exc:
                 with self.lock:
-                    self.failed.append(type(exc).__name__)
+                    self.failed.append(f"{type(exc).__name__}: {exc}"[:300])
                 continue
             with self.lock:
                 self.statuses.append(response.status_code)
