@@ -102,6 +102,9 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.health import create_health_blueprint
     from mlflow_share.policy.enforcer import PolicyEngine
     from mlflow_share.policy.routes import RouteTable
+    from mlflow_share.web.oidc import OidcClient, OidcSettings
+    from mlflow_share.web.pages import create_web_blueprint, install_ui_tab
+    from mlflow_share.web.sessions import SessionStore
 
     settings = config.Settings.from_env()
     flask_app = flask_app or mlflow_flask_app
@@ -124,6 +127,9 @@ def create_app(flask_app: Any = None) -> Any:
     lookups = MlflowLookups(engine)
 
     gate = AuditGate(AuditAppender(engine))
+    sessions = SessionStore(engine)
+    oidc_settings = OidcSettings.from_env()
+    oidc = OidcClient(oidc_settings) if oidc_settings is not None else None
     if "mlflow_share_api" not in flask_app.blueprints:
         flask_app.register_blueprint(create_blueprint(policy, directory))
         flask_app.register_blueprint(create_audit_blueprint(policy, engine))
@@ -132,6 +138,8 @@ def create_app(flask_app: Any = None) -> Any:
         flask_app.register_blueprint(create_alias_blueprint(policy, engine))
         flask_app.register_blueprint(create_sharing_blueprint(policy, engine))
         flask_app.register_blueprint(create_health_blueprint(policy, gate.appender))
+        flask_app.register_blueprint(create_web_blueprint(policy, directory, sessions, oidc))
+        install_ui_tab(flask_app)
         flask_app.after_request(gate.flask_after_request)
 
     wsgi = settings.server_kind in ("gunicorn", "waitress")
@@ -142,7 +150,8 @@ def create_app(flask_app: Any = None) -> Any:
         enable_tcp_nodelay()
         fastapi_app = create_fastapi_app(flask_app)
     serving.install(flask_app, fastapi_app, gate.appender)
-    interceptor = Interceptor(RouteTable(flask_app, fastapi_app), policy, directory, lookups)
+    interceptor = Interceptor(RouteTable(flask_app, fastapi_app), policy, directory, lookups,
+                              sessions)
     flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
     if fastapi_app is None:
         flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor, gate)

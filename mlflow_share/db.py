@@ -270,6 +270,29 @@ deliveries = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
+# Browser sessions (the cookie holds a random id; only its SHA-256 is stored) and OIDC logins
+# under way (state → nonce and PKCE verifier; single use).
+web_sessions = sa.Table(
+    "share_web_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("user_name", sa.String(128), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),  # "password" or "oidc"
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+)
+
+web_logins = sa.Table(
+    "share_web_logins",
+    metadata,
+    sa.Column("state_hash", sa.String(64), primary_key=True),
+    sa.Column("nonce", sa.String(128), nullable=False),
+    sa.Column("verifier", sa.String(128), nullable=False),
+    sa.Column("next_path", sa.String(512), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
 POLICY_VERSION = "policy_version"
 RESOURCE_VERSION = "resource_version"
 

@@ -12,7 +12,8 @@ import secrets
 import uuid
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -21,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from mlflow_share import db
 from mlflow_share.audit.log import audited_write
 from mlflow_share.auth.identity import hash_password, new_token
-from mlflow_share.errors import Conflict, InvalidInput, NotFound
+from mlflow_share.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from mlflow_share.policy.enforcer import (
     ADMIN_ROLE,
     ORG_DOMAIN,
@@ -35,6 +36,7 @@ MODEL = "registered_model"
 EXPERIMENT = "experiment"
 RESOURCE_KINDS = (MODEL, EXPERIMENT)
 _DAY_MS = 86_400_000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,75 @@ class Directory:
             if admin:
                 self._add_rule(conn, name, ADMIN_ROLE, ORG_DOMAIN)
             db.bump(conn, db.POLICY_VERSION)
+
+    def sso_login(self, name: str, teams: dict[str, str], admin: bool,
+                  then: Callable[[sa.Connection], T]) -> T:
+        """Provision or update an SSO user from the identity provider's claims, then run
+        ``then`` (which opens the session) in the same audited transaction.
+
+        The claims are the truth for an SSO user: memberships of teams the claims do not name
+        are removed, roles follow the claims, org admin follows the admin group. Teams that
+        do not exist are ignored (and named in the event). A local account of the same name
+        (with a password) or a service account is never taken over by an SSO login.
+        """
+        validate_identifier("user name", name)
+        for team, role in teams.items():
+            validate_identifier("team name", team)
+            validate_choice("role", role, ROLES)
+        change: dict[str, Any] = {"op": "sso_login", "user": name}
+        with self._write(change) as conn:
+            row = conn.execute(sa.select(db.users).where(db.users.c.name == name)).first()
+            if row is not None and (row.password_hash or row.is_service_account):
+                raise PermissionDenied(f"{name!r} is a local account: it cannot log in "
+                                       "through the identity provider.")
+            changed = row is None
+            if row is None:
+                conn.execute(db.users.insert().values(
+                    name=name, password_hash=None, is_admin=admin, is_service_account=False,
+                    created_at=db.now_ms()))
+                change["provisioned"] = True
+            known: set[str] = set(conn.execute(sa.select(db.teams.c.name).where(
+                db.teams.c.name.in_(list(teams)))).scalars())
+            wanted = {team: role for team, role in teams.items() if team in known}
+            if len(wanted) < len(teams):
+                change["unknown_teams"] = sorted(set(teams) - known)
+            rules = db.casbin_rules
+            current = {r.v2: r.v1 for r in conn.execute(sa.select(rules.c.v1, rules.c.v2).where(
+                rules.c.ptype == "g", rules.c.v0 == name, rules.c.v2 != ORG_DOMAIN))}
+            if wanted != current:
+                change["teams"] = {"before": current, "after": wanted}
+                conn.execute(rules.delete().where(rules.c.ptype == "g", rules.c.v0 == name,
+                                                  rules.c.v2 != ORG_DOMAIN))
+                for team, role in sorted(wanted.items()):
+                    self._add_rule(conn, name, role, team)
+                changed = True
+            was_admin = conn.execute(sa.select(rules.c.id).where(
+                rules.c.ptype == "g", rules.c.v0 == name, rules.c.v1 == ADMIN_ROLE,
+                rules.c.v2 == ORG_DOMAIN)).first() is not None
+            if was_admin != admin:
+                change["admin"] = {"before": was_admin, "after": admin}
+                conn.execute(db.users.update().where(db.users.c.name == name)
+                             .values(is_admin=admin))
+                if admin:
+                    self._add_rule(conn, name, ADMIN_ROLE, ORG_DOMAIN)
+                else:
+                    conn.execute(rules.delete().where(
+                        rules.c.ptype == "g", rules.c.v0 == name, rules.c.v1 == ADMIN_ROLE,
+                        rules.c.v2 == ORG_DOMAIN))
+                changed = True
+            if changed:
+                db.bump(conn, db.POLICY_VERSION)
+            return then(conn)
+
+    def password_login(self, name: str, then: Callable[[sa.Connection], T]) -> T:
+        """Record a successful local login and run ``then`` (which opens the session) in the
+        same audited transaction."""
+        with self._write({"op": "login", "user": name, "via": "password"}) as conn:
+            return then(conn)
+
+    def end_session(self, user: str, then: Callable[[sa.Connection], T]) -> T:
+        with self._write({"op": "logout", "user": user}) as conn:
+            return then(conn)
 
     def set_password(self, name: str, password: str) -> None:
         if len(password) < 12:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +38,14 @@ from mlflow_share.errors import (
 )
 from mlflow_share.policy.enforcer import PolicyEngine, validate_identifier
 from mlflow_share.policy.routes import Match, RouteTable, Rule
+from mlflow_share.web.sessions import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    SessionStore,
+    csrf_matches,
+    read_cookie,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -47,7 +56,13 @@ _METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method
 MODELS_DIR = "models"  # registered versions' copies (mlflow_share.artifacts)
 # What MLflow's own clients send as the source of a prompt version (mlflow.prompt.constants).
 _PROMPT_SOURCES = frozenset({"dummy-source", "prompt-template"})
-_BODYLESS_RESOLVERS = frozenset({"public", "authenticated", "admin", "search", "graphql", "artifact"})
+_BODYLESS_RESOLVERS = frozenset({"public", "authenticated", "admin", "search", "graphql",
+                                 "artifact", "page", "login"})
+LOGIN_PATH = "/share/login"
+
+
+class SessionExpired(Unauthenticated):
+    """A browser's session cookie that no longer opens a session (no Basic prompt)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,21 @@ def _plain_error(status: int, code: str, message: str) -> Decision:
     return Decision(False, status, body, [("Content-Type", "application/json")])
 
 
+def _to_login(request: IncomingRequest) -> Decision:
+    """A browser asking for a page without a session goes to the login page, and back."""
+    target = request.raw_path + (f"?{urlencode(list(request.query.items(multi=True)))}"
+                                 if request.query else "")
+    location = f"{LOGIN_PATH}?{urlencode({'next': target})}"
+    return Decision(False, 302, b"", [("Location", location), ("Cache-Control", "no-store")])
+
+
+def _name_caller(user: str) -> None:
+    """The request's audit event names ``user`` (a refused request of a known user)."""
+    audit = AUDIT_CONTEXT.get()
+    if audit is not None:
+        audit.principal = user
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
@@ -111,12 +141,13 @@ class Interceptor:
 
     def __init__(
         self, routes: RouteTable, policy: PolicyEngine, directory: Directory,
-        lookups: MlflowLookups,
+        lookups: MlflowLookups, sessions: SessionStore | None = None,
     ) -> None:
         self.routes = routes
         self.policy = policy
         self.directory = directory
         self.lookups = lookups
+        self.sessions = sessions
 
     # -- entry point -----------------------------------------------------------------
     def match(self, request: IncomingRequest) -> Match | Decision:
@@ -151,7 +182,11 @@ class Interceptor:
             return self._decide(request, match)
         except MlflowShareError as exc:
             _note_denial(exc.message)
-            return _error(exc, authenticate=isinstance(exc, Unauthenticated))
+            if isinstance(exc, Unauthenticated) and match.rule is not None \
+                    and match.rule.resolver == "page" and request.method in ("GET", "HEAD"):
+                return _to_login(request)
+            return _error(exc, authenticate=isinstance(exc, Unauthenticated)
+                          and not isinstance(exc, SessionExpired))
         except MlflowException as exc:
             _note_denial(exc.message)
             return _error(exc)
@@ -169,22 +204,24 @@ class Interceptor:
         rule = match.rule
         if rule is None:
             raise PermissionDenied("This endpoint has no mlflow-share policy and is denied.")
-        if rule.resolver == "public":
+        if rule.resolver in ("public", "login"):  # login pages check what they receive
             return Decision(True, rule=rule)
         self.policy.refresh()
-        credentials = parse_authorization(request.headers.get("authorization"))
-        if credentials is None:
-            raise Unauthenticated("Authentication required: send a token or username/password.")
-        principal = self.policy.authenticate(credentials, int(time.time() * 1000))
         audit = AUDIT_CONTEXT.get()
-        if principal is None:
-            if audit is not None and credentials.username:
-                audit.extra["claimed"] = credentials.username[:128]
-            raise Unauthenticated("Invalid, expired or revoked credentials.")
+        credentials = parse_authorization(request.headers.get("authorization"))
+        principal: Principal | None
+        if credentials is None:
+            principal = self._session_principal(request)
+        else:
+            principal = self.policy.authenticate(credentials, int(time.time() * 1000))
+            if principal is None:
+                if audit is not None and credentials.username:
+                    audit.extra["claimed"] = credentials.username[:128]
+                raise Unauthenticated("Invalid, expired or revoked credentials.")
         if audit is not None:
             audit.principal = principal.name
         decision = Decision(True, principal=principal, rule=rule)
-        if request.method == "OPTIONS" or rule.resolver == "authenticated":
+        if request.method == "OPTIONS" or rule.resolver in ("authenticated", "page"):
             return decision
         if rule.resolver == "admin":
             if not principal.is_admin:
@@ -194,6 +231,22 @@ class Interceptor:
         resolve = getattr(self, f"_resolve_{rule.resolver}")
         resolve(principal, rule, params, decision)
         return decision
+
+    def _session_principal(self, request: IncomingRequest) -> Principal:
+        """The caller of a browser request, by its session cookie; a state-changing request
+        must also carry the session's CSRF token in ``X-CSRF-Token``."""
+        session_id = read_cookie(request.headers.get("cookie"), SESSION_COOKIE)
+        if session_id is None or self.sessions is None:
+            raise Unauthenticated("Authentication required: send a token or username/password.")
+        session = self.sessions.get(session_id)
+        if session is None or not self.policy.has_user(session.user):
+            raise SessionExpired("Your session has ended: log in again.")
+        if request.method not in SAFE_METHODS and not csrf_matches(
+                session, request.headers.get(CSRF_HEADER)):
+            _name_caller(session.user)
+            raise PermissionDenied("This request needs the session's CSRF token in the "
+                                   "X-CSRF-Token header (cross-site requests are refused).")
+        return self.policy.principal(session.user, via=f"session:{session.via}")
 
     # -- helpers ---------------------------------------------------------------------
     def _check(self, principal: Principal, kind: str, resource_id: str | None,

@@ -249,6 +249,9 @@ class PolicyEngine:
             return None
         return self.principal(credentials.username)
 
+    def has_user(self, user: str) -> bool:
+        return user in self.snapshot().users
+
     def principal(self, user: str, via: str = "password") -> Principal:
         snapshot = self.snapshot()
         return Principal(

@@ -171,7 +171,7 @@ REST_RULES: Mapping[str, Rule] = {
 FLASK_RULES: Mapping[str, Rule] = {
     "health": PUBLIC,
     "version": PUBLIC,
-    "serve": PUBLIC,
+    "serve": Rule("page"),  # MLflow's UI: a browser without a session goes to log in
     "serve_static_file": PUBLIC,
     "static": PUBLIC,
     # These views read `request.args` whatever the method: so does their rule.
@@ -191,6 +191,15 @@ FLASK_RULES: Mapping[str, Rule] = {
     # mlflow-share's own API and pages: authenticated here, authorised inside each view.
     "mlflow_share_api.whoami": AUTHENTICATED,
     "mlflow_share_health.ready": PUBLIC,
+    # Browser pages: the login routes check what they receive themselves (and are audited).
+    "mlflow_share_web.login_form": Rule("login"),
+    "mlflow_share_web.login_submit": Rule("login"),
+    "mlflow_share_web.sso_start": Rule("login"),
+    "mlflow_share_web.sso_callback": Rule("login"),
+    "mlflow_share_web.static_file": PUBLIC,
+    "mlflow_share_web.page": Rule("page"),
+    "mlflow_share_web.page_access": Rule("page"),
+    "mlflow_share_web.page_monitoring": Rule("page"),
 }
 
 # Routes uvicorn serves natively (FastAPI), keyed by route name.

@@ -1,0 +1,254 @@
+"""The browser side: login (local and SSO), logout, the ``/share/`` pages and the
+Permissions tab injected into MLflow's UI.
+
+The pages are static HTML and scripts served by the plugin (no CDN: they work offline); they
+read and change everything through mlflow-share's JSON API with the session cookie and the
+CSRF header, so the interceptor decides and audits each of their calls like any client's.
+Every response under ``/share/`` carries a strict Content-Security-Policy (scripts and styles
+from this server only, no inline code, no framing).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    jsonify,
+    redirect,
+    render_template_string,
+    request,
+    send_from_directory,
+)
+from mlflow.exceptions import MlflowException
+
+from mlflow_share.admin.api import current_principal, json_errors
+from mlflow_share.audit.log import AUDIT_CONTEXT
+from mlflow_share.auth.identity import Credentials
+from mlflow_share.directory import Directory
+from mlflow_share.errors import InvalidInput, PermissionDenied
+from mlflow_share.policy.enforcer import PolicyEngine
+from mlflow_share.web.oidc import OidcClient
+from mlflow_share.web.sessions import (
+    SESSION_COOKIE,
+    SessionStore,
+    cookie_header,
+    read_cookie,
+)
+
+_logger = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+LOGIN_CSRF_COOKIE = "mlflow_share_login"
+PAGES = {"": "portal.html", "access": "access.html", "monitoring": "monitoring.html"}
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+# MLflow's UI keeps its own scripts; it may not be framed either.
+UI_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+              "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+TAB_TAGS = ('<link rel="stylesheet" href="/share/static/permissions-tab.css">'
+            '<script src="/share/static/permissions-tab.js" defer></script>')
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Log in · mlflow-share</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/share/static/share.css"></head>
+<body class="login"><main class="card">
+<h1>mlflow-share</h1>
+{% if error %}<p class="error" role="alert">{{ error }}</p>{% endif %}
+{% if sso %}<p><a class="button primary" id="sso" href="/share/login/sso?next={{ next | urlencode }}">
+Sign in with SSO</a></p><p class="muted">or with a local account:</p>{% endif %}
+<form method="post" action="/share/login">
+<input type="hidden" name="csrf_token" value="{{ csrf }}">
+<input type="hidden" name="next" value="{{ next }}">
+<label>User name <input name="username" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+<button class="primary" type="submit">Log in</button>
+</form></main></body></html>
+"""
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after logging in: a path on this server, never another origin."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or any(ord(c) < 32 for c in value):
+        return "/"
+    return value
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _with_session(response: Any, session_id: str, max_age: int) -> Response:
+    # One cookie per response: MLflow 3.17's security-headers middleware keeps only one
+    # Set-Cookie (it turns the headers into a dict). The login form's cookie expires by itself.
+    response.headers["Set-Cookie"] = cookie_header(SESSION_COOKIE, session_id, max_age=max_age)
+    return response
+
+
+def _note_user(name: str) -> None:
+    audit = AUDIT_CONTEXT.get()
+    if audit is not None:
+        audit.principal = name
+
+
+def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: SessionStore,
+                         oidc: OidcClient | None) -> Blueprint:
+    blueprint = json_errors(Blueprint("mlflow_share_web", __name__, url_prefix="/share"))
+    blueprint.after_request(_security_headers)
+    max_age = sessions.lifetime_ms // 1000
+
+    def login_page(error: str | None = None, status: int = 200) -> Response:
+        token = secrets.token_urlsafe(32)
+        html = render_template_string(_LOGIN_PAGE, error=error, sso=oidc is not None,
+                                      csrf=token, next=safe_next(request.values.get("next")))
+        response = Response(html, status=status, mimetype="text/html")
+        response.headers.add("Set-Cookie", cookie_header(LOGIN_CSRF_COOKIE, token, max_age=900))
+        return response
+
+    def start_session(user: str, via: str, login: Any, next_path: str) -> Any:
+        session_id, _ = login(lambda conn: sessions.create(conn, user, via))
+        return _with_session(redirect(safe_next(next_path), 303), session_id, max_age)
+
+    @blueprint.get("/login")
+    def login_form() -> Response:
+        return login_page()
+
+    @blueprint.post("/login")
+    def login_submit() -> Any:
+        # Login CSRF: the form's token must match the cookie set with the form.
+        supplied = request.form.get("csrf_token", "")
+        expected = read_cookie(request.headers.get("Cookie"), LOGIN_CSRF_COOKIE) or ""
+        if not supplied or not hmac.compare_digest(supplied.encode(), expected.encode()):
+            raise PermissionDenied("The login form expired or came from another site: "
+                                   "load the login page and try again.")
+        username = request.form.get("username", "")[:128]
+        password = request.form.get("password", "")
+        principal = policy.authenticate(Credentials("basic", username, password), 0) \
+            if username and password else None
+        if principal is None:
+            audit = AUDIT_CONTEXT.get()
+            if audit is not None:
+                audit.extra["claimed"] = username
+            return login_page("Wrong user name or password.", 401)
+        _note_user(principal.name)
+        return start_session(principal.name, "password",
+                             lambda then: directory.password_login(principal.name, then),
+                             request.form.get("next", "/"))
+
+    @blueprint.get("/login/sso")
+    def sso_start() -> Any:
+        if oidc is None:
+            raise InvalidInput("Single sign-on is not configured on this server.")
+        redirect_uri = request.url_root.rstrip("/") + "/share/oidc/callback"
+        url, state, nonce, verifier = oidc.authorization_url(redirect_uri)
+        sessions.begin_login(state, nonce, verifier, safe_next(request.args.get("next")))
+        return redirect(url, 302)
+
+    @blueprint.get("/oidc/callback")
+    def sso_callback() -> Any:
+        if oidc is None:
+            raise InvalidInput("Single sign-on is not configured on this server.")
+        if request.args.get("error"):
+            raise PermissionDenied(f"The identity provider refused the login: "
+                                   f"{request.args.get('error', '')[:200]}.")
+        state, code = request.args.get("state", ""), request.args.get("code", "")
+        pending = sessions.finish_login(state) if state else None
+        if pending is None:
+            raise PermissionDenied("Unknown, used or expired login state: start the login again.")
+        if not code:
+            raise InvalidInput("The identity provider sent no authorization code.")
+        nonce, verifier, next_path = pending
+        redirect_uri = request.url_root.rstrip("/") + "/share/oidc/callback"
+        try:
+            claims = oidc.complete(redirect_uri, code, verifier, nonce)
+        except MlflowException:  # a refused ID token: its own message
+            raise
+        except Exception as exc:  # noqa: BLE001 - the provider's error, as a refusal
+            _logger.warning("OIDC code exchange failed: %s", exc)
+            raise PermissionDenied("The identity provider did not complete the login.") from None
+        identity = oidc.identity(claims)
+        _note_user(identity.username)
+        return start_session(
+            identity.username, "oidc",
+            lambda then: directory.sso_login(identity.username, identity.teams, identity.admin,
+                                             then),
+            next_path)
+
+    @blueprint.post("/logout")
+    def logout() -> Any:
+        principal = current_principal()
+        session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
+        if session_id:
+            directory.end_session(principal.name, lambda conn: sessions.end(conn, session_id))
+        response = redirect("/share/login", 303)
+        response.headers["Set-Cookie"] = cookie_header(SESSION_COOKIE, "", max_age=0)
+        return response
+
+    @blueprint.get("/session")
+    def session_info() -> Response:
+        """Who is logged in and the session's CSRF token, for the pages' and the injected
+        tab's scripts (same-origin reads only; never cached)."""
+        principal = current_principal()
+        session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
+        session = sessions.get(session_id) if session_id else None
+        return jsonify({"user": principal.name, "is_admin": principal.is_admin,
+                        "teams": principal.teams, "via": principal.via,
+                        "csrf_token": session.csrf if session is not None else None,
+                        "sso": oidc is not None})
+
+    def page(name: str) -> Response:
+        current_principal()
+        return send_from_directory(STATIC, PAGES[name], max_age=0)
+
+    blueprint.add_url_rule("/", "page", lambda: page(""))
+    blueprint.add_url_rule("/access", "page_access", lambda: page("access"))
+    blueprint.add_url_rule("/monitoring", "page_monitoring", lambda: page("monitoring"))
+
+    @blueprint.get("/static/<path:filename>")
+    def static_file(filename: str) -> Response:
+        return send_from_directory(STATIC, filename, max_age=300)
+
+    return blueprint
+
+
+def install_ui_tab(flask_app: Flask) -> None:
+    """Serve MLflow's ``index.html`` with the Permissions tab's script and style added.
+
+    MLflow has no UI extension API: the two tags go before ``</head>`` of the page MLflow
+    built, so an upgrade that changes the page still gets them (and without ``</head>`` the
+    page is served unchanged, without the tab)."""
+    original = flask_app.view_functions.get("serve")
+    static_folder = flask_app.static_folder
+    if original is None or static_folder is None:
+        return
+    index = Path(static_folder) / "index.html"
+
+    def serve() -> Any:
+        if not index.is_file():
+            return original()
+        html = index.read_text(encoding="utf-8")
+        if "</head>" in html:
+            html = html.replace("</head>", TAB_TAGS + "</head>", 1)
+        response = Response(html, mimetype="text/html")
+        response.headers.update(UI_HEADERS)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    flask_app.view_functions["serve"] = serve
+

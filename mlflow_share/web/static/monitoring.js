@@ -1,0 +1,2 @@
+"use strict";
+document.addEventListener("DOMContentLoaded", () => { Share.nav("monitoring"); });
