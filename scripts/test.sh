@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Install mlflow-share with its test extra into .venv, type-check it (mypy) and run the whole
-# suite (unit, integration against real servers on 127.0.0.1, PostgreSQL). Exit 5 (nothing collected) fails.
+# Install mlflow-share with its test extra into .venv (and Debian's chromium for the browser
+# tests), type-check it (mypy) and run the whole suite (unit, integration against real servers
+# on 127.0.0.1, PostgreSQL, browser). Exit 5 (nothing collected) fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The browser tests drive Debian's chromium (Playwright never downloads a browser here).
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && \
+         $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]" -e plugins/mlflow-share-client
