@@ -118,3 +118,16 @@ def test_oidc_callback_refuses_bad_state(web: ShareServer, new_page: Any, case: 
         login_sso(page, "sso-ben")
         fresh = new_page()
         assert fresh.goto(urls[0]).status == 403
+
+
+def test_a_login_the_identity_provider_denies_opens_no_session(web: ShareServer,
+                                                               new_page: Any) -> None:
+    page = new_page()
+    page.goto("/share/login")
+    page.click("#sso")
+    with page.expect_response(lambda r: "/share/oidc/callback" in r.url) as callback:
+        page.click("button[value=deny]")
+    assert callback.value.status == 403
+    assert not [c for c in page.context.cookies() if c["name"] == "mlflow_share_session"]
+    page.goto("/share/")
+    assert "/share/login" in page.url
