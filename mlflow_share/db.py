@@ -26,6 +26,8 @@ users = sa.Table(
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
     sa.Column("is_service_account", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # An SSO user's identity at the provider ("<issuer> <sub>"), bound at provisioning.
+    sa.Column("sso_subject", sa.String(512), nullable=True),
 )
 
 tokens = sa.Table(
@@ -290,6 +292,7 @@ web_logins = sa.Table(
     sa.Column("nonce", sa.String(128), nullable=False),
     sa.Column("verifier", sa.String(128), nullable=False),
     sa.Column("next_path", sa.String(512), nullable=False),
+    sa.Column("binding_hash", sa.String(64), nullable=False),  # the starting browser's cookie
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 

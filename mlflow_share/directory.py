@@ -85,7 +85,7 @@ class Directory:
                 self._add_rule(conn, name, ADMIN_ROLE, ORG_DOMAIN)
             db.bump(conn, db.POLICY_VERSION)
 
-    def sso_login(self, name: str, teams: dict[str, str], admin: bool,
+    def sso_login(self, name: str, subject: str, teams: dict[str, str], admin: bool,
                   then: Callable[[sa.Connection], T]) -> T:
         """Provision or update an SSO user from the identity provider's claims, then run
         ``then`` (which opens the session) in the same audited transaction.
@@ -93,24 +93,39 @@ class Directory:
         The claims are the truth for an SSO user: memberships of teams the claims do not name
         are removed, roles follow the claims, org admin follows the admin group. Teams that
         do not exist are ignored (and named in the event). A local account of the same name
-        (with a password) or a service account is never taken over by an SSO login.
+        (with a password) or a service account is never taken over by an SSO login, nor an
+        SSO user by another identity at the provider (``subject``, bound at provisioning) that
+        claims the same name. Two first logins at once: one provisions, the other retries.
         """
         validate_identifier("user name", name)
         for team, role in teams.items():
             validate_identifier("team name", team)
             validate_choice("role", role, ROLES)
-        change: dict[str, Any] = {"op": "sso_login", "user": name}
+        try:
+            return self._sso_login(name, subject, teams, admin, then)
+        except IntegrityError:  # another worker provisioned the same user meanwhile
+            return self._sso_login(name, subject, teams, admin, then)
+
+    def _sso_login(self, name: str, subject: str, teams: dict[str, str], admin: bool,
+                   then: Callable[[sa.Connection], T]) -> T:
+        change: dict[str, Any] = {"op": "sso_login", "user": name, "subject": subject}
         with self._write(change) as conn:
             row = conn.execute(sa.select(db.users).where(db.users.c.name == name)).first()
             if row is not None and (row.password_hash or row.is_service_account):
                 raise PermissionDenied(f"{name!r} is a local account: it cannot log in "
                                        "through the identity provider.")
+            if row is not None and row.sso_subject not in (None, subject):
+                raise PermissionDenied(f"{name!r} belongs to another identity at the identity "
+                                       "provider.")
             changed = row is None
             if row is None:
                 conn.execute(db.users.insert().values(
                     name=name, password_hash=None, is_admin=admin, is_service_account=False,
-                    created_at=db.now_ms()))
+                    created_at=db.now_ms(), sso_subject=subject))
                 change["provisioned"] = True
+            elif row.sso_subject is None:
+                conn.execute(db.users.update().where(db.users.c.name == name)
+                             .values(sso_subject=subject))
             known: set[str] = set(conn.execute(sa.select(db.teams.c.name).where(
                 db.teams.c.name.in_(list(teams)))).scalars())
             wanted = {team: role for team, role in teams.items() if team in known}
@@ -164,6 +179,8 @@ class Directory:
             ).rowcount
             if not updated:
                 raise NotFound(f"User {name!r} does not exist or is a service account.")
+            # A new password ends the user's browser sessions (a compromised one's too).
+            conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == name))
             db.bump(conn, db.POLICY_VERSION)
 
     def list_users(self) -> list[dict[str, Any]]:

@@ -34,11 +34,11 @@ from mlflow_share.governance import lineage, notifications, packages
 from mlflow_share.governance import versions as semvers
 from mlflow_share.policy.enforcer import PolicyEngine
 
-_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d{1,9})$")
+_MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)/(?P<version>\d{1,9})")
 
 
 def parse_version_uri(uri: str) -> tuple[str, int]:
-    match = _MODEL_URI.match(uri or "")
+    match = _MODEL_URI.fullmatch(uri or "")
     if match is None:
         raise InvalidInput(f"Expected models:/NAME/VERSION, got {uri!r}.")
     return match.group("name"), int(match.group("version"))

@@ -47,12 +47,12 @@ IMPLIED_ACTIONS: Mapping[str, frozenset[str]] = {
 
 # Letters, digits and . _ @ + - only: nothing casbin's CSV/SQL loader would split on or
 # strip (`,` `(` `)` `#`, spaces), no empty or over-long names.
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")  # fullmatch: no trailing \n
 
 
 def validate_identifier(what: str, value: object) -> str:
     """Return ``value`` if it is a safe identifier, else raise ``InvalidInput`` (400)."""
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise InvalidInput(
             f"Invalid {what} {value!r}: use 1-128 letters, digits or . _ @ + -, "
             "starting with a letter or digit."

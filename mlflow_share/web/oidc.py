@@ -6,11 +6,13 @@ Configured by environment (all read at start-up):
 - ``MLFLOW_SHARE_OIDC_ISSUER`` (enables SSO), ``MLFLOW_SHARE_OIDC_CLIENT_ID``,
   ``MLFLOW_SHARE_OIDC_CLIENT_SECRET`` (empty for a public client: PKCE alone);
 - ``MLFLOW_SHARE_OIDC_SCOPES`` (default ``openid profile email``);
-- ``MLFLOW_SHARE_OIDC_USERNAME_CLAIM`` (default ``preferred_username``, then ``email``, then
-  ``sub``): the mlflow-share user name;
+- ``MLFLOW_SHARE_OIDC_USERNAME_CLAIM`` (default ``preferred_username``): the mlflow-share
+  user name; no other claim stands in for a missing one, and ``email`` counts only with
+  ``email_verified``. The user stays bound to the issuer's ``sub`` seen at provisioning;
 - ``MLFLOW_SHARE_OIDC_GROUPS_CLAIM`` (default ``groups``): a list of ``team`` or
   ``team:role`` entries (role ``viewer``, ``engineer`` or ``maintainer``; a bare team means
-  ``viewer``). Teams must exist in mlflow-share: unknown ones are ignored and logged;
+  ``viewer``). Teams must exist in mlflow-share: unknown ones (and groups that are no team
+  name, such as Keycloak's ``/paths``) are ignored and logged;
 - ``MLFLOW_SHARE_OIDC_ADMIN_GROUP``: a group whose members are org administrators.
 
 Refused (the login fails, nothing is provisioned): an ID token that is unsigned (``alg:
@@ -36,7 +38,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from mlflow_share.errors import InvalidInput, PermissionDenied
-from mlflow_share.policy.enforcer import ROLES
+from mlflow_share.policy.enforcer import ROLES, validate_identifier
 
 _logger = logging.getLogger(__name__)
 _TIMEOUT = 10
@@ -79,6 +81,7 @@ class Identity:
     """Who logged in, as the issuer says: user name, team → role, org admin."""
 
     username: str
+    subject: str  # "<issuer> <sub>"
     teams: dict[str, str]
     admin: bool
 
@@ -192,12 +195,12 @@ class OidcClient:
 
 
 def identity_from_claims(settings: OidcSettings, claims: dict[str, Any]) -> Identity:
-    username = ""
-    for name in (settings.username_claim, "preferred_username", "email", "sub"):
-        value = claims.get(name)
-        if isinstance(value, str) and value:
-            username = value
-            break
+    username = claims.get(settings.username_claim)
+    if not isinstance(username, str) or not username:
+        raise PermissionDenied(f"The identity provider sent no {settings.username_claim!r} "
+                               "claim to name the user by.")
+    if settings.username_claim == "email" and claims.get("email_verified") is not True:
+        raise PermissionDenied("The identity provider has not verified this email address.")
     groups = claims.get(settings.groups_claim) or []
     if isinstance(groups, str):
         groups = [groups]
@@ -214,7 +217,12 @@ def identity_from_claims(settings: OidcSettings, claims: dict[str, Any]) -> Iden
         if role not in ROLES:
             _logger.warning("OIDC group %r names an unknown role; ignored", group)
             continue
+        try:
+            validate_identifier("team name", team)
+        except InvalidInput:
+            _logger.info("OIDC group %r is not an mlflow-share team; ignored", group)
+            continue
         # A user in several groups of one team gets the strongest role.
         if ROLES.index(role) >= ROLES.index(teams.get(team, role)):
             teams[team] = role
-    return Identity(username, teams, admin)
+    return Identity(username, f"{settings.issuer} {claims['sub']}", teams, admin)

@@ -37,6 +37,8 @@ from mlflow_share.errors import InvalidInput, PermissionDenied
 from mlflow_share.policy.enforcer import PolicyEngine
 from mlflow_share.web.oidc import OidcClient
 from mlflow_share.web.sessions import (
+    LOGIN_MINUTES,
+    OIDC_COOKIE,
     SESSION_COOKIE,
     SessionStore,
     cookie_header,
@@ -139,6 +141,7 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
                                    "load the login page and try again.")
         username = request.form.get("username", "")[:128]
         password = request.form.get("password", "")
+        policy.refresh()  # a password changed through another worker counts here too
         principal = policy.authenticate(Credentials("basic", username, password), 0) \
             if username and password else None
         if principal is None:
@@ -157,8 +160,13 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
             raise InvalidInput("Single sign-on is not configured on this server.")
         redirect_uri = request.url_root.rstrip("/") + "/share/oidc/callback"
         url, state, nonce, verifier = oidc.authorization_url(redirect_uri)
-        sessions.begin_login(state, nonce, verifier, safe_next(request.args.get("next")))
-        return redirect(url, 302)
+        binding = secrets.token_urlsafe(32)
+        sessions.begin_login(state, nonce, verifier, safe_next(request.args.get("next")),
+                             binding)
+        response = redirect(url, 302)
+        response.headers["Set-Cookie"] = cookie_header(
+            OIDC_COOKIE, binding, max_age=LOGIN_MINUTES * 60, path="/share/oidc")
+        return response
 
     @blueprint.get("/oidc/callback")
     def sso_callback() -> Any:
@@ -168,9 +176,11 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
             raise PermissionDenied(f"The identity provider refused the login: "
                                    f"{request.args.get('error', '')[:200]}.")
         state, code = request.args.get("state", ""), request.args.get("code", "")
-        pending = sessions.finish_login(state) if state else None
+        binding = read_cookie(request.headers.get("Cookie"), OIDC_COOKIE)
+        pending = sessions.finish_login(state, binding) if state else None
         if pending is None:
-            raise PermissionDenied("Unknown, used or expired login state: start the login again.")
+            raise PermissionDenied("Unknown, used or expired login state, or a login started "
+                                   "in another browser: start the login again.")
         if not code:
             raise InvalidInput("The identity provider sent no authorization code.")
         nonce, verifier, next_path = pending
@@ -183,12 +193,16 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
             _logger.warning("OIDC code exchange failed: %s", exc)
             raise PermissionDenied("The identity provider did not complete the login.") from None
         identity = oidc.identity(claims)
-        _note_user(identity.username)
-        return start_session(
+        audit = AUDIT_CONTEXT.get()
+        if audit is not None:
+            audit.extra["claimed"] = identity.username[:128]
+        response = start_session(
             identity.username, "oidc",
-            lambda then: directory.sso_login(identity.username, identity.teams, identity.admin,
-                                             then),
+            lambda then: directory.sso_login(identity.username, identity.subject,
+                                             identity.teams, identity.admin, then),
             next_path)
+        _note_user(identity.username)
+        return response
 
     @blueprint.post("/logout")
     def logout() -> Any:
@@ -205,6 +219,9 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
         """Who is logged in and the session's CSRF token, for the pages' and the injected
         tab's scripts (same-origin reads only; never cached)."""
         principal = current_principal()
+        # Browsers say where a request comes from: only this origin's scripts get the token.
+        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            raise PermissionDenied("The session's details are for this site's pages only.")
         session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
         session = sessions.get(session_id) if session_id else None
         return jsonify({"user": principal.name, "is_admin": principal.is_admin,
@@ -251,4 +268,23 @@ def install_ui_tab(flask_app: Flask) -> None:
         return response
 
     flask_app.view_functions["serve"] = serve
+    # MLflow also serves its build folder as static files: not the page itself, which only
+    # sessions get (with the tab and the headers above).
+    for endpoint in ("serve_static_file", "static"):
+        view = flask_app.view_functions.get(endpoint)
+        if view is not None:
+            flask_app.view_functions[endpoint] = _without_index(view)
+
+
+def _without_index(view: Any) -> Any:
+    from werkzeug.exceptions import NotFound as NotFoundHttp
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        path = str(kwargs.get("path") or kwargs.get("filename") or (args[0] if args else ""))
+        if Path(path.replace("\\", "/")).name.lower() == "index.html":
+            raise NotFoundHttp()
+        return view(*args, **kwargs)
+
+    guarded.__name__ = getattr(view, "__name__", "static")
+    return guarded
 

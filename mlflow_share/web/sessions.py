@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from mlflow_share import db
 
 SESSION_COOKIE = "mlflow_share_session"
+OIDC_COOKIE = "mlflow_share_oidc"  # binds an OIDC login to the browser that started it
 CSRF_HEADER = "x-csrf-token"
 SESSION_HOURS_ENV = "MLFLOW_SHARE_SESSION_HOURS"
 INSECURE_COOKIES_ENV = "MLFLOW_SHARE_INSECURE_COOKIES"
@@ -63,10 +64,11 @@ def csrf_matches(session: WebSession, supplied: str | None) -> bool:
         session.csrf.encode(), supplied.encode())
 
 
-def cookie_header(name: str, value: str, *, max_age: int, http_only: bool = True) -> str:
+def cookie_header(name: str, value: str, *, max_age: int, http_only: bool = True,
+                  path: str = "/") -> str:
     """A ``Set-Cookie`` value: ``Secure`` unless the installation opted out (plain HTTP on a
     host other than localhost), ``SameSite=Lax`` (the OIDC redirect back is a top-level GET)."""
-    parts = [f"{name}={value}", "Path=/", f"Max-Age={max_age}", "SameSite=Lax"]
+    parts = [f"{name}={value}", f"Path={path}", f"Max-Age={max_age}", "SameSite=Lax"]
     if os.environ.get(INSECURE_COOKIES_ENV) != "1":
         parts.append("Secure")
     if http_only:
@@ -105,28 +107,38 @@ class SessionStore:
             return None
         return WebSession(row.user_name, row.csrf, row.via, row.expires_at)
 
+    @staticmethod
+    def end_all(conn: sa.Connection, user: str) -> None:
+        """Every session of ``user`` (a changed password logs everyone out)."""
+        conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == user))
+
     def end(self, conn: sa.Connection, session_id: str) -> bool:
         return bool(conn.execute(db.web_sessions.delete().where(
             db.web_sessions.c.id_hash == _digest(session_id))).rowcount)
 
     # -- OIDC logins under way ---------------------------------------------------------
-    def begin_login(self, state: str, nonce: str, verifier: str, next_path: str) -> None:
+    def begin_login(self, state: str, nonce: str, verifier: str, next_path: str,
+                    binding: str) -> None:
+        """``binding``: a random value also set as a cookie in the browser that starts the
+        login; the callback must come back with it (no login forced onto another browser)."""
         now = db.now_ms()
         with self.engine.begin() as conn:
             conn.execute(db.web_logins.delete().where(
                 db.web_logins.c.created_at < now - LOGIN_MINUTES * 60_000))
             conn.execute(db.web_logins.insert().values(
                 state_hash=_digest(state), nonce=nonce, verifier=verifier,
-                next_path=next_path[:512], created_at=now))
+                next_path=next_path[:512], binding_hash=_digest(binding), created_at=now))
 
-    def finish_login(self, state: str) -> tuple[str, str, str] | None:
-        """(nonce, verifier, next path) of a login under way, consumed: a state works once."""
+    def finish_login(self, state: str, binding: str | None) -> tuple[str, str, str] | None:
+        """(nonce, verifier, next path) of a login under way, consumed: a state works once,
+        and only in the browser that started the login."""
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(db.web_logins).where(
                 db.web_logins.c.state_hash == _digest(state))).first()
             if row is None or not conn.execute(db.web_logins.delete().where(
                     db.web_logins.c.state_hash == _digest(state))).rowcount:
                 return None
-        if row.created_at < db.now_ms() - LOGIN_MINUTES * 60_000:
+        if row.created_at < db.now_ms() - LOGIN_MINUTES * 60_000 or binding is None \
+                or not hmac.compare_digest(row.binding_hash, _digest(binding)):
             return None
         return row.nonce, row.verifier, row.next_path

@@ -105,12 +105,24 @@ def test_pages_carry_security_headers(web: ShareServer, new_page: Any) -> None:
     assert "frame-ancestors 'none'" in ui.headers["content-security-policy"]
 
 
-@pytest.mark.parametrize("case", ["state", "replayed-state"])
+@pytest.mark.parametrize("case", ["state", "replayed-state", "other-browser"])
 def test_oidc_callback_refuses_bad_state(web: ShareServer, new_page: Any, case: str) -> None:
     page = new_page()
     if case == "state":
         answer = page.goto("/share/oidc/callback?state=forged&code=abc")
         assert answer.status == 403
+    elif case == "other-browser":
+        # Login CSRF: an attacker logs in at the provider as themself, keeps the callback
+        # link and sends it to a victim; in the victim's browser it opens no session.
+        page.route("**/share/oidc/callback*", lambda route: route.abort())
+        page.goto("/share/login")
+        page.click("#sso")
+        page.fill("input[name=sub]", "sso-ben")
+        with page.expect_request("**/share/oidc/callback*") as kept:
+            page.click("button[type=submit]:has-text('Authorize')")
+        victim = new_page()
+        assert victim.goto(kept.value.url).status == 403
+        assert not [c for c in victim.context.cookies() if c["name"] == "mlflow_share_session"]
     else:
         # A real login, then its callback URL replayed: the state works once.
         urls: list[str] = []

@@ -91,9 +91,23 @@ def test_groups_map_to_teams_roles_and_admin() -> None:
     settings = OidcSettings(issuer=ISSUER, client_id=CLIENT, client_secret="",
                             admin_group="admins")
     identity = identity_from_claims(settings, {
-        "sub": "x", "email": "e@x.test",
-        "groups": ["team-a", "team-a:engineer", "team-b:viewer", "team-c:owner", "admins", 7]})
-    assert identity.username == "e@x.test"
-    assert identity.teams == {"team-a": "engineer", "team-b": "viewer"}  # unknown role ignored
+        "sub": "x", "preferred_username": "ann", "email": "e@x.test",
+        "groups": ["team-a", "team-a:engineer", "team-b:viewer", "team-c:owner", "admins", 7,
+                   "/keycloak/path", "org", "admin\n"]})
+    assert identity.username == "ann" and identity.subject == f"{ISSUER} x"
+    # Unknown roles and groups that are no team name are ignored, not fatal.
+    assert identity.teams == {"team-a": "engineer", "team-b": "viewer"}
     assert identity.admin
-    assert identity_from_claims(settings, {"sub": "s"}).teams == {}
+    assert identity_from_claims(settings, {"sub": "s", "preferred_username": "s"}).teams == {}
+
+
+def test_the_user_name_comes_from_the_configured_claim_only() -> None:
+    settings = OidcSettings(issuer=ISSUER, client_id=CLIENT, client_secret="")
+    with pytest.raises(PermissionDenied, match="preferred_username"):
+        identity_from_claims(settings, {"sub": "s", "email": "admin"})  # no stand-in
+    by_email = OidcSettings(issuer=ISSUER, client_id=CLIENT, client_secret="",
+                            username_claim="email")
+    with pytest.raises(PermissionDenied, match="not verified"):
+        identity_from_claims(by_email, {"sub": "s", "email": "boss@x.test"})
+    assert identity_from_claims(by_email, {"sub": "s", "email": "boss@x.test",
+                                           "email_verified": True}).username == "boss@x.test"

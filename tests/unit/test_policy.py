@@ -93,7 +93,7 @@ def test_policy_in_memory_equals_policy_reloaded_from_sql(world) -> None:  # typ
 
 
 @pytest.mark.parametrize("bad", ["viewer, team-b", "a)", "(a", "a#b", " a", "a ", "", "a" * 129,
-                                 "a b", "a\nb", "a;b", "a'b", 'a"b', "a,b", "*"])
+                                 "a b", "a\nb", "admin\n", "a;b", "a'b", 'a"b', "a,b", "*"])
 def test_identifiers_are_validated_before_casbin(world, bad) -> None:  # type: ignore[no-untyped-def]
     directory, policy = world
     before = policy.refresh().enforcer.get_grouping_policy()

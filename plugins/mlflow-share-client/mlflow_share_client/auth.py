@@ -15,14 +15,18 @@ old one is revoked; the file is replaced atomically.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import getpass
 import json
+import logging
 import os
 import stat
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,20 @@ from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestA
 API = "/api/2.0/mlflow-share"
 _DAY_MS = 86_400_000
 _lock = threading.Lock()
+_logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """The token file to ourselves, across threads and processes (notebooks and workers
+    share it): one renewal at a time, and nobody overwrites another's renewed entry."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _lock, open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def token_file() -> Path:
@@ -87,8 +105,8 @@ def save_token(tracking_uri: str, token: str, *, verify: bool = True) -> dict[st
             if listed.get("token_id") == entry["token_id"]:
                 entry["expires_at"] = listed.get("expires_at")
                 entry["created_at"] = listed.get("created_at")
-    with _lock:
-        path = token_file()
+    path = token_file()
+    with _locked(path):
         data = _read(path)
         data[_key(tracking_uri)] = entry
         _write(path, data)
@@ -124,15 +142,18 @@ def _renew(tracking_uri: str, entry: dict[str, Any]) -> dict[str, Any]:
     renewed = {"token": body["token"], "token_id": body["token_id"], "user": body.get("user"),
                "expires_at": body.get("expires_at"), "created_at": int(time.time() * 1000)}
     if entry.get("token_id"):
-        session.delete(f"{tracking_uri}{API}/tokens", json={"token_id": entry["token_id"]},
-                       timeout=30)
+        revoked = session.delete(f"{tracking_uri}{API}/tokens", timeout=30,
+                                 json={"token_id": entry["token_id"]})
+        if revoked.status_code != 200:
+            _logger.warning("mlflow-share: the replaced token %s could not be revoked (%s); "
+                            "revoke it on /share/access", entry["token_id"], revoked.status_code)
     return renewed
 
 
 def current_token(tracking_uri: str) -> str:
     key = _key(tracking_uri)
-    with _lock:
-        path = token_file()
+    path = token_file()
+    with _locked(path):
         data = _read(path)
         entry = data.get(key)
         if not isinstance(entry, dict) or not entry.get("token"):
