@@ -136,6 +136,7 @@ gateway_usage = sa.Table(
     sa.Column("latency_sum_ms", sa.Float, nullable=False),
     sa.Column("p50_ms", sa.Float, nullable=True),
     sa.Column("p99_ms", sa.Float, nullable=True),
+    sa.Column("p95_ms", sa.Float, nullable=True),
 )
 
 # Named deployments on the gateway (`mlflow deployments -t mlflow-share`): a name bound to a

@@ -26,10 +26,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from mlflow_share.artifacts.repository import ChecksumArtifactRepository, Verified
 from mlflow_share.audit.log import AUDIT_CONTEXT, AuditAppender
-from mlflow_share.errors import AuditUnavailable, DataLoss, InvalidInput
+from mlflow_share.errors import AuditUnavailable, DataLoss, InvalidInput, Unavailable
 
 _logger = logging.getLogger(__name__)
 
@@ -140,6 +141,14 @@ def _upload_target(repo: ChecksumArtifactRepository, artifact_path: str,
     return repo.file_key(tail, head or None), declared
 
 
+def _as_mlflow(exc: Exception) -> MlflowException:
+    """The database out of reach is a 503 to retry, in MLflow's envelope."""
+    if isinstance(exc, MlflowException):
+        return exc
+    _logger.warning("mlflow-share: artifact request without its database: %s", exc)
+    return Unavailable("The server cannot reach its database; try again shortly.")
+
+
 def _error_json(exc: MlflowException) -> tuple[int, dict[str, Any]]:
     return exc.get_http_status_code(), json.loads(exc.serialize_as_json())
 
@@ -161,8 +170,8 @@ def install_fastapi(fastapi_app: Any) -> None:
         try:
             path = _checked_path(artifact_path)
             opened, body = await asyncio.to_thread(_open, repo, path)
-        except MlflowException as exc:
-            status, content = _error_json(exc)
+        except (MlflowException, SQLAlchemyError) as exc:
+            status, content = _error_json(_as_mlflow(exc))
             return JSONResponse(status_code=status, content=content)
         headers = _headers(opened, path)
         if body is not None:
@@ -177,8 +186,8 @@ def install_fastapi(fastapi_app: Any) -> None:
             key, declared = _upload_target(repo, artifact_path,
                                            request.headers.get("content-digest"))
             await repo.write_async_stream(key, request.stream(), declared)
-        except MlflowException as exc:
-            status, content = _error_json(exc)
+        except (MlflowException, SQLAlchemyError) as exc:
+            status, content = _error_json(_as_mlflow(exc))
             return JSONResponse(status_code=status, content=content)
         return Response(status_code=200)
 

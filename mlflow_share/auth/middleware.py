@@ -158,6 +158,7 @@ class ShareASGIMiddleware:
         match = self.interceptor.match(request)
         if isinstance(match, Decision):
             ctx.action, ctx.decision = "unrouted", "deny"
+            await _drain(receive)
             await self._deny(send, match, ctx)
             return
         ctx.action = match.key
@@ -173,20 +174,30 @@ class ShareASGIMiddleware:
         try:
             decision = await anyio.to_thread.run_sync(self.interceptor.decide, request, match)
             if not decision.allowed:
+                if request.body is None:
+                    await _drain(receive)
                 await self._deny(send, decision, ctx)
                 return
             principal_token = CURRENT_PRINCIPAL.set(decision.principal)
             scope_token = SEARCH_SCOPE.set(decision.scope)
-            started = _Started(send)
+            incoming = _Body(receive)
+            started = _Started(send, incoming)
             try:
                 if decision.rule is not None and decision.rule.resolver == "public":
                     ctx.public = True
-                    await self.app(scope, receive, started)  # health checks and the UI's files
+                    await self.app(scope, incoming, started)  # health checks, the UI's files
                 else:
-                    await self.app(scope, receive, self._gated(started, ctx))
+                    await self.app(scope, incoming, self._gated(started, ctx))
             except Exception as exc:  # noqa: BLE001 - an answer in the envelope, not a reset
+                if started.finished:
+                    # Starlette answered (500) and re-raised for the server to log: log it
+                    # here, so the server keeps the connection instead of cutting it.
+                    _logger.error("mlflow-share: a request failed after its answer", exc_info=exc)
+                    return
                 if started.done:
                     raise  # the client sees a cut-off body, as it must for a broken stream
+                if not incoming.done:
+                    await _drain(incoming)
                 await self._deny(send, _failure(exc), ctx)
             finally:
                 SEARCH_SCOPE.reset(scope_token)
@@ -245,16 +256,54 @@ class ShareASGIMiddleware:
         await send({"type": "http.response.body", "body": decision.body})
 
 
-class _Started:
-    """A ``send`` that remembers whether the response has started."""
+_DRAIN_LIMIT = 8 * 1024 * 1024
 
-    def __init__(self, send: Send) -> None:
-        self.send, self.done = send, False
+
+async def _drain(receive: Receive) -> None:
+    """Read (and drop) the body of a request refused before anything read it, up to 8 MiB.
+
+    A server that answers and closes with the client's bytes still unread makes the kernel
+    reset the connection, and the client may then lose the answer (a refused upload would
+    look like a network error instead of a 403 or 503)."""
+    size = 0
+    while size <= _DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class _Body:
+    """A ``receive`` that remembers whether the request's body has been read to its end."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive, self.done = receive, False
+
+    async def __call__(self) -> dict[str, Any]:
+        message: dict[str, Any] = await self.receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.done = True
+        return message
+
+
+class _Started:
+    """A ``send`` that remembers whether the response has started, and first reads what the
+    app left of the request's body (a refused upload), so the connection stays usable."""
+
+    def __init__(self, send: Send, body: _Body) -> None:
+        self.send, self.body = send, body
+        self.done = self.finished = False  # the answer has started / has been sent whole
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.done = True
+            if not self.body.done:
+                await _drain(self.body)
         await self.send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
 
 
 def _failure(exc: Exception) -> Decision:

@@ -1,6 +1,6 @@
 """``GET /api/2.0/mlflow-share/usage?model=NAME[&since=MS]``: who calls a model, how fast.
 
-Rows per version, calling team and minute (requests, errors, latency sum, p50, p99), as the
+Rows per version, calling team and minute (requests, errors, latency sum, p50, p95, p99), as the
 gateway wrote them; for whoever may read the registered model (its owners first of all).
 """
 

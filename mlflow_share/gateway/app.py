@@ -312,14 +312,9 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
             elapsed = time.perf_counter() - started
             gateway.metrics.observe(state["model"], state["version"], state["team"], status,
                                     elapsed)
-            if state["model"] != "-":
+            if state["model"] != "-":  # written every few seconds by the usage writer
                 gateway.usage.record(state["model"], state["version"], state["team"], status,
                                      elapsed)
-            if gateway.usage.due():  # finished minutes are written every few seconds
-                try:
-                    await anyio.to_thread.run_sync(gateway.usage.flush)
-                except Exception as exc:  # noqa: BLE001 - counts stay in memory for later
-                    _logger.error("mlflow-share gateway: writing usage failed: %s", exc)
 
     async def by_alias(request: Request) -> Response:
         target = request.path_params["target"]
@@ -476,7 +471,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
         yield
-        await anyio.to_thread.run_sync(gateway.usage.flush, True)  # the current minute too
+        await anyio.to_thread.run_sync(gateway.usage.close)  # the current minute too
 
     app = Starlette(routes=[
         Route("/v1/models/{name}/versions/{version}/invocations", by_version, methods=["POST"]),

@@ -1,12 +1,17 @@
 """Per-minute usage of each model version by each calling team, for the owners' dashboard.
 
-The gateway counts in memory and writes finished minutes (and, at shutdown, the current one)
-to ``share_gateway_usage``: requests, errors, latency sum and p50/p99 of the minute. Each
+The gateway counts in memory and a background thread writes what it counted every few
+seconds (``MLFLOW_SHARE_USAGE_FLUSH_SECONDS``, default 5; and at shutdown) to
+``share_gateway_usage``: requests, errors, latency sum and p50/p95/p99 per minute, so the
+monitoring dashboard is at most that far behind. A minute written in several flushes (or by
+several gateway processes) adds its counts and keeps the worst of each percentile. Each
 flush is also one audit event with the invocation counts it wrote.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +23,8 @@ from mlflow_share import db
 from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
 
 _SAMPLES = 2000  # latencies kept per bucket for its quantiles
+FLUSH_ENV = "MLFLOW_SHARE_USAGE_FLUSH_SECONDS"
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,26 +42,40 @@ def _quantile(samples: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _worst(stored: float | None, new: float | None) -> float | None:
+    present = [x for x in (stored, new) if x is not None]
+    return max(present) if present else None
+
+
 class Usage:
-    def __init__(self, engine: sa.Engine, appender: AuditAppender, every: float = 5.0) -> None:
+    def __init__(self, engine: sa.Engine, appender: AuditAppender,
+                 every: float | None = None) -> None:
         self.engine, self.appender = engine, appender
-        self.every = every
+        self.every = every if every is not None else float(os.environ.get(FLUSH_ENV) or 5)
         self._buckets: dict[tuple[str, str, str, int], _Bucket] = {}
         self._lock = threading.Lock()
-        self._next_flush = time.monotonic() + every
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
 
-    def due(self) -> bool:
-        """Time to write finished minutes (claims the turn: one caller flushes)."""
-        now = time.monotonic()
-        with self._lock:
-            if now < self._next_flush:
-                return False
-            self._next_flush = now + self.every
-            return any(k[3] < int(time.time() // 60) * 60_000 for k in self._buckets)
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.flush(everything=True)
+            except Exception as exc:  # noqa: BLE001 - the counts stay for the next turn
+                _logger.error("mlflow-share gateway: writing usage failed: %s", exc)
+
+    def close(self) -> None:
+        """Stop the writer and write what is left."""
+        self._stop.set()
+        self.flush(everything=True)
 
     def record(self, model: str, version: str, team: str, status: int, seconds: float) -> None:
         minute = int(time.time() // 60) * 60_000
         with self._lock:
+            if self._writer is None:  # started in the serving process, after any fork
+                self._writer = threading.Thread(target=self._run, name="mlflow-share-usage",
+                                                daemon=True)
+                self._writer.start()
             bucket = self._buckets.setdefault((model, version, team, minute), _Bucket())
             bucket.requests += 1
             if status >= 400:
@@ -94,19 +115,19 @@ class Usage:
                 match = sa.and_(table.c.model == model, table.c.version == version,
                                 table.c.team == team, table.c.minute == minute)
                 row = conn.execute(sa.select(table).where(match)).first()
-                p50, p99 = _quantile(bucket.samples, 0.5), _quantile(bucket.samples, 0.99)
+                quantiles = {f"p{q}_ms": _quantile(bucket.samples, q / 100) for q in (50, 95, 99)}
                 if row is None:
                     conn.execute(table.insert().values(
                         model=model, version=version, team=team, minute=minute,
                         requests=bucket.requests, errors=bucket.errors,
-                        latency_sum_ms=bucket.latency_sum, p50_ms=p50, p99_ms=p99))
-                else:  # another gateway process wrote this minute too: add, keep the worse
+                        latency_sum_ms=bucket.latency_sum, **quantiles))
+                else:  # an earlier flush or another process wrote this minute: add, keep worst
                     conn.execute(table.update().where(match).values(
                         requests=row.requests + bucket.requests,
                         errors=row.errors + bucket.errors,
                         latency_sum_ms=row.latency_sum_ms + bucket.latency_sum,
-                        p50_ms=max(x for x in (row.p50_ms, p50, 0.0) if x is not None),
-                        p99_ms=max(x for x in (row.p99_ms, p99, 0.0) if x is not None)))
+                        **{name: _worst(getattr(row, name), value)
+                           for name, value in quantiles.items()}))
 
     def _audit(self, done: dict[tuple[str, str, str, int], _Bucket]) -> None:
 

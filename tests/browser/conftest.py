@@ -48,7 +48,8 @@ def web(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: str) -> Iterator[
     """A server with SSO and the gateway mounted, and the default world of users."""
     env = {"MLFLOW_SHARE_OIDC_ISSUER": oidc_issuer, "MLFLOW_SHARE_OIDC_CLIENT_ID": CLIENT_ID,
            "MLFLOW_SHARE_OIDC_CLIENT_SECRET": CLIENT_SECRET,
-           "MLFLOW_SHARE_OIDC_ADMIN_GROUP": "mlflow-share-admins", "MLFLOW_SHARE_GATEWAY": "1"}
+           "MLFLOW_SHARE_OIDC_ADMIN_GROUP": "mlflow-share-admins", "MLFLOW_SHARE_GATEWAY": "1",
+           "MLFLOW_SHARE_USAGE_FLUSH_SECONDS": "1"}
     with running_server(tmp_path_factory.mktemp("web-server"), env_extra=env) as server:
         populate(server)
         yield server

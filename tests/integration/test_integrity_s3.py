@@ -81,7 +81,7 @@ def test_uploads_land_in_the_bucket_with_digests_and_refusals_leave_nothing(
     assert fetched.status_code == 200 and fetched.content == data
     assert fetched.headers["X-MLflow-Share-Integrity"] == "verified"
     # Bytes changed in the bucket behind the server's back are refused.
-    s3.put_object(Bucket=BUCKET, Key=f"root/{key}", Body=data[:-1] + b"\x00")
+    s3.put_object(Bucket=BUCKET, Key=f"root/{key}", Body=data[:-1] + bytes([data[-1] ^ 1]))
     tampered = s3_server.api("GET", f"{ARTIFACTS}/{key}", token=token)
     assert tampered.status_code == 500 and tampered.json()["error_code"] == "DATA_LOSS"
     # Presigned and multipart transfers would bypass the digest: not offered.

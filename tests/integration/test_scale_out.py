@@ -165,7 +165,8 @@ class _Load:
                                            f"{path}", data=data, timeout=30)
             except requests.RequestException as exc:
                 with self.lock:
-                    self.failed.append(f"{type(exc).__name__}: {exc}"[:300])
+                    what = ("get", "search", "log-metric", "upload")[kind]
+                    self.failed.append(f"{what}: {type(exc).__name__}: {exc}"[:300])
                 continue
             with self.lock:
                 self.statuses.append(response.status_code)

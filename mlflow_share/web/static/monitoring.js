@@ -1,6 +1,6 @@
 // The monitoring dashboard: who calls a registered model through the gateway, how often, how
 // fast and how often it fails, from GET usage?model=NAME[&since=MS] (rows per version, team and
-// minute: requests, errors, latency_sum_ms, p50_ms, p99_ms).
+// minute: requests, errors, latency_sum_ms, p50_ms, p95_ms, p99_ms).
 "use strict";
 
 (() => {
@@ -50,8 +50,8 @@
       for (let t = first; t <= last; t += size) buckets.push(t);
     }
     const teams = new Map(), versions = new Map();
-    const latency = new Map(buckets.map((b) => [b, { ok: 0, sum: 0, p50w: 0, p50n: 0, p99: null }]));
-    const blank = (extra) => ({ requests: 0, errors: 0, ok: 0, sum: 0, p50w: 0, p50n: 0, p99: null,
+    const latency = new Map(buckets.map((b) => [b, { ok: 0, sum: 0, p50w: 0, p50n: 0, p95: null, p99: null }]));
+    const blank = (extra) => ({ requests: 0, errors: 0, ok: 0, sum: 0, p50w: 0, p50n: 0, p95: null, p99: null,
                                 first: null, last: null, byBucket: new Map(), errBucket: new Map(),
                                 others: new Set(), ...extra });
     for (const row of rows) {
@@ -66,6 +66,7 @@
         item.ok += ok;
         item.sum += row.latency_sum_ms || 0;
         if (row.p50_ms !== null && ok) { item.p50w += row.p50_ms * ok; item.p50n += ok; }
+        if (row.p95_ms !== null && row.p95_ms !== undefined) item.p95 = Math.max(item.p95 ?? 0, row.p95_ms);
         if (row.p99_ms !== null) item.p99 = Math.max(item.p99 ?? 0, row.p99_ms);
         item.first = item.first === null ? row.minute : Math.min(item.first, row.minute);
         item.last = item.last === null ? row.minute : Math.max(item.last, row.minute);
@@ -77,6 +78,7 @@
       l.ok += ok;
       l.sum += row.latency_sum_ms || 0;
       if (row.p50_ms !== null && ok) { l.p50w += row.p50_ms * ok; l.p50n += ok; }
+      if (row.p95_ms !== null && row.p95_ms !== undefined) l.p95 = Math.max(l.p95 ?? 0, row.p95_ms);
       if (row.p99_ms !== null) l.p99 = Math.max(l.p99 ?? 0, row.p99_ms);
     }
     return { size, buckets, teams, versions, latency };
@@ -91,10 +93,11 @@
 
   // --- rendering ----------------------------------------------------------------------------
   function kpis(data) {
-    let requests = 0, errors = 0, ok = 0, sum = 0, p50w = 0, p50n = 0, p99 = null;
+    let requests = 0, errors = 0, ok = 0, sum = 0, p50w = 0, p50n = 0, p95 = null, p99 = null;
     for (const v of data.versions.values()) {
       requests += v.requests; errors += v.errors; ok += v.ok; sum += v.sum;
       p50w += v.p50w; p50n += v.p50n;
+      if (v.p95 !== null) p95 = Math.max(p95 ?? 0, v.p95);
       if (v.p99 !== null) p99 = Math.max(p99 ?? 0, v.p99);
     }
     const items = [["requests", "Requests", Charts.formatNumber(requests)],
@@ -103,6 +106,7 @@
                    ["versions", "Versions called", String(data.versions.size)],
                    ["p50", "p50 latency", ms(p50n ? p50w / p50n : null)],
                    ["mean", "Mean latency", ms(ok ? sum / ok : null)],
+                   ["p95", "p95 latency (worst minute)", ms(p95)],
                    ["p99", "p99 latency (worst minute)", ms(p99)]];
     $("kpis").replaceChildren(...items.map(([key, label, value]) =>
       el("div", { class: "kpi", dataset: { kpi: key } },
@@ -110,7 +114,7 @@
   }
 
   const NUMERIC = new Set(["Requests", "Successful", "Errors", "Error rate", "p50", "Mean",
-                           "p99 (worst minute)"]);
+                           "p95 (worst minute)", "p99 (worst minute)"]);
   const header = (h) => el("th", { class: NUMERIC.has(h) ? "num" : undefined }, h);
 
   function teamTable(data) {
@@ -133,7 +137,7 @@
     const rows = [...data.versions.entries()].sort((a, b) => Number(a[0]) - Number(b[0]));
     return el("table", { id: "summary-versions" },
       el("thead", {}, el("tr", {}, ...["Version", "Requests", "Errors", "Teams", "p50",
-                                       "Mean", "p99 (worst minute)"].map(header))),
+                                       "Mean", "p95 (worst minute)", "p99 (worst minute)"].map(header))),
       el("tbody", {}, ...rows.map(([version, v]) => el("tr", { dataset: { version } },
         el("td", { class: "version" }, vname(version)),
         el("td", { class: "requests num" }, String(v.requests)),
@@ -141,6 +145,7 @@
         el("td", { class: "teams" }, [...v.others].sort().join(", ")),
         el("td", { class: "p50 num", dataset: { value: p50Of(v) ?? "" } }, ms(p50Of(v))),
         el("td", { class: "mean num", dataset: { value: meanOf(v) ?? "" } }, ms(meanOf(v))),
+        el("td", { class: "p95 num", dataset: { value: v.p95 ?? "" } }, ms(v.p95)),
         el("td", { class: "p99 num", dataset: { value: v.p99 ?? "" } }, ms(v.p99))))));
   }
 
@@ -186,12 +191,13 @@
       series: [
         { name: "p50", points: lat.map(([x, l]) => ({ x, y: p50Of(l) })) },
         { name: "mean", points: lat.map(([x, l]) => ({ x, y: meanOf(l) })) },
+        { name: "p95", points: lat.map(([x, l]) => ({ x, y: l.p95 })) },
         { name: "p99", points: lat.map(([x, l]) => ({ x, y: l.p99 })) },
       ] }));
     $("latency-note").textContent = data.size > 60e3
-      ? `Each point covers ${per}: p50 is the per-minute medians weighted by calls, p99 the worst ` +
-        "minute's. The gateway records p50 and p99 per minute (no p95)."
-      : "Per minute, as the gateway records them: p50 and p99 (no p95), and the mean.";
+      ? `Each point covers ${per}: p50 is the per-minute medians weighted by calls, p95 and ` +
+        "p99 the worst minute's."
+      : "Per minute, as the gateway records them (p50, p95, p99), and the mean.";
     const teamColor = colors(data.teams);
     const errorTeams = [...data.teams.entries()].filter(([, t]) => t.errors > 0).sort(byName);
     $("chart-errors").replaceChildren(Charts.bar({
