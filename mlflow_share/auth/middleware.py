@@ -181,6 +181,9 @@ class ShareASGIMiddleware:
             principal_token = CURRENT_PRINCIPAL.set(decision.principal)
             scope_token = SEARCH_SCOPE.set(decision.scope)
             incoming = _Body(receive)
+            if request.headers.get("content-length", "0") == "0" \
+                    and "transfer-encoding" not in request.headers:
+                incoming.done = True  # no body to leave unread (most GETs)
             started = _Started(send, incoming)
             try:
                 if decision.rule is not None and decision.rule.resolver == "public":
