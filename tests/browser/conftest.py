@@ -77,7 +77,7 @@ def new_page(browser: Any, web: ShareServer, request: pytest.FixtureRequest) -> 
 
     def make() -> Any:
         context = browser.new_context(base_url=web.url)
-        context.set_default_timeout(20_000)
+        context.set_default_timeout(30_000)  # CI runs two test processes on two cores
         contexts.append(context)
         return context.new_page()
 

@@ -54,8 +54,8 @@ def _open_model(page: Any, user: str, name: str) -> None:
     page.wait_for_function(
         "name => { const h = document.querySelector('main h2');"
         " return !!h && !!h.firstChild && h.firstChild.textContent.trim() === name; }",
-        arg=name, timeout=30_000)
-    page.wait_for_selector(TAB, timeout=15_000)
+        arg=name, timeout=60_000)
+    page.wait_for_selector(TAB, timeout=30_000)
 
 
 def _show_permissions(page: Any) -> Any:
@@ -151,7 +151,7 @@ def test_api_errors_show_in_the_panel_as_text(web: ShareServer, new_page: Callab
 def _tab_model(page: Any, name: str) -> None:
     page.wait_for_function(
         "name => document.querySelector('[role=tablist][data-model]')?.dataset.model === name",
-        arg=name, timeout=30_000)
+        arg=name, timeout=60_000)
 
 
 def _close_promotion(page: Any) -> None:
