@@ -56,6 +56,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 UI_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 TAB_TAGS = ('<link rel="stylesheet" href="/share/static/permissions-tab.css">'
+            '<script src="/share/static/share.js" defer></script>'
             '<script src="/share/static/permissions-tab.js" defer></script>')
 
 _LOGIN_PAGE = """<!doctype html>
@@ -124,7 +125,12 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
         return response
 
     def start_session(user: str, via: str, login: Any, next_path: str) -> Any:
-        session_id, _ = login(lambda conn: sessions.create(conn, user, via))
+        def opened(conn: Any) -> tuple[str, Any]:
+            # Inside the login's transaction, once its checks passed: the event names the user.
+            _note_user(user)
+            return sessions.create(conn, user, via)
+
+        session_id, _ = login(opened)
         return _with_session(redirect(safe_next(next_path), 303), session_id, max_age)
 
     @blueprint.get("/login")
@@ -149,7 +155,6 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
             if audit is not None:
                 audit.extra["claimed"] = username
             return login_page("Wrong user name or password.", 401)
-        _note_user(principal.name)
         return start_session(principal.name, "password",
                              lambda then: directory.password_login(principal.name, then),
                              request.form.get("next", "/"))
@@ -196,13 +201,11 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
         audit = AUDIT_CONTEXT.get()
         if audit is not None:
             audit.extra["claimed"] = identity.username[:128]
-        response = start_session(
+        return start_session(
             identity.username, "oidc",
             lambda then: directory.sso_login(identity.username, identity.subject,
                                              identity.teams, identity.admin, then),
             next_path)
-        _note_user(identity.username)
-        return response
 
     @blueprint.post("/logout")
     def logout() -> Any:

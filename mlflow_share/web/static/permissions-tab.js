@@ -128,20 +128,7 @@
   csrfToken();  // known before the first XMLHttpRequest, usually
 
   // -- small DOM helpers ----------------------------------------------------------------------
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === undefined || value === null || value === false) continue;
-      if (key === "dataset") Object.assign(node.dataset, value);
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children.flat()) {
-      if (child === undefined || child === null || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
+  const { el } = Share;  // share.js, injected just before this script
 
   const time = (ms) => (typeof ms === "number" && ms > 0
     ? el("time", { datetime: new Date(ms).toISOString() },
