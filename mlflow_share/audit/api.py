@@ -77,8 +77,12 @@ def create_audit_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
         limit = _int_arg("max_results", 100, minimum=1) or 100
         if limit > MAX_RESULTS:
             raise InvalidInput(f"max_results must be at most {MAX_RESULTS}.")
+        order = request.args.get("order") or "asc"
+        if order not in ("asc", "desc"):
+            raise InvalidInput("'order' is 'asc' (chain order, the default) or 'desc' "
+                               "(newest first).")
         rows = search_events(engine, event_filter, after_seq=_page_token(
-            request.args.get("page_token")), limit=limit + 1)
+            request.args.get("page_token")), limit=limit + 1, newest_first=order == "desc")
         body: dict[str, Any] = {"events": rows[:limit]}
         if len(rows) > limit:
             body["next_page_token"] = base64.urlsafe_b64encode(

@@ -301,10 +301,17 @@ def event_to_dict(row: Any) -> dict[str, Any]:
 
 
 def search_events(engine: Engine, event_filter: EventFilter, *, after_seq: int = 0,
-                  limit: int = 1000) -> list[dict[str, Any]]:
-    query = (sa.select(models.events).where(models.events.c.seq > after_seq,
-                                            *event_filter.clauses())
-             .order_by(models.events.c.seq).limit(limit))
+                  limit: int = 1000, newest_first: bool = False) -> list[dict[str, Any]]:
+    """Events matching the filter in chain order after ``after_seq``; or, ``newest_first``,
+    in reverse order before ``after_seq`` (0: from the head)."""
+    seq = models.events.c.seq
+    if newest_first:
+        start = [seq < after_seq] if after_seq else []
+        query = sa.select(models.events).where(*start, *event_filter.clauses()) \
+            .order_by(seq.desc()).limit(limit)
+    else:
+        query = sa.select(models.events).where(seq > after_seq, *event_filter.clauses()) \
+            .order_by(seq).limit(limit)
     with engine.connect() as conn:
         return [event_to_dict(row) for row in conn.execute(query)]
 

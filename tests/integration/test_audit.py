@@ -339,6 +339,22 @@ def test_verify_and_export_through_the_server(audited: ShareServer, tmp_path: Pa
     assert denied.returncode != 0 and "PERMISSION_DENIED" in denied.stderr
 
 
+def test_events_page_newest_first(audited: ShareServer) -> None:
+    def page(**params: object) -> dict[str, Any]:
+        answer = audited.api("GET", "/api/2.0/mlflow-share/audit/events",
+                             auth=audited.admin_auth(), params={"max_results": 5, **params})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    first = page(order="desc")
+    seqs = [e["seq"] for e in first["events"]]
+    assert len(seqs) == 5 and seqs == sorted(seqs, reverse=True)
+    second = [e["seq"] for e in page(order="desc", page_token=first["next_page_token"])["events"]]
+    assert second == list(range(seqs[-1] - 1, seqs[-1] - 6, -1))  # dense chain, older next
+    assert audited.api("GET", "/api/2.0/mlflow-share/audit/events", auth=audited.admin_auth(),
+                       params={"order": "sideways"}).status_code == 400
+
+
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_kill_9_during_writes_loses_no_event(tmp_path: Path, kind: str) -> None:
     with _database(kind, tmp_path) as uri:

@@ -311,7 +311,7 @@
   }
 
   function auditQuery() {
-    const query = new URLSearchParams({ max_results: $("audit-page-size").value });
+    const query = new URLSearchParams({ max_results: $("audit-page-size").value, order: "desc" });
     for (const name of ["principal", "team", "resource", "action"]) {
       const value = $(`audit-${name}`).value.trim();
       if (value) query.set(name, value);
@@ -361,8 +361,13 @@
                  "Decision", "Status", ""], events.map(auditRow), { id: "audit-table" })
         : muted("No events match these filters."));
       status.replaceChildren(el("p", { class: "muted" }, events.length
-        ? `Page ${audit.page + 1}: events ${events[0].seq}–${events[events.length - 1].seq}, oldest first.`
+        ? `Page ${audit.page + 1}: events ${events[0].seq}–${events[events.length - 1].seq}, newest first.`
         : ""));
+      // Newest first: the first page is pinned to the head it showed, so "previous" comes
+      // back to the same events even though reading the log adds events.
+      if (audit.page === 0 && !audit.tokens[0] && events.length) {
+        audit.tokens[0] = btoa(String(events[0].seq + 1));
+      }
       audit.tokens.length = audit.page + 1;
       if (data.next_page_token) audit.tokens.push(data.next_page_token);
       const previous = el("button", { type: "button", id: "audit-prev", disabled: audit.page === 0,
