@@ -415,6 +415,10 @@ def rename_model_in(conn: sa.Connection, old_name: str, new_name: str) -> None:
     conn.execute(db.resources.update().where(
         db.resources.c.kind == MODEL, db.resources.c.name == old_name
     ).values(name=new_name))
+    # Gateway usage is kept by name: it follows the model (a new model of the old name
+    # starts with none).
+    conn.execute(db.gateway_usage.update().where(db.gateway_usage.c.model == old_name)
+                 .values(model=new_name))
     db.bump(conn, db.RESOURCE_VERSION)
 
 
@@ -424,6 +428,8 @@ def forget_model_in(conn: sa.Connection, name: str) -> None:
             db.resources.c.kind == MODEL, db.resources.c.name == name)).scalars().all()
     for resource_id in ids:
         _forget(conn, MODEL, resource_id)
+    # Its usage goes with it: a later model of the same name must not show who called this one.
+    conn.execute(db.gateway_usage.delete().where(db.gateway_usage.c.model == name))
     db.bump(conn, db.RESOURCE_VERSION)
     db.bump(conn, db.POLICY_VERSION)
 

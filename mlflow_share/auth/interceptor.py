@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
@@ -122,6 +122,24 @@ def _to_login(request: IncomingRequest) -> Decision:
                                  if request.query else "")
     location = f"{LOGIN_PATH}?{urlencode({'next': target})}"
     return Decision(False, 302, b"", [("Location", location), ("Cache-Control", "no-store")])
+
+
+def _same_origin_only(request: IncomingRequest) -> None:
+    """The session cookie opens nothing to another origin's scripts.
+
+    MLflow's CORS settings let pages on other localhost ports (and configured origins) read
+    credentialed answers; a session cookie travels to them (same site). So a request that
+    is not a top-level navigation must come from this origin: ``Sec-Fetch-Site`` says so,
+    and where a browser does not send it, ``Origin`` must be this server's.
+    """
+    headers = request.headers
+    if request.method in ("GET", "HEAD") and headers.get("sec-fetch-mode") == "navigate":
+        return  # a page load: nothing another origin could read
+    site, origin = headers.get("sec-fetch-site"), headers.get("origin")
+    if site is not None and site not in ("same-origin", "none"):
+        raise PermissionDenied("A browser session is only for this server's own pages.")
+    if origin is not None and urlsplit(origin).netloc != headers.get("host", ""):
+        raise PermissionDenied("A browser session is only for this server's own pages.")
 
 
 def _name_caller(user: str) -> None:
@@ -238,6 +256,7 @@ class Interceptor:
         session_id = read_cookie(request.headers.get("cookie"), SESSION_COOKIE)
         if session_id is None or self.sessions is None:
             raise Unauthenticated("Authentication required: send a token or username/password.")
+        _same_origin_only(request)
         session = self.sessions.get(session_id)
         if session is None or not self.policy.has_user(session.user):
             raise SessionExpired("Your session has ended: log in again.")

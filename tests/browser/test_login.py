@@ -143,3 +143,25 @@ def test_a_login_the_identity_provider_denies_opens_no_session(web: ShareServer,
     assert not [c for c in page.context.cookies() if c["name"] == "mlflow_share_session"]
     page.goto("/share/")
     assert "/share/login" in page.url
+
+
+def test_another_origin_cannot_use_the_session(web: ShareServer, new_page: Any) -> None:
+    """MLflow lets pages on other localhost ports read credentialed answers (CORS), and the
+    session cookie reaches them (same site): the session opens nothing to them."""
+    page = new_page()
+    login_local(page, "alice")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "mlflow_share_session")
+    jar = {"mlflow_share_session": cookie["value"]}
+    host = web.url.split("//", 1)[1]
+    own = requests.get(f"{web.url}{SHARE}/whoami", cookies=jar,
+                       headers={"Origin": web.url, "Sec-Fetch-Site": "same-origin"})
+    assert own.status_code == 200
+    for headers in ({"Origin": "http://localhost:8888", "Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://localhost:8888"},  # a browser without Sec-Fetch-*
+                    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}):
+        answer = requests.get(f"{web.url}{SHARE}/tokens", cookies=jar, headers=headers)
+        assert answer.status_code == 403, (headers, answer.text)
+    # A top-level navigation (the way back from the identity provider) still opens the page.
+    navigation = requests.get(f"{web.url}/share/", cookies=jar, allow_redirects=False, headers={
+        "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Host": host})
+    assert navigation.status_code == 200

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,33 @@ def test_login_refuses_a_token_the_server_does_not_accept(share_server: ShareSer
     done = _login(share_server, "msh_0000_notatoken", {**os.environ,
                                                        "MLFLOW_SHARE_TOKEN_FILE": str(path)})
     assert done.returncode == 1 and "refused" in done.stderr and not path.exists()
+
+
+def test_gateway_usage_follows_a_renamed_model_and_goes_with_a_deleted_one(
+        share_server: ShareServer, unique: str) -> None:
+    import sqlalchemy as sa
+
+    from mlflow_share import db
+
+    token = share_server.tokens["alice"]
+    api = "/api/2.0/mlflow/registered-models"
+    name, renamed = f"usage-{unique}", f"usage-renamed-{unique}"
+    assert share_server.api("POST", f"{api}/create", token=token, json={"name": name}).ok
+    engine = sa.create_engine(share_server.backend_uri)
+    with engine.begin() as conn:
+        conn.execute(db.gateway_usage.insert().values(
+            model=name, version="1", team="team-b", minute=60_000, requests=3, errors=0,
+            latency_sum_ms=3.0, p50_ms=1.0, p95_ms=1.0, p99_ms=1.0))
+
+    def usage(model: str) -> list[Any]:
+        return share_server.api("GET", f"{SHARE}/usage", token=token,
+                                params={"model": model}).json()["usage"]
+
+    assert share_server.api("POST", f"{api}/rename", token=token,
+                            json={"name": name, "new_name": renamed}).ok
+    assert [row["requests"] for row in usage(renamed)] == [3]
+    assert share_server.api("DELETE", f"{api}/delete", token=token, json={"name": renamed}).ok
+    # A new model of the old name does not inherit who called the deleted one.
+    assert share_server.api("POST", f"{api}/create", token=token, json={"name": renamed}).ok
+    assert usage(renamed) == []
+    engine.dispose()

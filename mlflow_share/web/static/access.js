@@ -189,7 +189,7 @@
     try {
       const [{ users }, { teams }] = await Promise.all([Share.call("GET", "users"),
                                                        Share.call("GET", "teams")]);
-      const memberships = {};
+      const memberships = Object.create(null);
       for (const t of teams) for (const m of t.members) {
         (memberships[m.user] = memberships[m.user] || []).push(`${t.name}: ${m.role}`);
       }

@@ -215,7 +215,10 @@
     return { model: $("model-picker").value, range: $("range").value };
   }
 
+  let generation = 0;  // the latest load wins: an older answer never draws over a newer one
+
   async function load() {
+    const mine = ++generation;
     const { model, range } = selected();
     const status = $("status");
     const dashboard = $("dashboard");
@@ -235,6 +238,7 @@
     if (range !== "all") query.set("since", String(Math.floor((Date.now() - Number(range)) / 60e3) * 60e3));
     try {
       const data = await Share.call("GET", `usage?${query}`);
+      if (mine !== generation) return;
       const rows = data.usage || [];
       status.replaceChildren(rows.length ? el("p", { class: "muted" },
         `${model}: ${rows.length} minute rows, updated ${Share.time(Date.now())} UTC.`)
@@ -242,6 +246,7 @@
       render(model, rows);
       dashboard.dataset.state = "ready";
     } catch (error) {
+      if (mine !== generation) return;
       dashboard.hidden = true;
       const message = error.status === 403
         ? `You may not see the usage of ${model}: it needs read permission on the model.`

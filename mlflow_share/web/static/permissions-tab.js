@@ -190,9 +190,15 @@
         return;
       }
       if (!current()) return;
+      if (pageUser !== null && session.user !== pageUser) {
+        // Another user logged in in this browser: this page never acts as them.
+        fill(grants, errorNode(new Error(
+          `This browser is now logged in as ${session.user}: reload the page.`)));
+        return;
+      }
       status.textContent = note || "";
       const owner = data.owner_team;
-      const teams = session.teams || {};
+      const teams = Object.assign(Object.create(null), session.teams || {});
       const list = Array.isArray(data.grants) ? data.grants : [];
       const canManage = Boolean(session.is_admin) || teams[owner] === "maintainer" ||
         list.some((g) => g.permission === "manage" && teams[g.team] === "maintainer");

@@ -68,7 +68,7 @@
   }
 
   function teamsText(pkg) {
-    const grouped = {};
+    const grouped = Object.create(null);
     for (const { team, permission } of pkg.teams || []) {
       (grouped[team] = grouped[team] || []).push(permission);
     }

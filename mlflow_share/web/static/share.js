@@ -8,7 +8,11 @@ const Share = (() => {
   let session = null;  // {user, is_admin, teams, csrf_token}, from GET /share/session
 
   async function me() {
-    if (session === null) session = await call("GET", "/share/session");
+    if (session === null) {
+      session = await call("GET", "/share/session");
+      // Team names are data: "constructor" must not find Object's own properties.
+      session.teams = Object.assign(Object.create(null), session.teams);
+    }
     return session;
   }
 
