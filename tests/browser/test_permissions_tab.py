@@ -71,6 +71,23 @@ def _grant_rows(page: Any) -> list[list[str]]:
         "rows => rows.map(r => [...r.cells].slice(0, 4).map(c => c.textContent.trim()))")
 
 
+def _grant_in_tab(page: Any, team: str, permission: str) -> None:
+    """Fill and send the grant form. MLflow may re-render the page around the tab while the
+    test types (its Assistant panel opens on a first visit), which can redraw the form: then
+    fill it again (granting twice is harmless)."""
+    row = page.locator(f'{PANEL} tr.mlflow-share-grant[data-team="{team}"]')
+    for _ in range(3):
+        page.fill("#mlflow-share-grant-team", team)
+        page.select_option("#mlflow-share-grant-permission", permission)
+        page.click(f"{FORM} button[type=submit]")
+        try:
+            row.wait_for(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    row.wait_for()
+
+
 def test_maintainer_grants_and_revokes_read_through_the_tab(
         web: ShareServer, new_page: Callable[[], Any], client_as: Callable[[str], Any]) -> None:
     name = _model_name()
@@ -95,10 +112,7 @@ def test_maintainer_grants_and_revokes_read_through_the_tab(
     assert "No sharing packages." in panel.inner_text()
     assert "No protected aliases." in panel.inner_text()
 
-    alice.fill("#mlflow-share-grant-team", "team-b")
-    alice.select_option("#mlflow-share-grant-permission", "read")
-    alice.click(f"{FORM} button[type=submit]")
-    alice.locator(f'{PANEL} tr.mlflow-share-grant[data-team="team-b"]').wait_for()
+    _grant_in_tab(alice, "team-b", "read")
     [[team, permission, since, by]] = _grant_rows(alice)
     assert (team, permission, by) == ("team-b", "read", "alice")
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", since), since
