@@ -87,6 +87,13 @@ AUDIT_CONTEXT: contextvars.ContextVar[AuditContext | None] = contextvars.Context
 )
 
 
+def note_principal(user: str) -> None:
+    """Name the caller of the current request's event (known only once its checks passed)."""
+    ctx = AUDIT_CONTEXT.get()
+    if ctx is not None:
+        ctx.principal = user
+
+
 def note_resource(kind: str, resource_id: str | None, name: str | None,
                   owner_team: str | None) -> None:
     """Name the resource of the current request's event (the first one named wins)."""

@@ -24,7 +24,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import MethodNotAllowed
 
 from mlflow_share import directory as directory_module
-from mlflow_share.audit.log import AUDIT_CONTEXT, note_resource
+from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal, note_resource
 from mlflow_share.auth.identity import Principal, parse_authorization
 from mlflow_share.auth.resolvers import MlflowLookups, validate_artifact_path
 from mlflow_share.directory import Directory
@@ -142,13 +142,6 @@ def _same_origin_only(request: IncomingRequest) -> None:
         raise PermissionDenied("A browser session is only for this server's own pages.")
 
 
-def _name_caller(user: str) -> None:
-    """The request's audit event names ``user`` (a refused request of a known user)."""
-    audit = AUDIT_CONTEXT.get()
-    if audit is not None:
-        audit.principal = user
-
-
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
@@ -236,8 +229,7 @@ class Interceptor:
                 if audit is not None and credentials.username:
                     audit.extra["claimed"] = credentials.username[:128]
                 raise Unauthenticated("Invalid, expired or revoked credentials.")
-        if audit is not None:
-            audit.principal = principal.name
+        note_principal(principal.name)
         decision = Decision(True, principal=principal, rule=rule)
         if request.method == "OPTIONS" or rule.resolver in ("authenticated", "page"):
             return decision
@@ -262,7 +254,7 @@ class Interceptor:
             raise SessionExpired("Your session has ended: log in again.")
         if request.method not in SAFE_METHODS and not csrf_matches(
                 session, request.headers.get(CSRF_HEADER)):
-            _name_caller(session.user)
+            note_principal(session.user)
             raise PermissionDenied("This request needs the session's CSRF token in the "
                                    "X-CSRF-Token header (cross-site requests are refused).")
         return self.policy.principal(session.user, via=f"session:{session.via}")

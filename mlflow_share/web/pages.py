@@ -30,7 +30,7 @@ from flask import (
 from mlflow.exceptions import MlflowException
 
 from mlflow_share.admin.api import current_principal, json_errors
-from mlflow_share.audit.log import AUDIT_CONTEXT
+from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal
 from mlflow_share.auth.identity import Credentials
 from mlflow_share.directory import Directory
 from mlflow_share.errors import InvalidInput, PermissionDenied
@@ -104,12 +104,6 @@ def _with_session(response: Any, session_id: str, max_age: int) -> Response:
     return response
 
 
-def _note_user(name: str) -> None:
-    audit = AUDIT_CONTEXT.get()
-    if audit is not None:
-        audit.principal = name
-
-
 def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: SessionStore,
                          oidc: OidcClient | None) -> Blueprint:
     blueprint = json_errors(Blueprint("mlflow_share_web", __name__, url_prefix="/share"))
@@ -127,7 +121,7 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
     def start_session(user: str, via: str, login: Any, next_path: str) -> Any:
         def opened(conn: Any) -> tuple[str, Any]:
             # Inside the login's transaction, once its checks passed: the event names the user.
-            _note_user(user)
+            note_principal(user)
             return sessions.create(conn, user, via)
 
         session_id, _ = login(opened)
@@ -221,10 +215,7 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
     def session_info() -> Response:
         """Who is logged in and the session's CSRF token, for the pages' and the injected
         tab's scripts (same-origin reads only; never cached)."""
-        principal = current_principal()
-        # Browsers say where a request comes from: only this origin's scripts get the token.
-        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-            raise PermissionDenied("The session's details are for this site's pages only.")
+        principal = current_principal()  # the interceptor let only this origin's scripts in
         session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
         session = sessions.get(session_id) if session_id else None
         return jsonify({"user": principal.name, "is_admin": principal.is_admin,

@@ -107,11 +107,6 @@ class SessionStore:
             return None
         return WebSession(row.user_name, row.csrf, row.via, row.expires_at)
 
-    @staticmethod
-    def end_all(conn: sa.Connection, user: str) -> None:
-        """Every session of ``user`` (a changed password logs everyone out)."""
-        conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == user))
-
     def end(self, conn: sa.Connection, session_id: str) -> bool:
         return bool(conn.execute(db.web_sessions.delete().where(
             db.web_sessions.c.id_hash == _digest(session_id))).rowcount)
