@@ -145,6 +145,114 @@ class Call:
     body: bytes | None = None
 
 
+class RawConnection:
+    """A kept-alive HTTP/1.1 connection that sends pre-built requests and reads whole answers.
+
+    About 20 µs of client CPU per call against ~0.5 ms for ``requests``: on a 2-core machine
+    the clients' CPU is taken from the servers being measured, so a lean client measures the
+    servers, not the client library. Understands Content-Length and chunked answers.
+    """
+
+    def __init__(self, url: str) -> None:
+        host, _, port = url.split("://", 1)[1].rstrip("/").partition(":")
+        self.address = (host, int(port or 80))
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def request(self, raw: bytes) -> int:
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buffer = b""
+        try:
+            self.sock.sendall(raw)
+            return self._answer()
+        except Exception:
+            self.close()
+            raise
+
+    def _fill(self) -> None:
+        assert self.sock is not None
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        self.buffer += chunk
+
+    def _answer(self) -> int:
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            self._fill()
+        head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4:]
+        lines = head.split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {k.strip().lower(): v.strip()
+                  for k, _, v in (line.partition(":") for line in lines[1:])}
+        if "content-length" in fields:
+            size = int(fields["content-length"])
+            while len(self.buffer) < size:
+                self._fill()
+            self.buffer = self.buffer[size:]
+        elif fields.get("transfer-encoding", "").lower() == "chunked":
+            while (end := self.buffer.find(b"0\r\n\r\n")) < 0:
+                self._fill()
+            self.buffer = self.buffer[end + 5:]
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def raw_request(url: str, call: Call, headers: dict[str, str]) -> bytes:
+    host = url.split("://", 1)[1].rstrip("/")
+    lines = [f"{call.method} {call.path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if call.body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(call.body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (call.body or b"")
+
+
+def _raw_client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool,
+                     barrier: Any, duration: float, offset: int, queue: Any) -> None:
+    hdrs = dict(headers) if keepalive else {**headers, "Connection": "close"}
+    raws = [raw_request(url, call, hdrs) for call in calls]
+    conn = RawConnection(url)
+    perf = time.perf_counter
+    n = len(raws)
+    warm_end = perf() + 1.0
+    for k in range(n):
+        try:
+            conn.request(raws[(offset + k) % n])
+        except Exception:  # noqa: BLE001 - the measured loop counts errors
+            pass
+        if perf() >= warm_end:
+            break
+    lat: list[float] = []
+    errors = 0
+    i = offset
+    barrier.wait(timeout=180)
+    end = perf() + duration
+    while True:
+        raw = raws[i % n]
+        i += 1
+        t0 = perf()
+        if t0 >= end:
+            break
+        try:
+            ok = conn.request(raw) == 200
+        except Exception:  # noqa: BLE001 - counted, not fatal
+            ok = False
+        t1 = perf()
+        if ok:
+            lat.append((t1 - t0) * 1000.0)
+        else:
+            errors += 1
+    conn.close()
+    queue.put((lat, errors))
+
+
 def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool,
                  barrier: Any, duration: float, offset: int, queue: Any) -> None:
     import requests
@@ -222,13 +330,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def drive(url: str, calls: list[Call], headers: dict[str, str], *, keepalive: bool,
-          clients: int, duration: float) -> LoadResult:
-    """``clients`` separate processes send ``calls`` round-robin for ``duration`` seconds."""
+          clients: int, duration: float, raw: bool = False) -> LoadResult:
+    """``clients`` separate processes send ``calls`` round-robin for ``duration`` seconds,
+    through ``requests`` or (``raw``) a lean socket client."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     barrier = ctx.Barrier(clients)
+    loop = _raw_client_loop if raw else _client_loop
     procs = [
-        ctx.Process(target=_client_loop, daemon=True,
+        ctx.Process(target=loop, daemon=True,
                     args=(url, calls, headers, keepalive, barrier, duration, k, queue))
         for k in range(clients)
     ]

@@ -28,11 +28,19 @@ def enable_tcp_nodelay_on_accepted_sockets() -> None:
 
 
 def new_event_loop() -> Any:
-    """uvicorn ``--loop`` factory: asyncio's selector loop, with the fix applied first."""
-    import asyncio
+    """uvicorn ``--loop`` factory: the loop uvicorn's ``auto`` would pick, with the fix.
 
-    enable_tcp_nodelay_on_accepted_sockets()
-    return asyncio.SelectorEventLoop()
+    uvloop (installed with mlflow-share) sets TCP_NODELAY on every TCP connection itself;
+    asyncio's selector loop gets the fix applied first.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        enable_tcp_nodelay_on_accepted_sockets()
+        return asyncio.SelectorEventLoop()
+    return uvloop.new_event_loop()
 
 
 def nodelay_on_inherited_listeners() -> int:

@@ -117,7 +117,7 @@ def main() -> None:
                 raise RuntimeError(f"{name}: {check.status_code} {check.text[:300]}")
             for clients in (1, 8):
                 result = drive(url, [Call("POST", path, body)], hdrs, keepalive=True,
-                               clients=clients, duration=args.duration)
+                               clients=clients, duration=args.duration, raw=True)
                 results.append((batch, clients, name, result, floor))
     rows = []
     by_key = {(b, c, n): r for b, c, n, r, _ in results}

@@ -304,7 +304,9 @@ def test_review_findings_stay_fixed(share_server, unique) -> None:  # type: igno
     # 1. a lower-case method with the other team's id in the query and one's own in the body
     lower = _raw(share_server, "get", f"{API}/runs/get?run_id={run_a}", bob,
                  json.dumps({"run_id": run_b}).encode(), "application/json")
-    assert lower.status_code == 405
+    # uvicorn's httptools parser refuses a lower-case method itself (400, before any app);
+    # under h11 the request reaches the interceptor, which refuses it (405, in the envelope).
+    assert lower.status_code in (400, 405)
     # 2. a path id and a different body id
     finalize = share_server.api("PATCH", f"{API}/logged-models/{lm_b}", token=bob,
                                 json={"model_id": lm_a, "status": "LOGGED_MODEL_UPLOAD_FAILED"})
