@@ -7,7 +7,11 @@ Speaks ``mlflow models serve``'s wire format on ``/v1/models/{name}@{alias}/invo
 ``GET /v1/models``, ``/ping``, ``/health``, ``/version`` and ``/metrics`` (Prometheus).
 
 Every call is authenticated (API token or password, as the server takes them) and needs
-``execute`` on the registered model, decided on the version the alias names at that moment.
+``execute`` on the registered model, decided on the version the alias names. Known callers of
+loaded versions are decided in memory, on state read from the database less than
+``MLFLOW_SHARE_GATEWAY_FRESHNESS_SECONDS`` ago (a background thread reads it again); anything
+else (a first call, a refusal, a password, stale state) is decided on the database in a
+worker thread.
 The gateway reads MLflow's database and artifact root itself (its service identity) and loads
 versions through ``gateway.models`` (every byte checked against the manifest, ONNX only).
 When an alias moves to a version that fails verification, the version it served before keeps
@@ -40,6 +44,7 @@ from mlflow_share.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
 )
 from mlflow_share.gateway import deployments, inputs
 from mlflow_share.gateway.models import (
@@ -58,6 +63,10 @@ MAX_BODY_ENV = "MLFLOW_SHARE_GATEWAY_MAX_BODY_BYTES"
 RATE_ENV = "MLFLOW_SHARE_GATEWAY_RATE_PER_TEAM"  # requests per second per calling team
 CACHE_ENV = "MLFLOW_SHARE_GATEWAY_CACHE_BYTES"
 METRICS_TOKEN_ENV = "MLFLOW_SHARE_GATEWAY_METRICS_TOKEN"  # bearer token for Prometheus
+# The longest a change (grant, revocation, token, alias move, deleted version) takes to reach
+# the gateway's decisions: they are read again in the background at a third of this.
+FRESHNESS_ENV = "MLFLOW_SHARE_GATEWAY_FRESHNESS_SECONDS"
+INLINE_BODY_BYTES = 256 * 1024  # bodies up to this run on the event loop, larger in a thread
 
 
 class TooLarge(MlflowShareError):
@@ -73,6 +82,16 @@ class TooMany(MlflowShareError):
     from mlflow.protos import databricks_pb2 as _pb
 
     error_code_value = _pb.REQUEST_LIMIT_EXCEEDED
+
+
+@dataclass
+class Target:
+    """What a (model, alias or version) named when it was last read from the database."""
+
+    version: int
+    identity: str
+    checked_at: float  # time.monotonic() when the read that found it began
+    used_at: float
 
 
 @dataclass
@@ -131,6 +150,96 @@ class Gateway:
         from mlflow_share.gateway.metrics import Metrics
 
         self.metrics = Metrics()
+        self.freshness = float(os.environ.get(FRESHNESS_ENV, "0.5"))
+        # (model, alias, version) -> what it named when last read; kept fresh by the refresher
+        self.targets: dict[tuple[str, str | None, int | None], Target] = {}
+        self.fresh_at = float("-inf")  # when the last complete background refresh began
+        self._refresher: threading.Thread | None = None
+        self._refresher_pid = 0
+        self._stop = threading.Event()
+
+    # -- freshness -----------------------------------------------------------------------------
+    def start_refresher(self) -> None:
+        """Once per process (a forked worker starts its own)."""
+        if self._refresher_pid == os.getpid() or self.freshness <= 0:
+            return
+        with self.cache._lock:
+            if self._refresher_pid == os.getpid():
+                return
+            self._refresher_pid = os.getpid()
+            self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
+                                               name="mlflow-share-gateway-refresh")
+            self._refresher.start()
+
+    def stop_refresher(self) -> None:
+        self._stop.set()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.freshness / 3):
+            try:
+                self.refresh()
+            except Exception:  # the database is away: calls take the slow path meanwhile
+                _logger.debug("mlflow-share gateway: background refresh failed", exc_info=True)
+
+    def refresh(self) -> None:
+        """Read the policy and every target used in the last minute again."""
+        started = time.monotonic()
+        self.policy.refresh()
+        for key, target in list(self.targets.items()):
+            if started - target.used_at > 60:
+                self.targets.pop(key, None)
+                continue
+            with contextlib.suppress(NotFound):  # gone: the next call learns it slowly
+                self.target(*key)
+        self.fresh_at = started
+
+    def target(self, name: str, alias: str | None, version: int | None) -> Target:
+        """The version and identity ``alias`` (or ``version``) names now, from the database."""
+        started = time.monotonic()
+        key = (name, alias, None if alias is not None else version)
+        try:
+            if alias is not None:
+                version, identity = resolve(self.engine, name, alias)
+            else:
+                assert version is not None
+                identity = current_identity(self.engine, name, version)
+        except NotFound:
+            self.targets.pop(key, None)
+            raise
+        previous = self.targets.get(key)
+        found = Target(version, identity, started, previous.used_at if previous else started)
+        if previous is None or previous.checked_at <= started:  # never an older read's answer
+            self.targets[key] = found
+        return found
+
+    def admit_cached(self, header: str, name: str, alias: str | None, version: int | None
+                     ) -> tuple[Principal, str, LoadedModel] | None:
+        """The caller, its team and the loaded version, decided on state read from the
+        database less than ``freshness`` seconds ago; None when anything is not in memory
+        (or the decision is not a plain yes), for the slow path to decide."""
+        now = time.monotonic()
+        if now - self.fresh_at > self.freshness:
+            return None
+        credentials = parse_authorization(header)
+        if credentials is None or credentials.kind != "bearer" or \
+                not self.policy.known_model(name):
+            return None
+        target = self.targets.get((name, alias, None if alias is not None else version))
+        if target is None or now - target.checked_at > self.freshness:
+            return None
+        model = self.cache.peek(target.identity)
+        if model is None:
+            return None
+        principal = self.policy.authenticate(credentials, int(time.time() * 1000))
+        if principal is None:
+            return None
+        try:
+            team = self.calling_team(principal, name)
+            self.calling_team(principal, name, model.version)
+        except MlflowShareError:
+            return None
+        target.used_at = now
+        return principal, team, model
 
     # -- the decision ------------------------------------------------------------------------
     def authenticate(self, header: str | None) -> Principal:
@@ -184,11 +293,8 @@ class Gateway:
         """The loaded version an alias or number names now; for an alias whose new version
         fails verification, the version it served before, if that is still the same one.
         ``allowed(version)`` raises unless the caller may run that version."""
-        if alias is not None:  # MLflow drops a version's aliases when it deletes the version
-            version, identity = resolve(self.engine, name, alias)
-        else:
-            assert version is not None
-            identity = current_identity(self.engine, name, version)
+        found = self.target(name, alias, version)  # an alias goes with its deleted version
+        version, identity = found.version, found.identity
         allowed(version)
         try:
             model, loaded = self.cache.get(name, version, identity)
@@ -212,6 +318,9 @@ class Gateway:
         if alias is not None:
             self.last_good[(name, alias)] = (model.version, model.identity)
         return model
+
+
+_DATABASE_AWAY = Unavailable("The gateway cannot read its database; try again shortly.")
 
 
 def _error(exc: MlflowShareError) -> Any:
@@ -265,14 +374,16 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
               state: dict[str, Any]) -> LoadedModel:
         """Who calls, through which team, under its rate limit, and the version to run."""
         principal = gateway.authenticate(header)
-        team = gateway.calling_team(principal, name)
-        state["team"], state["model"] = team, name  # a model this caller may run
-        if not gateway.limiter.take(team):
-            raise TooMany(f"Team {team!r} is over its rate limit for the gateway.")
+        take(gateway.calling_team(principal, name), name, state)
         model = gateway.model_for(name, alias, version, principal.name, lambda v: (
             gateway.calling_team(principal, name, v)))
         state["version"] = str(model.version)
         return model
+
+    def take(team: str, name: str, state: dict[str, Any]) -> None:
+        state["team"], state["model"] = team, name  # a model this caller may run
+        if not gateway.limiter.take(team):
+            raise TooMany(f"Team {team!r} is over its rate limit for the gateway.")
 
     def run(model: LoadedModel, body: bytes, content_type: str) -> Any:
         payload, _params = inputs.parse(body, content_type)
@@ -294,20 +405,38 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
         header = request.headers.get("authorization")
         content_type = request.headers.get("content-type", "")
 
-        def call(body: bytes) -> Any:  # one worker-thread hop per call: they cost ~0.5 ms
+        def call(body: bytes) -> Any:  # what reads the database runs in a worker thread
             return run(admit(header, name, alias, version, state), body, content_type)
 
         try:
             if not header:  # nothing is read for a caller who sends no credentials
                 raise Unauthenticated("Authentication required: send a token or "
                                       "username/password.")
-            body = await _read_body(request, gateway.max_body)  # bounded by the body limit
-            predictions = await anyio.to_thread.run_sync(call, body, limiter=run_limiter)
+            # Decided in memory when the state it needs was read recently enough (the
+            # common case: a known caller on a loaded version); else in a thread.
+            admitted = gateway.admit_cached(header, name, alias, version)
+            if admitted is None:
+                body = await _read_body(request, gateway.max_body)  # bounded by the limit
+                predictions = await anyio.to_thread.run_sync(call, body, limiter=run_limiter)
+                gateway.start_refresher()
+            else:
+                _principal, team, model = admitted
+                take(team, name, state)
+                state["version"] = str(model.version)
+                body = await _read_body(request, gateway.max_body)
+                if len(body) <= INLINE_BODY_BYTES:  # a thread hop costs more than the run
+                    predictions = run(model, body, content_type)
+                else:
+                    predictions = await anyio.to_thread.run_sync(
+                        run, model, body, content_type, limiter=run_limiter)
             status = 200
             return JSONResponse({"predictions": predictions})
         except MlflowShareError as exc:
             status = exc.get_http_status_code()
             return _error(exc)
+        except sa.exc.SQLAlchemyError:
+            status = 503
+            return _error(_DATABASE_AWAY)
         finally:
             elapsed = time.perf_counter() - started
             gateway.metrics.observe(state["model"], state["version"], state["team"], status,
@@ -471,6 +600,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
         yield
+        gateway.stop_refresher()
         await anyio.to_thread.run_sync(gateway.usage.close)  # the current minute too
 
     app = Starlette(routes=[
@@ -484,6 +614,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
         Route("/health", health, methods=["GET"]),
         Route("/version", version, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={
+        sa.exc.SQLAlchemyError: lambda _request, _exc: _error(_DATABASE_AWAY)})
     app.state.gateway = gateway
     return app

@@ -261,6 +261,10 @@ class ModelCache:
         with self._lock:
             return list(self._models.values())
 
+    def peek(self, identity: str) -> LoadedModel | None:
+        """The loaded version with this identity, if it is loaded (never loads)."""
+        return self._models.get(identity)
+
 
 _SERVABLE = (
     "SELECT v.version, m.identity FROM model_versions v "

@@ -348,6 +348,11 @@ class PolicyEngine:
                 self._model_ids[name] = model_id
         return model_id
 
+    def known_model(self, name: str) -> bool:
+        """Whether ``name``'s ID and owner are cached, so deciding on it reads no database."""
+        model_id = self._model_ids.get(name)
+        return model_id is not None and ("registered_model", model_id) in self._owners
+
     def model_ids(self) -> list[str]:
         """mlflow-share's IDs of every registered model it owns."""
         with self.engine.connect() as conn:

@@ -27,6 +27,18 @@ SHARE = "/api/2.0/mlflow-share"
 ONNX_MLMODEL = (b"flavors:\n  onnx:\n    onnx_version: 1.17.0\n    data: model.onnx\n"
                 b"  python_function:\n    loader_module: mlflow.onnx\n    data: model.onnx\n")
 X = np.random.default_rng(7).random((30, 4)).astype(np.float32)
+FRESHNESS = 0.5  # MLFLOW_SHARE_GATEWAY_FRESHNESS_SECONDS, the default
+SLACK = 1.0  # a loaded CI machine's scheduling and the caller's own requests
+
+
+def within_freshness(check: Any) -> float:
+    """Seconds until ``check()`` holds; fails unless that is within the gateway's bound for
+    a revocation or an alias move to reach it (plus slack for a loaded machine)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < FRESHNESS + SLACK, "the change never reached it"
+        time.sleep(0.02)
+    return time.monotonic() - started
 
 
 def _onnx(flip: bool = False) -> bytes:
@@ -53,6 +65,9 @@ def _gateway(server: ShareServer, tmp: Path, **env: str) -> Iterator[str]:
                server.backend_uri, "--artifacts-destination", f"checksum+file://{server.artifacts}",
                "--port", str(port)]
     with open(log, "wb") as out:
+        # No rate limit unless a test sets one: the flood test checks the limiter.
+        env = {"MLFLOW_SHARE_GATEWAY_RATE_PER_TEAM": "0",
+               "MLFLOW_SHARE_GATEWAY_FRESHNESS_SECONDS": str(FRESHNESS), **env}
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, **env}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -182,7 +197,8 @@ def test_only_teams_allowed_to_execute_can_call(share_server: ShareServer, gatew
     listed = requests.get(f"{gateway}/v1/models", timeout=10, headers={
         "Authorization": f"Bearer {share_server.tokens['bob']}"}).json()["models"]
     assert {"name": world.name, "aliases": {"champion": "1"}} in listed
-    world.grant("team-b", "execute", revoke=True)
+    world.grant("team-b", "execute", revoke=True)  # denied within the freshness bound
+    within_freshness(lambda: _call(gateway, share_server, "bob", target, body).status_code == 403)
     assert _call(gateway, share_server, "bob", target, body).status_code == 403
 
 
@@ -448,7 +464,8 @@ def test_recreated_model_and_hostile_graphs(share_server: ShareServer, gateway: 
     assert first["predictions"]["label"] == _in_process(models["v1"], X[:6])[0].tolist()
     assert share_server.api("DELETE", f"{API}/registered-models/delete", token=world.token,
                             json={"name": name}).ok
-    assert _call(gateway, share_server, "alice", f"{name}@champion", body).status_code == 404
+    within_freshness(lambda: _call(gateway, share_server, "alice", f"{name}@champion",
+                                   body).status_code == 404)
     assert share_server.api("POST", f"{API}/registered-models/create", token=world.token,
                             json={"name": name}).ok
     world.alias("champion", world.register({"model.onnx": models["v2"], "MLmodel": ONNX_MLMODEL}))
