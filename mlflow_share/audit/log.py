@@ -317,9 +317,9 @@ class AuditAppender:
                                     purpose="audit")
         self.failing_since: float | None = None  # monotonic time of the first failed append
 
-    def append(self, row: dict[str, Any]) -> int:
+    def append(self, row: dict[str, Any], attempts: int = 6) -> int:
         try:
-            seq = self._append(row)
+            seq = self._append(row, attempts)
         except AuditUnavailable:
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
@@ -328,25 +328,25 @@ class AuditAppender:
         return seq
 
     def healthy(self) -> bool:
-        """True unless appends are failing now: after a failure, a write transaction is tried
-        (and rolled back), so the appender reports its recovery without real traffic."""
+        """True unless appends are failing now. After a failed append, each call appends a
+        probe event (``health.audit_probe``, one attempt): the appender is healthy again
+        once a real append commits, whatever the failure was (connection, trigger, disk)."""
         if self.failing_since is None:
             return True
+        probe = AuditContext(request_id=new_request_id(), method="GET",
+                             route="/api/2.0/mlflow-share/ready", action="health.audit_probe",
+                             principal="mlflow-share")
         try:
-            with writer_lock(self.engine), self.engine.connect() as connection:
-                begin_write(connection)
-                connection.execute(sa.select(models.events.c.seq).limit(1)).all()
-                connection.rollback()
-        except Exception:  # noqa: BLE001 - still failing
+            self.append(probe.event(status=200, source="health"), attempts=1)
+        except AuditUnavailable:
             return False
-        self.failing_since = None
         return True
 
-    def _append(self, row: dict[str, Any]) -> int:
+    def _append(self, row: dict[str, Any], attempts: int) -> int:
         """Append one event and commit it; ``AuditUnavailable`` if that cannot be done."""
         dialect = self.engine.dialect
         # A refused connection (a restart, max_connections reached) is retried for ~1.5 s.
-        for attempt in range(6):
+        for attempt in range(attempts):
             try:
                 with self.engine.connect() as connection:
                     dbapi_connection = connection.connection.dbapi_connection
@@ -358,7 +358,7 @@ class AuditAppender:
                         connection.invalidate()  # never hand a broken connection back
                         raise
             except Exception as exc:  # noqa: BLE001 - retry on a fresh connection, then refuse
-                if attempt == 5 or isinstance(exc, CommitUncertain):
+                if attempt == attempts - 1 or isinstance(exc, CommitUncertain):
                     _logger.error("mlflow-share could not append to the audit log: %s", exc)
                     raise AuditUnavailable(
                         "The audit log is unavailable; the request was not served.") from None

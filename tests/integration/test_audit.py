@@ -306,6 +306,14 @@ def test_failed_audit_append_is_503_and_changes_nothing(audited: ShareServer, un
             assert write.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
             read = audited.api("GET", f"{API}/runs/get", token=token, params={"run_id": run_id})
             assert read.status_code == 503 and read.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        # Readiness probes with a real append: a worker whose appends failed stays out of
+        # rotation while the trigger is there (a rolled-back transaction would pass).
+        seen = set()
+        for _ in range(20):
+            audited.api("GET", f"{API}/runs/get", token=token, params={"run_id": run_id})
+            ready = requests.get(f"{audited.url}/api/2.0/mlflow-share/ready", timeout=10)
+            seen.add((ready.status_code, ready.json()["checks"]["audit"]))
+        assert (503, "append failing") in seen, seen
         with engine.connect() as conn:
             tags = conn.execute(sa.text("SELECT key FROM tags WHERE run_uuid = :r"),
                                 {"r": run_id}).scalars().all()
@@ -316,6 +324,9 @@ def test_failed_audit_append_is_503_and_changes_nothing(audited: ShareServer, un
                                  + ("" if engine.dialect.name == "sqlite" else
                                     " ON share_audit_events"))
         engine.dispose()
+    for _ in range(10):  # each worker's next check appends its probe, and it commits
+        ready = requests.get(f"{audited.url}/api/2.0/mlflow-share/ready", timeout=10)
+        assert ready.status_code == 200, ready.text
     assert audited.api("POST", f"{API}/runs/set-tag", token=token,
                        json={"run_id": run_id, "key": "blocked", "value": "no"}).status_code == 200
 

@@ -133,7 +133,9 @@ class _Load:
         self.servers, self.token, self.name = servers, token, name
         self.experiment, self.run = experiment, run
         self.statuses: list[int] = []
+        self.answers: list[tuple[str, int, float, int]] = []  # url, status, when, kind
         self.failed: list[str] = []  # no answer (connection refused or cut)
+        self.failed_at: list[str] = []  # the instance each of those was sent to
         self.errors: list[str] = []  # 5xx answers
         self.files: dict[str, str] = {}  # artifact path -> SHA-256, for 200s
         self.lock = threading.Lock()
@@ -167,9 +169,11 @@ class _Load:
                 with self.lock:
                     what = ("get", "search", "log-metric", "upload")[kind]
                     self.failed.append(f"{what}: {type(exc).__name__}: {exc}"[:300])
+                    self.failed_at.append(server.url)
                 continue
             with self.lock:
                 self.statuses.append(response.status_code)
+                self.answers.append((server.url, response.status_code, time.monotonic(), kind))
                 if response.status_code >= 500:
                     self.errors.append(f"{response.status_code} {response.text[:300]}")
                 if path is not None and response.status_code == 200:
@@ -364,10 +368,19 @@ def test_an_instance_killed_mid_load_loses_nothing(pair: tuple[ShareServer, Shar
     a, b = pair
     token, experiment, run = _loader(b, unique)
     load = _Load((a, b), token, f"load-{unique}", experiment, run)
-    load.run_for(clients=20, seconds=6,
-                 during=lambda: os.killpg(a.process.pid, signal.SIGKILL))
+    killed_at: list[float] = []
+
+    def kill() -> None:
+        killed_at.append(time.monotonic())
+        os.killpg(a.process.pid, signal.SIGKILL)
+
+    load.run_for(clients=20, seconds=6, during=kill)
     assert load.errors == []
     assert load.failed, "no request met the killed instance"
+    assert set(load.failed_at) == {a.url}, load.failed[:5]  # b never dropped a connection
+    from_b = [(status, when) for url, status, when, _ in load.answers if url == b.url]
+    assert {status for status, _ in from_b} == {200}
+    assert sum(when > killed_at[0] + 1 for _, when in from_b) > 50  # it kept serving
     answered = len(load.statuses)
     events = _events_of(b, f"loader-{unique}") - 3
     # Answered requests all have their event; a request cut by the kill may have one too.
@@ -414,7 +427,8 @@ def test_a_full_artifact_volume_is_a_clear_error_and_leaves_nothing(
                              params={"path": f"{experiment}/{run}/artifacts"}).json()
         assert [f["path"] for f in listing.get("files", [])] == ["small.bin"]
         assert server.api("GET", f"{base}/small.bin", token=token).content == small
-        leftovers = [p for p in small_volume.rglob("*") if p.is_file() and "big" in p.name]
+        # No partial file under any name (staged uploads are .mlflow-share-staging.*).
+        leftovers = [p for p in small_volume.rglob("*") if p.is_file() and p.name != "small.bin"]
         assert leftovers == []
         # Space freed: uploads work again.
         assert server.api("PUT", f"{base}/again.bin", token=token, data=b"x" * 1000).ok
@@ -480,15 +494,22 @@ def test_postgres_stopped_and_restarted_mid_load(tmp_path: Path, unique: str) ->
         token, experiment, run = _loader(server, unique)
         load = _Load((server,), token, f"load-{unique}", experiment, run)
 
+        restarted: list[float] = []
+
         def outage() -> None:
             database.stop()
             time.sleep(2)
             database.start()
+            restarted.append(time.monotonic())
 
         load.run_for(clients=10, seconds=12, during=outage)
         statuses = set(load.statuses)
         assert statuses <= {200, 503}, [e for e in load.errors if not e.startswith("503")][:3]
         assert 503 in statuses and load.failed == []
+        # Served again after the restart, reads and writes (kind 2: log-metric, 3: upload).
+        after = {kind for _, status, when, kind in load.answers
+                 if status == 200 and when > restarted[0]}
+        assert {0, 2, 3} <= after, after
         assert all("TEMPORARILY_UNAVAILABLE" in e for e in load.errors)
         ok = load.statuses.count(200)
         events = _events_of(server, f"loader-{unique}") - 3
