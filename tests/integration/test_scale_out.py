@@ -31,6 +31,7 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
+from tests.integration.test_gateway import _gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 API = "/api/2.0/mlflow"
@@ -495,14 +496,29 @@ def test_postgres_stopped_and_restarted_mid_load(tmp_path: Path, unique: str) ->
         load = _Load((server,), token, f"load-{unique}", experiment, run)
 
         restarted: list[float] = []
+        gateway_answers: list[tuple[int, str]] = []
+
+        def call_gateway(url: str) -> None:
+            response = requests.post(f"{url}/v1/models/load-{unique}@champion/invocations",
+                                     json={"inputs": [[0.0]]}, timeout=30,
+                                     headers={"Authorization": f"Bearer {token}"})
+            gateway_answers.append((response.status_code, response.json()["error_code"]))
 
         def outage() -> None:
             database.stop()
             time.sleep(2)
+            call_gateway(gateway)
             database.start()
             restarted.append(time.monotonic())
 
-        load.run_for(clients=10, seconds=12, during=outage)
+        with _gateway(server, tmp_path) as gateway:
+            call_gateway(gateway)  # up: the model has no alias 'champion'
+            load.run_for(clients=10, seconds=12, during=outage)
+            call_gateway(gateway)
+        # The gateway too: a 503 in the envelope while the database is away, then served.
+        assert gateway_answers == [(404, "RESOURCE_DOES_NOT_EXIST"),
+                                   (503, "TEMPORARILY_UNAVAILABLE"),
+                                   (404, "RESOURCE_DOES_NOT_EXIST")]
         statuses = set(load.statuses)
         assert statuses <= {200, 503}, [e for e in load.errors if not e.startswith("503")][:3]
         assert 503 in statuses and load.failed == []
