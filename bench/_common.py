@@ -332,14 +332,17 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def drive(url: str, calls: list[Call], headers: dict[str, str], *, keepalive: bool,
           clients: int, duration: float, raw: bool = False) -> LoadResult:
     """``clients`` separate processes send ``calls`` round-robin for ``duration`` seconds,
-    through ``requests`` or (``raw``) a lean socket client."""
+    through ``requests`` or (``raw``) a lean socket client. Client k starts at call
+    ``k * len(calls) / clients``: a list of distinct writes is not replayed by the next client
+    (a repeated metric or tag is a no-op write, which would flatter both servers)."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     barrier = ctx.Barrier(clients)
     loop = _raw_client_loop if raw else _client_loop
     procs = [
         ctx.Process(target=loop, daemon=True,
-                    args=(url, calls, headers, keepalive, barrier, duration, k, queue))
+                    args=(url, calls, headers, keepalive, barrier, duration,
+                          k * len(calls) // clients, queue))
         for k in range(clients)
     ]
     for p in procs:

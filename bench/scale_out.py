@@ -52,13 +52,13 @@ class Databases:
 
 
 def spread(urls: list[str], calls: list[Call], headers: dict[str, str], clients: int,
-           duration: float) -> LoadResult:
+           duration: float, raw: bool = True) -> LoadResult:
     """``clients`` processes split over ``urls``, all at once; one combined result."""
     parts: list[LoadResult] = []
 
     def one(url: str, share: int) -> None:
         parts.append(drive(url, calls, headers, keepalive=True, clients=share,
-                           duration=duration))
+                           duration=duration, raw=raw))
 
     shares = [clients // len(urls) + (i < clients % len(urls)) for i in range(len(urls))]
     threads = [threading.Thread(target=one, args=(u, n)) for u, n in zip(urls, shares)]
@@ -74,9 +74,11 @@ def spread(urls: list[str], calls: list[Call], headers: dict[str, str], clients:
 def write_calls(server_url: str, headers: dict[str, str]) -> list[Call]:
     runs = requests.post(f"{server_url}/api/2.0/mlflow/runs/search", headers=headers, timeout=30,
                          json={"experiment_ids": [_experiment(server_url, headers)]}).json()
+    # Distinct points (a repeated one is a no-op write): more than the clients get through.
     return [Call("POST", "/api/2.0/mlflow/runs/log-metric", json.dumps({
-        "run_id": run["info"]["run_id"], "key": "bench_write", "value": 1.0,
-        "timestamp": 0, "step": 0}).encode()) for run in runs["runs"]]
+        "run_id": run["info"]["run_id"], "key": "bench_write", "value": step,
+        "timestamp": step, "step": step}).encode())
+        for step in range(4000) for run in runs["runs"][:1]]
 
 
 def _experiment(server_url: str, headers: dict[str, str]) -> str:
@@ -103,14 +105,17 @@ def propagation(first: str, second: str, rounds: int) -> tuple[list[float], list
         start = time.perf_counter()
         while bob.get(f"{second}/api/2.0/mlflow/registered-models/get",
                       params={"name": "bench-model"}, timeout=30).status_code != status:
-            pass
+            if time.perf_counter() - start > 30:
+                raise RuntimeError(f"instance 2 never answered {status} within 30 s")
         return (time.perf_counter() - start) * 1000
 
     granted, revoked = [], []
     for _ in range(rounds):
-        requests.post(f"{first}{api}/grants", auth=admin, json=grant, timeout=30)
+        requests.post(f"{first}{api}/grants", auth=admin, json=grant,
+                      timeout=30).raise_for_status()
         granted.append(until(200))
-        requests.delete(f"{first}{api}/grants", auth=admin, json=grant, timeout=30)
+        requests.delete(f"{first}{api}/grants", auth=admin, json=grant,
+                        timeout=30).raise_for_status()
         revoked.append(until(403))
     return granted, revoked
 
@@ -122,8 +127,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
+    if args.workers < 2 or args.workers % 2:
+        parser.error("--workers must be even: two instances get half each")
     duration = 4.0 if args.quick else args.duration
-    half = max(1, args.workers // 2)
+    half = args.workers // 2
     databases = Databases()
     root = temp_dir("mlflow-share-bench-scale-")
     rows = []
@@ -155,11 +162,14 @@ def main() -> int:
                 server.stop()
         for (label, mix), result in results.items():
             plain = results[(f"plain 1x{args.workers}", mix)]
+            one = results[(f"mlflow-share 1x{args.workers}", mix)]
             rows.append([label, mix, round(result.rps, 1), result.p50, result.p99,
-                         result.errors, f"{result.rps / plain.rps:.3f}x"])
+                         result.errors, f"{result.rps / plain.rps:.3f}x",
+                         f"{result.rps / one.rps:.3f}x" if "share" in label else "-"])
         print(f"\nPostgreSQL, {args.clients} client processes (kept-alive), {duration:.0f}s each, "
               f"non-admin user; stock with the TCP_NODELAY fix")
-        print(table(["setup", "mix", "req/s", "p50 ms", "p99 ms", "errors", "vs stock"], rows))
+        print(table(["setup", "mix", "req/s", "p50 ms", "p99 ms", "errors", "vs stock",
+                     "vs 1 instance"], rows))
         print(f"\npropagation instance 1 -> instance 2 ({len(granted)} rounds): grant median "
               f"{statistics.median(granted):.1f} ms, max {max(granted):.1f} ms; revoke median "
               f"{statistics.median(revoked):.1f} ms, max {max(revoked):.1f} ms (target <= 1 s)")

@@ -92,7 +92,7 @@ def make_server(kind: str, root: Path, workers: int, fix_nodelay: bool = False,
         extra = auth_extra_path()
         if extra:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, os.environ.get("PYTHONPATH")) if p)
-    elif kind == "mlflow-share":
+    elif kind.startswith("mlflow-share"):  # "mlflow-share-noaudit": bench/_noaudit_app.py
         argv += ["--app-name", "mlflow-share"]
         env = {"MLFLOW_SHARE_ADMIN_PASSWORD": ADMIN_PASSWORD}
     artifacts = str(home / "artifacts")
@@ -100,8 +100,11 @@ def make_server(kind: str, root: Path, workers: int, fix_nodelay: bool = False,
              "--artifacts-destination",
              f"checksum+file://{artifacts}" if checksum_artifacts else artifacts,
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    if fix_nodelay:  # preview of the TCP_NODELAY fix (bench/_nodelay_app.py) on every server
+    if kind == "mlflow-share-noaudit":  # also applies the TCP_NODELAY fix
+        argv += ["--uvicorn-opts", "--loop _noaudit_app:new_event_loop"]
+    elif fix_nodelay:  # preview of the TCP_NODELAY fix (bench/_nodelay_app.py) on every server
         argv += ["--uvicorn-opts", "--loop _nodelay_app:new_event_loop"]
+    if fix_nodelay or kind == "mlflow-share-noaudit":
         here = str(Path(__file__).resolve().parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     return Server(kind, argv, port, home / "server.log", env=env, cwd=home)
