@@ -208,6 +208,7 @@ def committed(seq: int) -> None:
 
 
 _RAW_HEAD = f"SELECT seq, hash FROM {models.TABLE} ORDER BY seq DESC LIMIT 1"
+_LOCK_CHAIN = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"
 
 
 def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, Any]]
@@ -217,9 +218,15 @@ def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, 
     Talks to the driver directly: SQLAlchemy's per-statement work costs several times the
     SQLite commit itself (~0.1 ms in WAL mode), and an append runs on every request.
     """
-    if dialect == "postgresql":
-        cursor.execute(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})")
-    cursor.execute(_RAW_HEAD)
+    if dialect == "postgresql" and type(cursor).__module__.split(".")[0] == "psycopg":
+        # One round trip for both (psycopg 3 returns each statement's result): each statement
+        # takes its own snapshot, so the head is read after the lock is held.
+        cursor.execute(f"{_LOCK_CHAIN}; {_RAW_HEAD}")
+        cursor.nextset()
+    else:
+        if dialect == "postgresql":
+            cursor.execute(_LOCK_CHAIN)
+        cursor.execute(_RAW_HEAD)
     head = cursor.fetchone()
     seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, models.GENESIS_HASH)
     seqs = []
@@ -230,9 +237,12 @@ def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, 
                                                     [row[name] for name in models.FIELDS])
         seqs.append(seq)
     marks = ", ".join(["?" if paramstyle == "qmark" else "%s"] * len(models.COLUMNS))
-    cursor.executemany(
-        f"INSERT INTO {models.TABLE} ({', '.join(models.COLUMNS)}) VALUES ({marks})",
-        [[row[name] for name in models.COLUMNS] for row in rows])
+    insert = f"INSERT INTO {models.TABLE} ({', '.join(models.COLUMNS)}) VALUES ({marks})"
+    values = [[row[name] for name in models.COLUMNS] for row in rows]
+    if len(values) == 1:
+        cursor.execute(insert, values[0])
+    else:
+        cursor.executemany(insert, values)
     return seqs
 
 

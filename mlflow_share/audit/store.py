@@ -61,6 +61,7 @@ class _Change:
                  bookkeeping: Callable[[sa.Connection], None] | None) -> None:
         self.record = record
         self.bookkeeping = bookkeeping  # runs once, in the first write transaction
+        self.before: tuple[str, dict[str, Any]] | None = None  # read as that transaction begins
 
 
 def strip_scheme(uri: str) -> str:
@@ -131,20 +132,28 @@ _BEFORE_QUERIES: dict[str, tuple[str, Callable[[inspect.BoundArguments], dict[st
 }
 
 
-def _before(store: Any, name: str, bound: inspect.BoundArguments) -> Any:
+def _before_query(name: str, bound: inspect.BoundArguments) -> tuple[str, dict[str, Any]] | None:
+    """The query of what ``name`` replaces; it runs first in the write transaction, on its
+    connection (no second connection, and on SQLite under the write lock)."""
     query = _BEFORE_QUERIES.get(name)
     if query is None:
         return None
     sql, params = query
     try:
-        with store.engine.connect() as conn:
-            row = conn.execute(sa.text(sql), params(bound)).first()
-    except (KeyError, AttributeError, ValueError, TypeError, sa.exc.SQLAlchemyError):
+        return sql, params(bound)
+    except (KeyError, AttributeError, ValueError, TypeError):
         return None  # MLflow validates the arguments and answers the error itself
-    if row is None:
-        return None
-    values = dict(row._mapping)
-    return values if len(values) > 1 else next(iter(values.values()))
+
+
+def _read_before(connection: sa.Connection, change: _Change) -> None:
+    assert change.before is not None
+    sql, params = change.before
+    change.before = None
+    row = connection.execute(sa.text(sql), params).first()
+    if row is not None:
+        values = dict(row._mapping)
+        change.record["before"] = summarize(
+            values if len(values) > 1 else next(iter(values.values())))
 
 
 # -- ownership bookkeeping, run inside MLflow's transaction ------------------------------
@@ -191,9 +200,7 @@ def _audited_method(name: str, method: Callable[..., Any]) -> Callable[..., Any]
             return method(self, *args, **kwargs)  # MLflow raises the real error
         arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
         change = _Change({"op": name, "args": summarize(arguments)}, _bookkeeping(name, bound))
-        before = _before(self, name, bound)
-        if before is not None:
-            change.record["before"] = summarize(before)
+        change.before = _before_query(name, bound)
         token = _CURRENT_CHANGE.set(change)
         try:
             return method(self, *args, **kwargs)
@@ -349,7 +356,11 @@ def _audit_sessions(store: Any) -> None:
                 # Take the write lock first: a deferred transaction that reads, then writes,
                 # fails at once with "database is locked" when another writer got there first.
                 session.execute(sa.text("BEGIN IMMEDIATE"))
-            token = _OPEN_WRITES.set({**open_writes, engine_key: session.connection()})
+            connection = session.connection()
+            change = _CURRENT_CHANGE.get()
+            if change is not None and change.before is not None:
+                _read_before(connection, change)
+            token = _OPEN_WRITES.set({**open_writes, engine_key: connection})
             try:
                 yield session
             finally:

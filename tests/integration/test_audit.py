@@ -332,6 +332,8 @@ def test_failed_audit_append_is_503_and_changes_nothing(audited: ShareServer, un
 
 
 def test_verify_and_export_through_the_server(audited: ShareServer, tmp_path: Path) -> None:
+    assert audited.api("GET", f"{API}/registered-models/search", token=audited.tokens["alice"],
+                       params={"max_results": 1}).ok  # alice has an event, run alone too
     env = {"MLFLOW_TRACKING_URI": audited.url, "MLFLOW_TRACKING_USERNAME": "admin",
            "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
     result = _cli("audit", "verify", env=env)
