@@ -27,6 +27,14 @@ def enable_tcp_nodelay_on_accepted_sockets() -> None:
     enable_tcp_nodelay()
 
 
+def asyncio_event_loop() -> Any:
+    """uvicorn ``--loop`` factory: asyncio's selector loop with the fix (keepalive_stall.py)."""
+    import asyncio
+
+    enable_tcp_nodelay_on_accepted_sockets()
+    return asyncio.SelectorEventLoop()
+
+
 def new_event_loop() -> Any:
     """uvicorn ``--loop`` factory: the loop uvicorn's ``auto`` would pick, with the fix.
 
@@ -36,10 +44,7 @@ def new_event_loop() -> Any:
     try:
         import uvloop
     except ImportError:
-        import asyncio
-
-        enable_tcp_nodelay_on_accepted_sockets()
-        return asyncio.SelectorEventLoop()
+        return asyncio_event_loop()
     return uvloop.new_event_loop()
 
 

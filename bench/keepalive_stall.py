@@ -59,7 +59,11 @@ def measure(url: str, n: int) -> tuple[float, float, float]:
     return statistics.median(kept), percentile(kept, 90), statistics.median(fresh)
 
 
-FIX_LOOP = "_nodelay_app:new_event_loop"
+# The stall needs asyncio's own loop and h11 (uvloop sets TCP_NODELAY, httptools writes the
+# head and body of a small answer at once): uvicorn's "auto" picks neither when they are not
+# installed, which is how MLflow runs without mlflow-share.
+STALL_OPTS = "--loop asyncio --http h11"
+FIX_LOOP = "_nodelay_app:asyncio_event_loop"
 
 
 def with_bench_path(env: dict[str, str]) -> dict[str, str]:
@@ -80,8 +84,10 @@ def mlflow_server(root: Path, app: str | None, workers: int, fix: bool = False) 
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     env = {"MLFLOW_SHARE_ADMIN_PASSWORD": "bench-admin-password-1"} if app else {}
     if fix:  # preview of the fix through uvicorn's --loop hook (see _nodelay_app.py)
-        argv += ["--uvicorn-opts", f"--loop {FIX_LOOP}"]
+        argv += ["--uvicorn-opts", f"--loop {FIX_LOOP} --http h11"]
         env = with_bench_path(env)
+    else:
+        argv += ["--uvicorn-opts", STALL_OPTS]
     return Server(name, argv, port, home / "server.log", env=env, cwd=home)
 
 
@@ -89,8 +95,8 @@ def tiny_server(root: Path, workers: int, fix: str) -> Server:
     name = f"tiny-w{workers}-{fix or 'nofix'}"
     port = free_port()
     argv = [PYTHON, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--log-level", "warning", "--factory",
-            "_nodelay_app:create_app"]
+            "--workers", str(workers), "--log-level", "warning", *STALL_OPTS.split(),
+            "--factory", "_nodelay_app:create_app"]
     env = with_bench_path({"BENCH_NODELAY_FIX": fix})
     return Server(name, argv, port, root / f"{name}.log", env=env, cwd=root)
 
