@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +33,26 @@ from tests.conftest import (
     stop_server,
 )
 from tests.integration.test_gateway import _gateway
+from tests.integration.test_integrity_s3 import AWS, BUCKET, s3  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 API = "/api/2.0/mlflow"
 SHARE = "/api/2.0/mlflow-share"
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShareServer, ShareServer]]:
+@contextmanager
+def _pair(tmp: Path, artifacts: str, env: dict[str, str] | None = None
+          ) -> Iterator[tuple[ShareServer, ShareServer]]:
+    """Two instances of two workers on a fresh PostgreSQL database and one artifact root."""
     name = f"mlflow_share_pair_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(f"{POSTGRES_URL}/test", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    tmp = Path(tmp_path_factory.mktemp("pair"))
-    artifacts = f"checksum+file://{tmp / 'artifacts'}"
     servers: list[ShareServer] = []
     # Pools sized to the server's max_connections (100 here, shared with the other tests):
     # 2 instances x 2 workers x 4 engines x (2 + 3) stays under it; past that, requests wait.
     pools = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "3",
-             "MLFLOW_SHARE_DB_POOL_SIZE": "2", "MLFLOW_SHARE_DB_MAX_OVERFLOW": "3"}
+             "MLFLOW_SHARE_DB_POOL_SIZE": "2", "MLFLOW_SHARE_DB_MAX_OVERFLOW": "3", **(env or {})}
     try:
         for label in ("a", "b"):
             servers.append(start_server(tmp / label, f"{POSTGRES_URL}/{name}", workers=2,
@@ -64,6 +66,23 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShareServer
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ShareServer, ShareServer]]:
+    tmp = Path(tmp_path_factory.mktemp("pair"))
+    with _pair(tmp, f"checksum+file://{tmp / 'artifacts'}") as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def s3_pair(s3: Any, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[ShareServer, ShareServer]]:
+    """The same on S3 (moto on loopback): what each instance stores, the other verifies."""
+    env = {**AWS, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}
+    with _pair(Path(tmp_path_factory.mktemp("s3-pair")), f"checksum+s3://{BUCKET}/pair",
+               env) as servers:
+        yield servers
 
 
 def _read(server: ShareServer, user: str, name: str) -> int:
@@ -227,9 +246,10 @@ def _verify_chain_and_files(server: ShareServer, files: dict[str, str], token: s
         assert got.headers.get("X-MLflow-Share-Integrity") != "unverified"
 
 
-def test_fifty_clients_over_two_instances(pair: tuple[ShareServer, ShareServer],
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_fifty_clients_over_two_instances(storage: str, request: pytest.FixtureRequest,
                                           unique: str) -> None:
-    a, b = pair
+    a, b = request.getfixturevalue("pair" if storage == "file" else "s3_pair")
     token, experiment, run = _loader(a, unique)
     load = _Load((a, b), token, f"load-{unique}", experiment, run)
     load.run_for(clients=50, seconds=8)
