@@ -263,9 +263,10 @@ def test_fifty_clients_over_two_instances(storage: str, request: pytest.FixtureR
 
 def test_interleaved_changes_across_instances_keep_the_invariants(
         pair: tuple[ShareServer, ShareServer], unique: str) -> None:
-    """Hypothesis interleaves grants, revocations, uploads and reads through either instance;
-    after every step both instances decide alike (the grant state of the model), every stored
-    file reads back verified through either, and the audit chain verifies at the end."""
+    """Hypothesis interleaves grants, revocations, token issues and revocations, uploads and
+    reads through either instance; after every step both instances decide alike (reads and
+    searches follow the grant state of the model), the audit chain is one dense sequence,
+    every stored file reads back verified through either, and the chain verifies at the end."""
     from hypothesis import HealthCheck, settings
     from hypothesis import strategies as st
     from hypothesis.stateful import (
@@ -328,12 +329,37 @@ def test_interleaved_changes_across_instances_keep_the_invariants(
             assert got.status_code == 200
             assert hashlib.sha256(got.content).hexdigest() == self.files[path]
 
+        @rule(issue=st.sampled_from("ab"), use=st.sampled_from("ab"),
+              revoke=st.sampled_from("ab"))
+        def token_lifecycle(self, issue: str, use: str, revoke: str) -> None:
+            issued = servers[issue].admin("POST", "/tokens", json={"user": "bea"}).json()
+            whoami = f"{SHARE}/whoami"
+            assert servers[use].api("GET", whoami, token=issued["token"]).status_code == 200
+            servers[revoke].admin("DELETE", "/tokens", json={"token_id": issued["token_id"]})
+            for server in servers.values():  # refused everywhere at once
+                assert server.api("GET", whoami, token=issued["token"]).status_code == 401
+
         @invariant()
         def both_instances_decide_alike(self) -> None:
             for team, user in members.items():
                 expected = 200 if team in self.granted else 403
                 for server in servers.values():
                     assert _read(server, user, name) == expected, (team, server.url)
+                    # Searches show the model only to those who may read it.
+                    found = server.api("GET", f"{API}/registered-models/search",
+                                       token=server.tokens[user],
+                                       params={"filter": f"name = '{name}'"}).json()
+                    listed = [m["name"] for m in found.get("registered_models", [])]
+                    assert listed == ([name] if expected == 200 else []), (team, server.url)
+
+        @invariant()
+        def one_dense_audit_chain(self) -> None:
+            engine = sa.create_engine(a.backend_uri)
+            with engine.connect() as conn:
+                low, high, count = conn.execute(sa.text(
+                    "SELECT min(seq), max(seq), count(*) FROM share_audit_events")).one()
+            engine.dispose()
+            assert count == high - low + 1
 
     run_state_machine_as_test(Instances, settings=settings(
         max_examples=4, stateful_step_count=12, deadline=None, derandomize=True,
