@@ -214,47 +214,16 @@ def raw_request(url: str, call: Call, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (call.body or b"")
 
 
-def _raw_client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool,
-                     barrier: Any, duration: float, offset: int, queue: Any) -> None:
+def _raw_sender(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool
+                ) -> tuple[Any, Any]:
     hdrs = dict(headers) if keepalive else {**headers, "Connection": "close"}
     raws = [raw_request(url, call, hdrs) for call in calls]
     conn = RawConnection(url)
-    perf = time.perf_counter
-    n = len(raws)
-    warm_end = perf() + 1.0
-    for k in range(n):
-        try:
-            conn.request(raws[(offset + k) % n])
-        except Exception:  # noqa: BLE001 - the measured loop counts errors
-            pass
-        if perf() >= warm_end:
-            break
-    lat: list[float] = []
-    errors = 0
-    i = offset
-    barrier.wait(timeout=180)
-    end = perf() + duration
-    while True:
-        raw = raws[i % n]
-        i += 1
-        t0 = perf()
-        if t0 >= end:
-            break
-        try:
-            ok = conn.request(raw) == 200
-        except Exception:  # noqa: BLE001 - counted, not fatal
-            ok = False
-        t1 = perf()
-        if ok:
-            lat.append((t1 - t0) * 1000.0)
-        else:
-            errors += 1
-    conn.close()
-    queue.put((lat, errors))
+    return (lambda k: conn.request(raws[k]) == 200), conn.close
 
 
-def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool,
-                 barrier: Any, duration: float, offset: int, queue: Any) -> None:
+def _requests_sender(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool
+                     ) -> tuple[Any, Any]:
     import requests
 
     session = requests.Session()
@@ -262,43 +231,53 @@ def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive
     if not keepalive:
         hdrs["Connection"] = "close"  # the server closes; the next request opens a new one
     hdrs_json = {**hdrs, "Content-Type": "application/json"}
+
+    def send(k: int) -> bool:
+        call = calls[k]
+        resp = session.request(call.method, url + call.path, data=call.body,
+                               headers=hdrs_json if call.body else hdrs)
+        resp.content
+        return resp.status_code == 200
+
+    return send, session.close
+
+
+def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool,
+                 barrier: Any, duration: float, offset: int, queue: Any, raw: bool) -> None:
+    send, close = (_raw_sender if raw else _requests_sender)(url, calls, headers, keepalive)
     perf = time.perf_counter
     n = len(calls)
+    i = offset
     # Warm-up, not recorded (also opens the kept-alive connection): at most 1 s or one pass.
+    # The measured loop goes on from the next call: a replayed write would be a no-op.
     warm_end = perf() + 1.0
-    for k in range(n):
-        call = calls[(offset + k) % n]
+    for _ in range(n):
         try:
-            session.request(call.method, url + call.path, data=call.body,
-                            headers=hdrs_json if call.body else hdrs).content
+            send(i % n)
         except Exception:  # noqa: BLE001 - the measured loop counts errors
             pass
+        i += 1
         if perf() >= warm_end:
             break
     lat: list[float] = []
     errors = 0
-    i = offset
     barrier.wait(timeout=180)  # every client starts the measured loop at the same moment
     end = perf() + duration
     while True:
-        call = calls[i % n]
-        i += 1
         t0 = perf()
         if t0 >= end:
             break
         try:
-            resp = session.request(call.method, url + call.path, data=call.body,
-                                   headers=hdrs_json if call.body else hdrs)
-            resp.content
-            ok = resp.status_code == 200
+            ok = send(i % n)
         except Exception:  # noqa: BLE001 - counted, not fatal
             ok = False
+        i += 1
         t1 = perf()
         if ok:
             lat.append((t1 - t0) * 1000.0)
         else:
             errors += 1
-    session.close()
+    close()
     queue.put((lat, errors))
 
 
@@ -338,11 +317,10 @@ def drive(url: str, calls: list[Call], headers: dict[str, str], *, keepalive: bo
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     barrier = ctx.Barrier(clients)
-    loop = _raw_client_loop if raw else _client_loop
     procs = [
-        ctx.Process(target=loop, daemon=True,
+        ctx.Process(target=_client_loop, daemon=True,
                     args=(url, calls, headers, keepalive, barrier, duration,
-                          k * len(calls) // clients, queue))
+                          k * len(calls) // clients, queue, raw))
         for k in range(clients)
     ]
     for p in procs:
