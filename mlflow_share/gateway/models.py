@@ -58,6 +58,7 @@ class LoadedModel:
     inputs: list[TensorSpec]
     outputs: list[str]
     size: int
+    run_seconds: float = float("inf")  # a moving average of session.run; inf until measured
 
 
 def specs(args: list[Any]) -> list[TensorSpec]:
@@ -263,17 +264,23 @@ class ModelCache:
 
     def peek(self, identity: str) -> LoadedModel | None:
         """The loaded version with this identity, if it is loaded (never loads)."""
-        return self._models.get(identity)
+        with self._lock:
+            model = self._models.get(identity)
+            if model is not None:
+                self._models.move_to_end(identity)  # the LRU order counts every call
+            return model
 
 
 _SERVABLE = (
     "SELECT v.version, m.identity FROM model_versions v "
     "LEFT JOIN share_model_manifests m "
     f"ON m.location = substr(v.storage_location, {len(registration.PROXY_SCHEME) + 1}) ")
+# MLflow deletes a version softly (stage Deleted_Internal, files kept): never served.
+_LIVE = "AND v.current_stage != 'Deleted_Internal'"
 _BY_ALIAS = sa.text(_SERVABLE + "JOIN registered_model_aliases a "
                     "ON a.name = v.name AND a.version = v.version "
-                    "WHERE a.name = :n AND a.alias = :a")
-_BY_VERSION = sa.text(_SERVABLE + "WHERE v.name = :n AND v.version = :v")
+                    f"WHERE a.name = :n AND a.alias = :a {_LIVE}")
+_BY_VERSION = sa.text(_SERVABLE + f"WHERE v.name = :n AND v.version = :v {_LIVE}")
 
 
 def _servable(engine: sa.Engine, query: Any, params: dict[str, Any], missing: str

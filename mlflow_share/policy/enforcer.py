@@ -322,7 +322,8 @@ class PolicyEngine:
     # -- resource ownership ----------------------------------------------------------
     def owner_of(self, kind: str, resource_id: str) -> str | None:
         key = (kind, resource_id)
-        owner = self._owners.get(key)
+        owners = self._owners  # a refresh that replaces it meanwhile drops this answer
+        owner = owners.get(key)
         if owner is None:
             with self.engine.connect() as conn:
                 owner = conn.execute(
@@ -331,12 +332,13 @@ class PolicyEngine:
                     )
                 ).scalar()
             if owner is not None:
-                self._owners[key] = owner
+                owners[key] = owner
         return owner
 
     def model_id(self, name: str) -> str | None:
         """The mlflow-share ID of a registered model by its current name."""
-        model_id = self._model_ids.get(name)
+        model_ids = self._model_ids  # a refresh that replaces it meanwhile drops this answer
+        model_id = model_ids.get(name)
         if model_id is None:
             with self.engine.connect() as conn:
                 model_id = conn.execute(
@@ -345,13 +347,14 @@ class PolicyEngine:
                     )
                 ).scalar()
             if model_id is not None:
-                self._model_ids[name] = model_id
+                model_ids[name] = model_id
         return model_id
 
-    def known_model(self, name: str) -> bool:
-        """Whether ``name``'s ID and owner are cached, so deciding on it reads no database."""
+    def cached_model(self, name: str) -> tuple[str, str] | None:
+        """``name``'s ID and owner team if both are cached (deciding on them reads nothing)."""
         model_id = self._model_ids.get(name)
-        return model_id is not None and ("registered_model", model_id) in self._owners
+        owner = self._owners.get(("registered_model", model_id)) if model_id else None
+        return (model_id, owner) if model_id is not None and owner is not None else None
 
     def model_ids(self) -> list[str]:
         """mlflow-share's IDs of every registered model it owns."""

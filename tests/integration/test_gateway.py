@@ -256,6 +256,7 @@ def test_tampered_version_is_refused_and_the_previous_one_keeps_serving(
     onnx_file.write_bytes(models["v3"])  # a valid model, not the registered bytes
     assert _in_process(models["v3"], X[:6])[0].tolist() != before["predictions"]["label"]
     world.alias("champion", bad)
+    time.sleep(FRESHNESS + 0.3)  # the refresher has moved the alias: no fast path on 'good'
     after = _call(gateway, share_server, "alice", f"{world.name}@champion", body)
     assert after.status_code == 200 and after.json() == before  # still the verified version
     direct = _call(gateway, share_server, "alice", f"{world.name}/versions/{bad}", body)
@@ -462,6 +463,16 @@ def test_recreated_model_and_hostile_graphs(share_server: ShareServer, gateway: 
     body = {"inputs": X[:6].tolist()}
     first = _call(gateway, share_server, "alice", f"{name}@champion", body).json()
     assert first["predictions"]["label"] == _in_process(models["v1"], X[:6])[0].tolist()
+    # A deleted version (MLflow keeps its row and files, stage Deleted_Internal) stops being
+    # served by its number within the freshness bound.
+    doomed = world.register({"model.onnx": models["v2"], "MLmodel": ONNX_MLMODEL})
+    by_number = f"{name}/versions/{doomed}"
+    assert _call(gateway, share_server, "alice", by_number, body).status_code == 200
+    assert _call(gateway, share_server, "alice", by_number, body).status_code == 200
+    assert share_server.api("DELETE", f"{API}/model-versions/delete", token=world.token,
+                            json={"name": name, "version": doomed}).ok
+    within_freshness(lambda: _call(gateway, share_server, "alice", by_number,
+                                   body).status_code == 404)
     assert share_server.api("DELETE", f"{API}/registered-models/delete", token=world.token,
                             json={"name": name}).ok
     within_freshness(lambda: _call(gateway, share_server, "alice", f"{name}@champion",
