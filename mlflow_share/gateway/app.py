@@ -437,6 +437,9 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
             # common case: a known caller on a loaded version); else in a thread.
             admitted = gateway.admit_cached(header, name, alias, version)
             if admitted is None:
+                # Who calls is known before the body is read (an unknown token reads none).
+                await anyio.to_thread.run_sync(gateway.authenticate, header,
+                                               limiter=run_limiter)
                 body = await _read_body(request, gateway.max_body)  # bounded by the limit
                 predictions = await anyio.to_thread.run_sync(call, body, limiter=run_limiter)
                 gateway.start_refresher()

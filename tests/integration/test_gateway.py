@@ -523,3 +523,22 @@ def test_gateway_mounted_in_the_server(tmp_path: Path, models: dict[str, bytes])
         assert _call(server.url, server, "bob", "mounted@champion", body).status_code == 403
         assert server.api("GET", f"{API}/registered-models/get", token=server.tokens["bob"],
                           params={"name": "mounted"}).status_code == 403  # the server, as ever
+
+
+def test_an_unknown_token_is_refused_before_its_body_is_read(gateway: str) -> None:
+    """A 10 MB body is announced and never sent: the 401 comes without waiting for it."""
+    import socket
+
+    host, port = gateway.split("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/models/anything@champion/invocations HTTP/1.1\r\n"
+                     b"Host: gateway\r\nAuthorization: Bearer not-a-token\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n")
+        answer = b""
+        while b"UNAUTHENTICATED" not in answer and len(answer) < 8192:
+            chunk = sock.recv(4096)  # times out (fails) if the gateway waits for the body
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"UNAUTHENTICATED" in answer
