@@ -221,12 +221,22 @@ class Gateway:
         except NotFound:
             self.targets.pop(key, None)
             raise
-        previous = self.targets.get(key)
-        found = Target(version, identity, started, previous.used_at if previous else started)
-        if remember and (previous is None or previous.checked_at <= started) and (
-                previous is not None or len(self.targets) < MAX_TARGETS):
-            self.targets[key] = found  # never an older read's answer over a newer one
+        found = Target(version, identity, started, started)
+        if remember:
+            self.remember(name, alias, found)
         return found
+
+    def remember(self, name: str, alias: str | None, found: Target) -> None:
+        """Keep ``found`` for the fast path: never an older read's answer over a newer one,
+        and at most ``MAX_TARGETS`` of them."""
+        key = (name, alias, None if alias is not None else found.version)
+        previous = self.targets.get(key)
+        if previous is None and len(self.targets) >= MAX_TARGETS:
+            return
+        if previous is None or previous.checked_at <= found.checked_at:
+            if previous is not None:
+                found.used_at = previous.used_at
+            self.targets[key] = found
 
     def admit_cached(self, header: str, name: str, alias: str | None, version: int | None
                      ) -> tuple[Principal, str, LoadedModel] | None:
@@ -312,7 +322,7 @@ class Gateway:
         found = self.target(name, alias, version, remember=False)
         version, identity = found.version, found.identity
         allowed(version)
-        self.target(name, alias, None if alias is not None else version)  # for the fast path
+        self.remember(name, alias, found)  # for the fast path, once the caller may run it
         try:
             model, loaded = self.cache.get(name, version, identity)
         except MlflowShareError as exc:
@@ -387,10 +397,9 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
                       appender=appender)
     run_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
 
-    def admit(header: str | None, name: str, alias: str | None, version: int | None,
+    def admit(principal: Principal, name: str, alias: str | None, version: int | None,
               state: dict[str, Any]) -> LoadedModel:
-        """Who calls, through which team, under its rate limit, and the version to run."""
-        principal = gateway.authenticate(header)
+        """Through which team the caller calls, under its rate limit, and the version to run."""
         take(gateway.calling_team(principal, name), name, state)
         model = gateway.model_for(name, alias, version, principal.name, lambda v: (
             gateway.calling_team(principal, name, v)))
@@ -426,8 +435,8 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
         header = request.headers.get("authorization")
         content_type = request.headers.get("content-type", "")
 
-        def call(body: bytes) -> Any:  # what reads the database runs in a worker thread
-            return run(admit(header, name, alias, version, state), body, content_type)
+        def call(principal: Principal, body: bytes) -> Any:  # reads the database: a thread
+            return run(admit(principal, name, alias, version, state), body, content_type)
 
         try:
             if not header:  # nothing is read for a caller who sends no credentials
@@ -438,10 +447,11 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
             admitted = gateway.admit_cached(header, name, alias, version)
             if admitted is None:
                 # Who calls is known before the body is read (an unknown token reads none).
-                await anyio.to_thread.run_sync(gateway.authenticate, header,
-                                               limiter=run_limiter)
+                principal = await anyio.to_thread.run_sync(gateway.authenticate, header,
+                                                           limiter=run_limiter)
                 body = await _read_body(request, gateway.max_body)  # bounded by the limit
-                predictions = await anyio.to_thread.run_sync(call, body, limiter=run_limiter)
+                predictions = await anyio.to_thread.run_sync(call, principal, body,
+                                                             limiter=run_limiter)
                 gateway.start_refresher()
             else:
                 _principal, team, model = admitted
