@@ -78,6 +78,12 @@ def new_page(browser: Any, web: ShareServer, request: pytest.FixtureRequest) -> 
     def make() -> Any:
         context = browser.new_context(base_url=web.url)
         context.set_default_timeout(30_000)  # CI runs two test processes on two cores
+        # MLflow's model list opens a modal about its registry UI on a first visit, at a
+        # moment of its own; it takes the focus (a key meant for the page lands on its "Try
+        # it now"). A user dismisses it once: these pages start with it dismissed.
+        context.add_init_script(
+            "try { localStorage.setItem('_mlflow_model_registry_promo_modal_dismissed_v1', 'true'); }"
+            " catch (e) {}")
         contexts.append(context)
         return context.new_page()
 

@@ -163,20 +163,19 @@ def test_api_errors_show_in_the_panel_as_text(web: ShareServer, new_page: Callab
 
 
 def _tab_model(page: Any, name: str) -> None:
-    page.wait_for_function(
-        "name => document.querySelector('[role=tablist][data-model]')?.dataset.model === name",
-        arg=name, timeout=60_000)
-
-
-def _close_promotion(page: Any) -> None:
-    """MLflow's list shows a modal about its new registry UI on a first visit."""
-    dialog = page.get_by_role("dialog")
     try:
-        dialog.wait_for(timeout=5_000)
+        page.wait_for_function(
+            "name => document.querySelector('[role=tablist][data-model]')?.dataset.model === name",
+            arg=name, timeout=60_000)
     except PlaywrightTimeout:
-        return
-    page.keyboard.press("Escape")
-    dialog.wait_for(state="hidden")
+        # What the page showed instead, so that a failure on CI can be read from its log.
+        seen = page.evaluate("""() => ({
+            url: location.href,
+            heading: document.querySelector('main h2')?.outerHTML?.slice(0, 300) ?? null,
+            tabs: [...document.querySelectorAll('[role=tablist][data-model]')].map(t => t.dataset.model),
+            dialogs: document.querySelectorAll('[role=dialog]').length,
+            main: document.querySelector('main')?.innerText?.slice(0, 300) ?? null})""")
+        raise AssertionError(f"no Permissions tab for {name!r} within 60 s; the page: {seen}") from None
 
 
 def test_the_tab_follows_in_app_navigation(web: ShareServer, new_page: Callable[[], Any],
@@ -200,7 +199,6 @@ def test_the_tab_follows_in_app_navigation(web: ShareServer, new_page: Callable[
     page.press('main [data-testid="model-search-input"]', "Enter")
     link = page.locator(f'main a[href="#/models/{quote(second, safe="")}"]')
     link.wait_for()
-    _close_promotion(page)
     link.click()
     _tab_model(page, second)
     assert page.locator(TAB).get_attribute("aria-selected") == "false"  # a new page: Overview
