@@ -409,14 +409,19 @@
     applyHidden();
   }
 
+  // At most one placement per frame; a timer too, since a hidden or throttled page runs no
+  // animation frames (whichever comes first places the tab, the other finds nothing to do).
   let scheduled = false;
+  function place() {
+    if (!scheduled) return;
+    scheduled = false;
+    try { ensure(); } catch (error) { console.warn("mlflow-share permissions tab:", error); }
+  }
   function schedule() {
     if (scheduled) return;
     scheduled = true;
-    window.requestAnimationFrame(() => {
-      scheduled = false;
-      try { ensure(); } catch (error) { console.warn("mlflow-share permissions tab:", error); }
-    });
+    window.requestAnimationFrame(place);
+    window.setTimeout(place, 200);
   }
 
   for (const method of ["pushState", "replaceState"]) {
