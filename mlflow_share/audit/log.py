@@ -17,6 +17,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -185,14 +186,20 @@ def begin_write(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def append(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[int]:
+def append(conn: sa.Connection, rows: list[dict[str, Any]], *, commit: bool = False
+           ) -> list[int]:
     """Chain ``rows`` after the current head inside ``conn``'s transaction; returns their seqs.
 
     SQLite: the caller holds the write lock (``BEGIN IMMEDIATE``, or its own earlier writes).
+    ``commit=True``: the caller commits right after this and writes nothing more; where that
+    saves a round trip (PostgreSQL) the transaction commits here, with its event, and the
+    caller's commit finds nothing left to do.
     """
     if not conn.in_transaction():
         conn.begin()  # so that the caller's ``conn.commit()`` commits what the driver wrote
     dbapi_connection = conn.connection.dbapi_connection
+    if len(rows) == 1 and _pipelines(dbapi_connection):
+        return [_append_pipelined(dbapi_connection, rows[0], commit=commit)]
     cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         return _append_on(cursor, conn.dialect.name, conn.dialect.paramstyle, rows)
@@ -246,14 +253,75 @@ def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, 
     return seqs
 
 
+# -- PostgreSQL: the whole append in one round trip ------------------------------------------
+# The chain lock is held from the moment it is granted until the transaction ends, so every
+# round trip to the client inside that window (and the client thread's wait for the GIL
+# after each) serializes all audited commits. Pipelined, the lock, the head, the hash, the
+# insert and (when asked) the commit happen in the database in one go: the hash is SHA-256 of
+# ``models.canonical`` built in SQL from the JSON that Python encoded for the fields, so
+# ``audit verify`` recomputes exactly what was stored. The insert is an ordinary prepared
+# statement, checked by the same append-only trigger as any other.
+_PIPELINED_APPEND = (
+    f"INSERT INTO {models.TABLE} ({', '.join(models.COLUMNS)}) "
+    f"SELECT h.seq + 1, h.hash, {', '.join(['%s'] * len(models.FIELDS))}, "
+    "encode(sha256(convert_to('[' || (h.seq + 1) || ',\"' || h.hash || '\",' || %s, 'UTF8')),"
+    " 'hex') "
+    f"FROM (SELECT COALESCE(max(seq), 0) AS seq FROM {models.TABLE}) AS m, LATERAL ("
+    f"SELECT m.seq AS seq, COALESCE((SELECT hash FROM {models.TABLE} WHERE seq = m.seq),"
+    f" '{models.GENESIS_HASH}') AS hash) AS h "
+    "RETURNING seq, prev_hash, hash"
+)
+_PIPELINES: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _pipelines(dbapi_connection: Any) -> bool:
+    """psycopg 3 with pipeline support, PostgreSQL >= 11 (``sha256``), a UTF-8 database (so
+    that ``convert_to`` gives the bytes Python hashes)."""
+    if type(dbapi_connection).__module__.split(".")[0] != "psycopg":
+        return False
+    known = _PIPELINES.get(dbapi_connection)
+    if known is None:
+        import psycopg
+
+        info = dbapi_connection.info
+        known = (psycopg.Pipeline.is_supported() and info.server_version >= 110000
+                 and info.parameter_status("server_encoding") in ("UTF8", b"UTF8"))
+        _PIPELINES[dbapi_connection] = known
+    return known
+
+
+def _append_pipelined(dbapi_connection: Any, row: dict[str, Any], *, commit: bool) -> int:
+    values = [row[name] for name in models.FIELDS]
+    # The canonical array without its first two items: "[seq,prev_hash," is added in SQL.
+    tail = models.encode_values(values)[1:]
+    lock, insert = dbapi_connection.cursor(), dbapi_connection.cursor()
+    try:
+        with dbapi_connection.pipeline():
+            lock.execute(_LOCK_CHAIN)
+            insert.execute(_PIPELINED_APPEND, [*values, tail])
+            if commit:
+                dbapi_connection.commit()
+        seq, prev_hash, digest = insert.fetchone()
+    finally:
+        lock.close()
+        insert.close()
+    row["seq"], row["prev_hash"], row["hash"] = int(seq), prev_hash, digest
+    return int(seq)
+
+
 def append_and_commit(dbapi_connection: Any, dialect: str, paramstyle: str,
                       rows: list[dict[str, Any]]) -> list[int]:
     """``append`` in a transaction of its own on a bare DB-API connection, committed."""
     cursor = dbapi_connection.cursor()
     try:
-        if dialect == "sqlite":
-            cursor.execute("BEGIN IMMEDIATE")
-        seqs = _append_on(cursor, dialect, paramstyle, rows)
+        if len(rows) == 1 and _pipelines(dbapi_connection):
+            # Not committed in the same round trip: a connection that fails then leaves the
+            # commit in doubt, and this append is retried on a fresh connection otherwise.
+            seqs = [_append_pipelined(dbapi_connection, rows[0], commit=False)]
+        else:
+            if dialect == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
+            seqs = _append_on(cursor, dialect, paramstyle, rows)
     except BaseException:
         dbapi_connection.rollback()
         raise
@@ -272,28 +340,34 @@ class CommitUncertain(Exception):
 
 
 def record_in_transaction(conn: sa.Connection, changes: list[dict[str, Any]],
-                          *, action: str | None = None) -> int:
+                          *, action: str | None = None, commit: bool = False) -> int:
     """Append the event of a change in the transaction that makes it.
 
     Inside a request the first such event is the request's own event (status 200, what MLflow
     answers when the transaction commits); if the response differs, the middleware appends a
     correction. The caller calls ``committed(seq)`` once the transaction has committed: until
     then the request counts as unrecorded, so a failed commit still gets its event. Outside a
-    request the operator is the OS user of the process.
+    request the operator is the OS user of the process. ``commit``: as for ``append``.
     """
     ctx = AUDIT_CONTEXT.get()
-    try:
-        if ctx is None:
-            system = AuditContext(principal=system_principal(), action="store.write")
-            return append(conn, [system.event(status=None, changes=changes, source="store",
-                                              action=action)])[0]
-        if ctx.recorded_seq is None:
-            return append(conn, [ctx.event(status=200, changes=changes)])[0]
+    if ctx is None:
+        system = AuditContext(principal=system_principal(), action="store.write")
+        row = system.event(status=None, changes=changes, source="store", action=action)
+    elif ctx.recorded_seq is None:
+        row = ctx.event(status=200, changes=changes)
+    else:
         row = ctx.event(status=None, changes=changes, source="store", action=action)
         row["details"] = models.encode_details({"changes": changes, "part_of": ctx.recorded_seq})
-        return append(conn, [row])[0]
-    except sa.exc.SQLAlchemyError as exc:
+    try:
+        return append(conn, [row], commit=commit)[0]
+    except (sa.exc.SQLAlchemyError, conn.dialect.loaded_dbapi.Error) as exc:
         _logger.error("mlflow-share could not append to the audit log: %s", exc)
+        if commit and getattr(exc, "sqlstate", "") is None:
+            # No answer from the database (the connection failed): the commit may have
+            # happened, with the event, or not at all.
+            raise AuditUnavailable(
+                "The database connection failed as the change was committed: it may or may not "
+                "have been made (with its audit event). Check before trying again.") from None
         raise AuditUnavailable(
             "The audit log is unavailable, so the change was not made. Try again later."
         ) from None
@@ -305,7 +379,7 @@ def audited_write(engine: Engine, change: dict[str, Any]) -> Iterator[sa.Connect
     with writer_lock(engine), engine.connect() as conn:
         begin_write(conn)
         yield conn
-        seq = record_in_transaction(conn, [change], action=f"share.{change['op']}")
+        seq = record_in_transaction(conn, [change], action=f"share.{change['op']}", commit=True)
         conn.commit()
     committed(seq)
 

@@ -68,6 +68,11 @@ def canonical(seq: int, prev_hash: str, values: Sequence[Any]) -> bytes:
     return _encode([seq, prev_hash, *values]).encode("utf-8")
 
 
+def encode_values(values: Sequence[Any]) -> str:
+    """The JSON array of ``FIELDS`` values, encoded as ``canonical`` encodes them."""
+    return _encode(list(values))
+
+
 def encode_row(row: Sequence[Any]) -> bytes:
     """``canonical`` of a row read in ``COLUMNS`` order (the trailing hash is left out)."""
     return _encode(row[:-1]).encode("utf-8")

@@ -196,3 +196,63 @@ def test_hash_is_sha256_over_the_canonical_encoding() -> None:
     assert models.event_hash(1, models.GENESIS_HASH, values) == hashlib.sha256(encoded).hexdigest()
     values[models.FIELDS.index("status")] = 201
     assert models.event_hash(1, models.GENESIS_HASH, values) != hashlib.sha256(encoded).hexdigest()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    name = f"mlflow_share_chain_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(f"{POSTGRES_URL}/test", isolation_level="AUTOCOMMIT")
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'chain.db'}"
+    else:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        uri = f"postgresql+psycopg://{POSTGRES_URL.split('://', 1)[1]}/{name}"
+    engine = db.get_engine(uri)
+    db.create_schema(engine)
+    models.install_triggers(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        if request.param == "postgres":
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+AWKWARD = ['ünïcødé 🚀', 'quote " and \\ backslash', "new\nline\ttab\r", "\x01\x1f control",
+           "'; DROP TABLE share_audit_events; --", "", "\u2028\u2029 separators"]
+
+
+def test_single_appends_store_the_hash_python_computes(empty_chain: sa.Engine) -> None:
+    """One event at a time is how the server appends. On PostgreSQL the database builds the
+    hash (one round trip for lock, head, insert and commit): it must be the very hash that
+    Python computes over the stored fields, for every kind of value."""
+    engine = empty_chain
+    appender = log.AuditAppender(engine)
+    for i, text in enumerate(AWKWARD * 2):
+        row = {**_row(i), "principal": text, "resource_name": text or None,
+               "details": models.encode_details({"changes": [{"value": text}]}),
+               "ts": 2**62 + i, "status": None if i % 3 else 503}
+        if i % 2:
+            appender.append(row)
+        else:
+            with engine.connect() as conn:
+                if engine.dialect.name == "postgresql":
+                    assert log._pipelines(conn.connection.dbapi_connection)
+                log.begin_write(conn)
+                log.append(conn, [row], commit=True)
+                conn.commit()
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(*[models.events.c[c] for c in models.COLUMNS])
+                              .order_by(models.events.c.seq)).all()
+    assert [r.seq for r in stored] == list(range(1, 2 * len(AWKWARD) + 1))
+    previous = models.GENESIS_HASH
+    for r in stored:
+        assert r.prev_hash == previous
+        assert r.hash == models.event_hash(r.seq, previous, [r._mapping[f] for f in models.FIELDS])
+        previous = r.hash
+    assert {r.principal for r in stored} == set(AWKWARD)
+    result = _verify(engine.url.render_as_string(hide_password=False))
+    assert result.returncode == 0, result.stderr
