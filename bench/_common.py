@@ -158,6 +158,7 @@ class RawConnection:
         self.address = (host, int(port or 80))
         self.sock: socket.socket | None = None
         self.buffer = b""
+        self.body = b""  # the last answer's body (chunked answers: as sent)
 
     def request(self, raw: bytes) -> int:
         if self.sock is None:
@@ -190,11 +191,13 @@ class RawConnection:
             size = int(fields["content-length"])
             while len(self.buffer) < size:
                 self._fill()
-            self.buffer = self.buffer[size:]
+            self.body, self.buffer = self.buffer[:size], self.buffer[size:]
         elif fields.get("transfer-encoding", "").lower() == "chunked":
             while (end := self.buffer.find(b"0\r\n\r\n")) < 0:
                 self._fill()
-            self.buffer = self.buffer[end + 5:]
+            self.body, self.buffer = self.buffer[:end], self.buffer[end + 5:]
+        else:
+            self.body = b""
         if fields.get("connection", "").lower() == "close":
             self.close()
         return status
@@ -219,7 +222,12 @@ def _raw_sender(url: str, calls: list[Call], headers: dict[str, str], keepalive:
     hdrs = dict(headers) if keepalive else {**headers, "Connection": "close"}
     raws = [raw_request(url, call, hdrs) for call in calls]
     conn = RawConnection(url)
-    return (lambda k: conn.request(raws[k]) == 200), conn.close
+
+    def send(k: int) -> str | None:
+        status = conn.request(raws[k])
+        return None if status == 200 else f"{status} {conn.body[:160].decode(errors='replace')}"
+
+    return send, conn.close
 
 
 def _requests_sender(url: str, calls: list[Call], headers: dict[str, str], keepalive: bool
@@ -232,12 +240,12 @@ def _requests_sender(url: str, calls: list[Call], headers: dict[str, str], keepa
         hdrs["Connection"] = "close"  # the server closes; the next request opens a new one
     hdrs_json = {**hdrs, "Content-Type": "application/json"}
 
-    def send(k: int) -> bool:
+    def send(k: int) -> str | None:
         call = calls[k]
         resp = session.request(call.method, url + call.path, data=call.body,
                                headers=hdrs_json if call.body else hdrs)
         resp.content
-        return resp.status_code == 200
+        return None if resp.status_code == 200 else f"{resp.status_code} {resp.text[:160]}"
 
     return send, session.close
 
@@ -261,6 +269,7 @@ def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive
             break
     lat: list[float] = []
     errors = 0
+    failures: dict[str, int] = {}  # what the failed calls got, the first 20 kinds
     barrier.wait(timeout=180)  # every client starts the measured loop at the same moment
     end = perf() + duration
     while True:
@@ -268,17 +277,19 @@ def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive
         if t0 >= end:
             break
         try:
-            ok = send(i % n)
-        except Exception:  # noqa: BLE001 - counted, not fatal
-            ok = False
+            failure = send(i % n)
+        except Exception as exc:  # noqa: BLE001 - counted, not fatal
+            failure = f"{type(exc).__name__}: {str(exc)[:160]}"
         i += 1
         t1 = perf()
-        if ok:
+        if failure is None:
             lat.append((t1 - t0) * 1000.0)
         else:
             errors += 1
+            if failure in failures or len(failures) < 20:
+                failures[failure] = failures.get(failure, 0) + 1
     close()
-    queue.put((lat, errors))
+    queue.put((lat, errors, failures))
 
 
 @dataclass
@@ -289,6 +300,7 @@ class LoadResult:
     p50: float
     p99: float
     latencies: list[float] = field(default_factory=list, repr=False)  # sorted, ms
+    failures: dict[str, int] = field(default_factory=dict)  # what failed calls got: how often
 
     @property
     def rps(self) -> float:
@@ -298,7 +310,8 @@ class LoadResult:
     def merge(parts: list[LoadResult]) -> LoadResult:
         lat = sorted(x for p in parts for x in p.latencies)
         return LoadResult(len(lat), sum(p.errors for p in parts), sum(p.duration for p in parts),
-                          percentile(lat, 50), percentile(lat, 99), lat)
+                          percentile(lat, 50), percentile(lat, 99), lat,
+                          _count(p.failures for p in parts))
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -330,7 +343,16 @@ def drive(url: str, calls: list[Call], headers: dict[str, str], *, keepalive: bo
         p.join(timeout=10)
     lat = sorted(x for r in results for x in r[0])
     errors = sum(r[1] for r in results)
-    return LoadResult(len(lat), errors, duration, percentile(lat, 50), percentile(lat, 99), lat)
+    return LoadResult(len(lat), errors, duration, percentile(lat, 50), percentile(lat, 99), lat,
+                      _count(r[2] for r in results))
+
+
+def _count(parts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for kind, count in part.items():
+            total[kind] = total.get(kind, 0) + count
+    return total
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def bench_writes(args: argparse.Namespace) -> None:
             return f"{POSTGRES}/{name}"
         backends.append(("postgresql", pg))
     rows = []
+    failed: list[tuple[str, str, dict[str, int]]] = []
     kinds = ("plain", "mlflow-share-noaudit", "mlflow-share")
     try:
         for backend, make_uri in backends:
@@ -107,6 +108,7 @@ def bench_writes(args: argparse.Namespace) -> None:
                 for server in servers.values():
                     server.stop()
             merged = {kind: LoadResult.merge(parts) for kind, parts in results.items()}
+            failed += [(backend, kind, r.failures) for kind, r in merged.items() if r.failures]
             base, same = merged["plain"].rps, merged["mlflow-share-noaudit"].rps
             for kind, result in merged.items():
                 per_round = [r.rps / a.rps for r, a in
@@ -123,6 +125,9 @@ def bench_writes(args: argparse.Namespace) -> None:
           f"{args.rounds} rounds of {args.duration / args.rounds:.0f} s per server")
     print(table(["database", "server", "req/s", "p50 ms", "p99 ms", "errors", "x plain",
                  "x audit off", "x audit off by round"], rows))
+    for backend, kind, failures in failed:
+        for failure, count in failures.items():
+            print(f"  {backend} {kind}: {count} x {failure}")
 
 
 def bench_verify(events: int) -> None:

@@ -238,6 +238,7 @@ def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, 
     seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, models.GENESIS_HASH)
     seqs = []
     for row in rows:
+        models.fit(row)
         seq += 1
         row["seq"], row["prev_hash"] = seq, prev_hash
         prev_hash = row["hash"] = models.event_hash(seq, prev_hash,
@@ -291,16 +292,24 @@ def _pipelines(dbapi_connection: Any) -> bool:
 
 
 def _append_pipelined(dbapi_connection: Any, row: dict[str, Any], *, commit: bool) -> int:
+    models.fit(row)
     values = [row[name] for name in models.FIELDS]
     # The canonical array without its first two items: "[seq,prev_hash," is added in SQL.
     tail = models.encode_values(values)[1:]
     lock, insert = dbapi_connection.cursor(), dbapi_connection.cursor()
     try:
-        with dbapi_connection.pipeline():
-            lock.execute(_LOCK_CHAIN)
-            insert.execute(_PIPELINED_APPEND, [*values, tail])
-            if commit:
-                dbapi_connection.commit()
+        try:
+            with dbapi_connection.pipeline():  # sent, and answered, as the block ends
+                lock.execute(_LOCK_CHAIN)
+                insert.execute(_PIPELINED_APPEND, [*values, tail])
+                if commit:
+                    lock.execute("COMMIT")
+        except Exception as exc:
+            # An error the server answered (an SQLSTATE) or one raised before sending left
+            # nothing committed; a connection lost once the COMMIT was on its way did not say.
+            if commit and dbapi_connection.closed and getattr(exc, "sqlstate", None) is None:
+                raise CommitUncertain(str(exc)) from exc
+            raise
         seq, prev_hash, digest = insert.fetchone()
     finally:
         lock.close()
@@ -360,11 +369,11 @@ def record_in_transaction(conn: sa.Connection, changes: list[dict[str, Any]],
         row["details"] = models.encode_details({"changes": changes, "part_of": ctx.recorded_seq})
     try:
         return append(conn, [row], commit=commit)[0]
-    except (sa.exc.SQLAlchemyError, conn.dialect.loaded_dbapi.Error) as exc:
+    except (CommitUncertain, sa.exc.SQLAlchemyError, conn.dialect.loaded_dbapi.Error) as exc:
         _logger.error("mlflow-share could not append to the audit log: %s", exc)
-        if commit and getattr(exc, "sqlstate", "") is None:
-            # No answer from the database (the connection failed): the commit may have
-            # happened, with the event, or not at all.
+        if getattr(conn.connection.dbapi_connection, "closed", False):
+            conn.invalidate()  # so that the caller's rollback does not fail on it instead
+        if isinstance(exc, CommitUncertain):
             raise AuditUnavailable(
                 "The database connection failed as the change was committed: it may or may not "
                 "have been made (with its audit event). Check before trying again.") from None

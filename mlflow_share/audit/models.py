@@ -60,6 +60,23 @@ FIELDS: tuple[str, ...] = (
 )
 COLUMNS: tuple[str, ...] = ("seq", "prev_hash", *FIELDS, "hash")
 
+# The longest text each bounded column holds. Longer values are cut before the hash is taken,
+# so that what is hashed is what is stored: PostgreSQL refuses an over-long value, or cuts it
+# silently when the excess is spaces (which `audit verify` would then report as tampering).
+LIMITS: dict[str, int] = {
+    column.name: column.type.length for column in events.columns
+    if column.name in FIELDS and isinstance(column.type, sa.String) and column.type.length
+}
+
+
+def fit(row: dict[str, Any]) -> None:
+    """Cut ``row``'s text fields to their columns' lengths (see ``LIMITS``)."""
+    for name, limit in LIMITS.items():
+        value = row.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            row[name] = value[:limit]
+
+
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 

@@ -244,14 +244,15 @@ _OPEN_WRITES: contextvars.ContextVar[dict[int, sa.Connection] | None] = contextv
 
 
 def _after_begin(session: Any, transaction: Any, connection: sa.Connection) -> None:
-    if session.info.get(_AUDITED):
+    # A SAVEPOINT (``begin_nested``) begins too: the writes before it still count.
+    if session.info.get(_AUDITED) and not transaction.nested:
         connection.info[_WRITES_KEY] = False
 
 
 def _before_commit(session: Any) -> None:
     """Append the event of what this transaction changed, inside it, right before it commits."""
-    if not session.info.get(_AUDITED):
-        return
+    if not session.info.get(_AUDITED) or session.in_nested_transaction():
+        return  # a SAVEPOINT's release: the transaction goes on, its commit records it all
     session.flush()
     conn = session.connection()
     change = _CURRENT_CHANGE.get()

@@ -235,6 +235,9 @@ def test_single_appends_store_the_hash_python_computes(empty_chain: sa.Engine) -
         row = {**_row(i), "principal": text, "resource_name": text or None,
                "details": models.encode_details({"changes": [{"value": text}]}),
                "ts": 2**62 + i, "status": None if i % 3 else 503}
+        if i < 2:  # longer than their columns: cut, not refused (PostgreSQL cuts excess
+            # spaces silently, which would leave a stored value that is not the hashed one)
+            row.update(resource_id="id" + " " * 300, route="r" * 600)
         if i % 2:
             appender.append(row)
         else:
@@ -254,5 +257,53 @@ def test_single_appends_store_the_hash_python_computes(empty_chain: sa.Engine) -
         assert r.hash == models.event_hash(r.seq, previous, [r._mapping[f] for f in models.FIELDS])
         previous = r.hash
     assert {r.principal for r in stored} == set(AWKWARD)
+    assert [len(r.resource_id) for r in stored[:2]] == [256, 256]
+    assert [len(r.route) for r in stored[:2]] == [512, 512]
     result = _verify(engine.url.render_as_string(hide_password=False))
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_savepoint_inside_a_write_commits_with_the_rest(empty_chain: sa.Engine,
+                                                          tmp_path: Path) -> None:
+    """MLflow opens SAVEPOINTs inside its write transactions (``begin_nested``): releasing one
+    is not the transaction's commit. Writes before, inside and after it commit together, with
+    one event, also when the SAVEPOINT is rolled back."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperimentTag
+    from sqlalchemy.exc import IntegrityError
+
+    from mlflow_share.audit.store import build_tracking_store
+
+    uri = empty_chain.url.render_as_string(hide_password=False)
+    store = build_tracking_store(f"audit+{uri}", str(tmp_path / "artifacts"))
+    experiment = int(store.create_experiment(f"savepoints-{uuid.uuid4().hex[:6]}"))
+
+    def events() -> int:
+        with empty_chain.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(models.events))
+                       .scalar_one())
+
+    # MLflow's own: the default label schema is inserted in a SAVEPOINT on first listing.
+    assert len(store.list_label_schemas(str(experiment))) >= 1
+    first = events()
+    with store.ManagedSessionMaker(read_only=False) as session:
+        session.add(SqlExperimentTag(experiment_id=experiment, key="before", value="1"))
+        with session.begin_nested():
+            session.add(SqlExperimentTag(experiment_id=experiment, key="inside", value="2"))
+            session.flush()
+        session.add(SqlExperimentTag(experiment_id=experiment, key="after", value="3"))
+    assert events() == first + 1
+    with store.ManagedSessionMaker(read_only=False) as session:
+        session.add(SqlExperimentTag(experiment_id=experiment, key="kept", value="4"))
+        session.flush()
+        try:
+            with session.begin_nested():  # a duplicate key: only the SAVEPOINT rolls back
+                session.add(SqlExperimentTag(experiment_id=experiment, key="before", value="x"))
+                session.flush()
+        except IntegrityError:
+            pass
+    assert events() == first + 2
+    tags = store.get_experiment(str(experiment)).tags
+    assert {k: tags[k] for k in ("before", "inside", "after", "kept")} == {
+        "before": "1", "inside": "2", "after": "3", "kept": "4"}
+    result = _verify(uri)
     assert result.returncode == 0, result.stderr
