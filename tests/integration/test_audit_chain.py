@@ -38,8 +38,9 @@ def _row(i: int) -> dict[str, object]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database holding a verified chain of EVENTS events; yields its URI."""
+def empty_chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """A fresh database (SQLite file, or a PostgreSQL database of its own) with the audit
+    table and its triggers."""
     name = f"mlflow_share_chain_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(f"{POSTGRES_URL}/test", isolation_level="AUTOCOMMIT")
     if request.param == "sqlite":
@@ -51,19 +52,25 @@ def chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     engine = db.get_engine(uri)
     db.create_schema(engine)
     models.install_triggers(engine)
-    for start in range(0, EVENTS, 10):
-        with engine.connect() as conn:
-            log.begin_write(conn)
-            log.append(conn, [_row(i) for i in range(start, start + 10)])
-            conn.commit()
     try:
-        yield uri
+        yield engine
     finally:
         engine.dispose()
         if request.param == "postgres":
             with admin.connect() as conn:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def chain(empty_chain: sa.Engine) -> str:
+    """A database holding a verified chain of EVENTS events; its URI."""
+    for start in range(0, EVENTS, 10):
+        with empty_chain.connect() as conn:
+            log.begin_write(conn)
+            log.append(conn, [_row(i) for i in range(start, start + 10)])
+            conn.commit()
+    return empty_chain.url.render_as_string(hide_password=False)
 
 
 def _verify(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -197,28 +204,6 @@ def test_hash_is_sha256_over_the_canonical_encoding() -> None:
     values[models.FIELDS.index("status")] = 201
     assert models.event_hash(1, models.GENESIS_HASH, values) != hashlib.sha256(encoded).hexdigest()
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_chain(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    name = f"mlflow_share_chain_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(f"{POSTGRES_URL}/test", isolation_level="AUTOCOMMIT")
-    if request.param == "sqlite":
-        uri = f"sqlite:///{tmp_path / 'chain.db'}"
-    else:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        uri = f"postgresql+psycopg://{POSTGRES_URL.split('://', 1)[1]}/{name}"
-    engine = db.get_engine(uri)
-    db.create_schema(engine)
-    models.install_triggers(engine)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        if request.param == "postgres":
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 AWKWARD = ['ünïcødé 🚀', 'quote " and \\ backslash', "new\nline\ttab\r", "\x01\x1f control",
