@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,7 @@ def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive
             break
     lat: list[float] = []
     errors = 0
-    failures: dict[str, int] = {}  # what the failed calls got, the first 20 kinds
+    failures: Counter[str] = Counter()  # what the failed calls got, the first 20 kinds
     barrier.wait(timeout=180)  # every client starts the measured loop at the same moment
     end = perf() + duration
     while True:
@@ -287,7 +288,7 @@ def _client_loop(url: str, calls: list[Call], headers: dict[str, str], keepalive
         else:
             errors += 1
             if failure in failures or len(failures) < 20:
-                failures[failure] = failures.get(failure, 0) + 1
+                failures[failure] += 1
     close()
     queue.put((lat, errors, failures))
 
@@ -311,7 +312,7 @@ class LoadResult:
         lat = sorted(x for p in parts for x in p.latencies)
         return LoadResult(len(lat), sum(p.errors for p in parts), sum(p.duration for p in parts),
                           percentile(lat, 50), percentile(lat, 99), lat,
-                          _count(p.failures for p in parts))
+                          dict(sum((Counter(p.failures) for p in parts), Counter())))
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -344,15 +345,7 @@ def drive(url: str, calls: list[Call], headers: dict[str, str], *, keepalive: bo
     lat = sorted(x for r in results for x in r[0])
     errors = sum(r[1] for r in results)
     return LoadResult(len(lat), errors, duration, percentile(lat, 50), percentile(lat, 99), lat,
-                      _count(r[2] for r in results))
-
-
-def _count(parts: Any) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for part in parts:
-        for kind, count in part.items():
-            total[kind] = total.get(kind, 0) + count
-    return total
+                      dict(sum((r[2] for r in results), Counter())))
 
 
 # -- output -----------------------------------------------------------------------------------

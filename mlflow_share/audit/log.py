@@ -197,14 +197,8 @@ def append(conn: sa.Connection, rows: list[dict[str, Any]], *, commit: bool = Fa
     """
     if not conn.in_transaction():
         conn.begin()  # so that the caller's ``conn.commit()`` commits what the driver wrote
-    dbapi_connection = conn.connection.dbapi_connection
-    if len(rows) == 1 and _pipelines(dbapi_connection):
-        return [_append_pipelined(dbapi_connection, rows[0], commit=commit)]
-    cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        return _append_on(cursor, conn.dialect.name, conn.dialect.paramstyle, rows)
-    finally:
-        cursor.close()
+    return _append_rows(conn.connection.dbapi_connection, conn.dialect.name,
+                        conn.dialect.paramstyle, rows, commit=commit)
 
 
 def committed(seq: int) -> None:
@@ -218,22 +212,29 @@ _RAW_HEAD = f"SELECT seq, hash FROM {models.TABLE} ORDER BY seq DESC LIMIT 1"
 _LOCK_CHAIN = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"
 
 
-def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, Any]]
-               ) -> list[int]:
+def _append_rows(dbapi_connection: Any, dialect: str, paramstyle: str,
+                 rows: list[dict[str, Any]], *, commit: bool = False) -> list[int]:
     """Lock the chain (PostgreSQL), read its head and insert ``rows`` linked after it.
 
     Talks to the driver directly: SQLAlchemy's per-statement work costs several times the
-    SQLite commit itself (~0.1 ms in WAL mode), and an append runs on every request.
+    SQLite commit itself (~0.1 ms in WAL mode), and an append runs on every request. One
+    event on PostgreSQL goes in one round trip (``_append_pipelined``, which also commits if
+    ``commit``); otherwise a statement at a time, and the caller commits.
     """
-    if dialect == "postgresql" and type(cursor).__module__.split(".")[0] == "psycopg":
-        # One round trip for both (psycopg 3 returns each statement's result): each statement
-        # takes its own snapshot, so the head is read after the lock is held.
-        cursor.execute(f"{_LOCK_CHAIN}; {_RAW_HEAD}")
-        cursor.nextset()
-    else:
-        if dialect == "postgresql":
-            cursor.execute(_LOCK_CHAIN)
-        cursor.execute(_RAW_HEAD)
+    if len(rows) == 1 and _pipelines(dbapi_connection):
+        return [_append_pipelined(dbapi_connection, rows[0], commit=commit)]
+    cursor = dbapi_connection.cursor()
+    try:
+        return _append_on(cursor, dialect, paramstyle, rows)
+    finally:
+        cursor.close()
+
+
+def _append_on(cursor: Any, dialect: str, paramstyle: str, rows: list[dict[str, Any]]
+               ) -> list[int]:
+    if dialect == "postgresql":
+        cursor.execute(_LOCK_CHAIN)  # held to the transaction's end; the head is read after
+    cursor.execute(_RAW_HEAD)
     head = cursor.fetchone()
     seq, prev_hash = (int(head[0]), str(head[1])) if head else (0, models.GENESIS_HASH)
     seqs = []
@@ -320,22 +321,19 @@ def _append_pipelined(dbapi_connection: Any, row: dict[str, Any], *, commit: boo
 
 def append_and_commit(dbapi_connection: Any, dialect: str, paramstyle: str,
                       rows: list[dict[str, Any]]) -> list[int]:
-    """``append`` in a transaction of its own on a bare DB-API connection, committed."""
-    cursor = dbapi_connection.cursor()
+    """``append`` in a transaction of its own on a bare DB-API connection, committed.
+
+    The commit is a round trip of its own: if the connection fails before it, nothing was
+    committed and the caller may retry on a fresh connection; if it fails during it, the
+    commit is in doubt (``CommitUncertain``) and a retry could record the event twice.
+    """
     try:
-        if len(rows) == 1 and _pipelines(dbapi_connection):
-            # Not committed in the same round trip: a connection that fails then leaves the
-            # commit in doubt, and this append is retried on a fresh connection otherwise.
-            seqs = [_append_pipelined(dbapi_connection, rows[0], commit=False)]
-        else:
-            if dialect == "sqlite":
-                cursor.execute("BEGIN IMMEDIATE")
-            seqs = _append_on(cursor, dialect, paramstyle, rows)
+        if dialect == "sqlite":
+            dbapi_connection.execute("BEGIN IMMEDIATE")  # sqlite3's own shortcut
+        seqs = _append_rows(dbapi_connection, dialect, paramstyle, rows)
     except BaseException:
         dbapi_connection.rollback()
         raise
-    finally:
-        cursor.close()
     try:
         dbapi_connection.commit()
     except Exception as exc:
