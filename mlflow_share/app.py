@@ -91,6 +91,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
     from mlflow_share.audit.store import install_audited_stores
+    from mlflow_share.auth.contract import Contract
     from mlflow_share.auth.graphql import make_graphql_view
     from mlflow_share.auth.interceptor import Interceptor
     from mlflow_share.auth.middleware import AuditGate, ShareASGIMiddleware, ShareWSGIMiddleware
@@ -151,7 +152,7 @@ def create_app(flask_app: Any = None) -> Any:
         fastapi_app = create_fastapi_app(flask_app)
     serving.install(flask_app, fastapi_app, gate.appender)
     interceptor = Interceptor(RouteTable(flask_app, fastapi_app), policy, directory, lookups,
-                              sessions)
+                              sessions, Contract(flask_app))
     flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
     if fastapi_app is None:
         flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor, gate)

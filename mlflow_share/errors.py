@@ -21,6 +21,8 @@ Messages name the resource and the rule, never SQL, file paths or policy interna
 
 from __future__ import annotations
 
+import json
+from http import HTTPStatus
 from typing import ClassVar
 
 from mlflow.exceptions import MlflowException
@@ -81,3 +83,41 @@ class DataLoss(MlflowShareError):
 def envelope(error: MlflowException) -> tuple[int, bytes]:
     """Return ``(http_status, json_body)`` for an error, exactly as MLflow serializes it."""
     return error.get_http_status_code(), error.serialize_as_json().encode()
+
+
+# What a database driver, SQLAlchemy or Python put in an exception's text. MLflow's stores
+# raise ``MlflowException(str(error))`` in places, so such text can reach a response.
+_INTERNAL_MARKERS = (b"[SQL:", b"sqlalche.me", b"(sqlite3.", b"(psycopg", b"psycopg.",
+                     b"SQLAlchemy", b"sqlalchemy.", b"Traceback (most recent call last)",
+                     b"Python int too large", b"OperationalError", b"IntegrityError")
+_STATUS_CODES = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                 404: "ENDPOINT_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 409: "RESOURCE_CONFLICT",
+                 413: "INVALID_PARAMETER_VALUE", 503: "TEMPORARILY_UNAVAILABLE"}
+_HTTP_STATUSES = frozenset(int(s) for s in HTTPStatus)
+# Error bodies of API routes are rewritten into the envelope; pages keep theirs.
+API_PREFIXES = ("/api/", "/ajax-api/", "/graphql", "/get-artifact", "/model-versions/")
+
+
+def clean_error_body(status: int, content_type: str, body: bytes) -> bytes | None:
+    """The body an error response of an API route should have, or None to keep it.
+
+    Rules: an error is MLflow's JSON envelope, and it names no database, driver, SQL or
+    Python internals. A plain-text or HTML error becomes the envelope for its status; an
+    envelope whose message carries internals keeps its code and gets a plain message.
+    """
+    internals = any(marker in body for marker in _INTERNAL_MARKERS)
+    if content_type.startswith("application/json"):
+        if not internals:
+            return None
+        try:
+            code = str(json.loads(body).get("error_code") or "")
+        except (ValueError, AttributeError, RecursionError):
+            code = ""
+        message = ("The server's database refused this request; check the names and IDs it "
+                   "carries (a name may already be in use).")
+    else:
+        code, message = "", HTTPStatus(status).phrase if status in _HTTP_STATUSES else "Error"
+        if internals or status >= 500:
+            message = "The request failed on the server."
+    code = code or _STATUS_CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
+    return json.dumps({"error_code": code, "message": message}).encode()

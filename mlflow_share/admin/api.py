@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from mlflow.exceptions import MlflowException
 
 from mlflow_share.audit.log import note_resource
+from mlflow_share.auth.authorizer import Authorizer
 from mlflow_share.auth.identity import Principal
 from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL
 from mlflow_share.directory import EXPERIMENT, MODEL, Directory
@@ -35,7 +36,10 @@ def _require_admin(principal: Principal) -> None:
 
 
 def json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidInput("The request body nests too deeply to be read.") from None
     if not isinstance(data, dict):
         raise InvalidInput("The request body must be a JSON object.")
     return data
@@ -56,17 +60,7 @@ def require_model(policy: PolicyEngine, name: str, action: str,
     ``version``: a sharing package covers only the versions it pins);
     404 for a model that does not exist (admins: one with no owner team gives ``None``),
     403 otherwise. Names the model in the request's audit event."""
-    principal = current_principal()
-    model_id = policy.model_id(name)
-    if model_id is None and not principal.is_admin:
-        raise NotFound(f"Registered model {name!r} does not exist.")
-    owner = policy.owner_of(MODEL, model_id) if model_id is not None else None
-    note_resource(MODEL, model_id, name, owner)
-    if not policy.is_allowed(principal, MODEL, model_id, owner, action, version):
-        what = f"version {version} of " if version is not None else ""
-        raise PermissionDenied(f"Permission denied: {principal.name!r} may not {action} "
-                               f"{what}registered model {name!r}.")
-    return model_id
+    return Authorizer(policy).check_model(current_principal(), name, action, version)
 
 
 def json_errors(blueprint: Blueprint) -> Blueprint:
@@ -105,9 +99,8 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
         return EXPERIMENT, experiment_id, f"experiment {experiment_id!r}"
 
     def require_manage(principal: Principal, kind: str, resource_id: str, label: str) -> None:
-        owner = policy.owner_of(kind, resource_id)
-        if not policy.is_allowed(principal, kind, resource_id, owner, "manage"):
-            raise PermissionDenied(f"Permission denied: {principal.name!r} may not manage {label}.")
+        Authorizer(policy).check(principal, kind, resource_id, policy.owner_of(kind, resource_id),
+                                 "manage", label)
 
     @api.get("/whoami")
     def whoami() -> Response:

@@ -106,11 +106,16 @@ class LocalStorage:
             raise NotFound(f"No such artifact: {key!r}.") from None
         except OSError:
             raise InvalidInput(f"Invalid artifact path {key!r}.") from None
-        stream = os.fdopen(fd, "rb")
-        info = os.fstat(stream.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            stream.close()
-            raise InvalidInput(f"Artifact path {key!r} is a folder, not a file.")
+        # Checked on the descriptor, before wrapping it: fdopen refuses a folder with an
+        # exception of its own, and the descriptor would then never be closed.
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput(f"Artifact path {key!r} is a folder, not a file.")
+            stream = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
         return stream, info.st_size
 
     def is_dir(self, key: str) -> bool:

@@ -25,6 +25,10 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from mlflow_share import directory as directory_module
 from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal, note_resource
+from mlflow_share.auth import fields as request_fields
+from mlflow_share.auth.authorizer import BAD_CREDENTIALS, MISSING_CREDENTIALS, Authorizer
+from mlflow_share.auth.contract import Contract, RequestView
+from mlflow_share.auth.fields import Check
 from mlflow_share.auth.identity import Principal, parse_authorization
 from mlflow_share.auth.resolvers import MlflowLookups, validate_artifact_path
 from mlflow_share.directory import Directory
@@ -37,7 +41,7 @@ from mlflow_share.errors import (
     Unauthenticated,
 )
 from mlflow_share.policy.enforcer import PolicyEngine, validate_identifier
-from mlflow_share.policy.routes import Match, RouteTable, Rule
+from mlflow_share.policy.routes import Match, Resolver, RouteTable, Rule
 from mlflow_share.web.sessions import (
     CSRF_HEADER,
     SAFE_METHODS,
@@ -56,8 +60,19 @@ _METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method
 MODELS_DIR = "models"  # registered versions' copies (mlflow_share.artifacts)
 # What MLflow's own clients send as the source of a prompt version (mlflow.prompt.constants).
 _PROMPT_SOURCES = frozenset({"dummy-source", "prompt-template"})
-_BODYLESS_RESOLVERS = frozenset({"public", "authenticated", "admin", "search", "graphql",
-                                 "artifact", "page", "login"})
+_BODYLESS_RESOLVERS = frozenset({
+    Resolver.PUBLIC, Resolver.AUTHENTICATED, Resolver.ADMIN, Resolver.SEARCH, Resolver.GRAPHQL,
+    Resolver.ARTIFACT, Resolver.PAGE, Resolver.LOGIN,
+})
+# Tag keys that are the server's: mlflow-share's own, and MLflow's storage locations, which
+# MLflow reads back to find a trace's data (a client-named location could point anywhere).
+_RESERVED_TAG_PREFIXES = ("mlflow_share.", "mlflow-share.")
+_TRACE_LOCATION_TAGS = frozenset({
+    "mlflow.artifactLocation", "mlflow.trace.spansLocation", "mlflow.trace.archiveLocation",
+})
+_PARENT_RUN_TAG = "mlflow.parentRunId"
+_TRACE_SOURCE_RUN = "mlflow.sourceRun"
+_TRACE_MODEL_ID = "mlflow.modelId"
 LOGIN_PATH = "/share/login"
 
 
@@ -153,12 +168,15 @@ class Interceptor:
     def __init__(
         self, routes: RouteTable, policy: PolicyEngine, directory: Directory,
         lookups: MlflowLookups, sessions: SessionStore | None = None,
+        contract: Contract | None = None,
     ) -> None:
         self.routes = routes
         self.policy = policy
         self.directory = directory
         self.lookups = lookups
         self.sessions = sessions
+        self.contract = contract
+        self.authorizer = Authorizer(policy, lookups)
 
     # -- entry point -----------------------------------------------------------------
     def match(self, request: IncomingRequest) -> Match | Decision:
@@ -186,7 +204,9 @@ class Interceptor:
         rule = match.rule
         if rule is None or rule.source == "query" or rule.resolver in _BODYLESS_RESOLVERS:
             return False
-        return not (request.method in ("GET", "HEAD") and request.query)
+        # MLflow reads the query string only for a GET that has one; every other method
+        # (HEAD included) reads the JSON body, so that is what must be decided.
+        return not (request.method == "GET" and request.query)
 
     def decide(self, request: IncomingRequest, match: Match) -> Decision:
         try:
@@ -194,7 +214,7 @@ class Interceptor:
         except MlflowShareError as exc:
             _note_denial(exc.message)
             if isinstance(exc, Unauthenticated) and match.rule is not None \
-                    and match.rule.resolver == "page" and request.method in ("GET", "HEAD"):
+                    and match.rule.resolver is Resolver.PAGE and request.method in ("GET", "HEAD"):
                 return _to_login(request)
             return _error(exc, authenticate=isinstance(exc, Unauthenticated)
                           and not isinstance(exc, SessionExpired))
@@ -215,7 +235,7 @@ class Interceptor:
         rule = match.rule
         if rule is None:
             raise PermissionDenied("This endpoint has no mlflow-share policy and is denied.")
-        if rule.resolver in ("public", "login"):  # login pages check what they receive
+        if rule.resolver in (Resolver.PUBLIC, Resolver.LOGIN):  # login pages check their input
             return Decision(True, rule=rule)
         self.policy.refresh()
         audit = AUDIT_CONTEXT.get()
@@ -228,26 +248,54 @@ class Interceptor:
             if principal is None:
                 if audit is not None and credentials.username:
                     audit.extra["claimed"] = credentials.username[:128]
-                raise Unauthenticated("Invalid, expired or revoked credentials.")
+                raise Unauthenticated(BAD_CREDENTIALS)
         note_principal(principal.name)
         decision = Decision(True, principal=principal, rule=rule)
-        if request.method == "OPTIONS" or rule.resolver in ("authenticated", "page"):
+        if request.method == "OPTIONS" or rule.resolver in (Resolver.AUTHENTICATED, Resolver.PAGE):
             return decision
-        if rule.resolver == "admin":
+        if rule.resolver is Resolver.ADMIN:
             if not principal.is_admin:
                 raise PermissionDenied("This endpoint is restricted to org administrators.")
             return decision
-        params = _Params(request, match, rule)
-        resolve = getattr(self, f"_resolve_{rule.resolver}")
-        resolve(principal, rule, params, decision)
+        # MLflow's own contract first: a request MLflow would refuse as malformed gets
+        # MLflow's answer, and what is decided below is the value MLflow's handler reads.
+        parsed = self._parse(request, match) if rule.resolver not in _BODYLESS_RESOLVERS else None
+        params = _Params(request, match, rule, parsed)
+        self.RESOLVERS[rule.resolver](self, principal, rule, params, decision)
+        if parsed is not None:
+            self._check_fields(principal, match.key, parsed, params)
         return decision
+
+    def _parse(self, request: IncomingRequest, match: Match) -> dict[str, Any] | None:
+        if self.contract is None:
+            return None
+        body = request.body or b""
+        if body.count(b"[") + body.count(b"{") > 256:
+            try:  # MLflow's handlers would fail on it with an HTML 500
+                json.loads(body)
+            except RecursionError:
+                raise InvalidInput("The request body nests too deeply to be read.") from None
+            except (ValueError, UnicodeDecodeError):
+                pass  # MLflow answers a body that is not JSON itself
+        view = RequestView(request.method, request.query, request.headers, request.body)
+        return self.contract.parse(match.key, view)
+
+    def _check_fields(self, principal: Principal, key: str, parsed: dict[str, Any],
+                      params: _Params) -> None:
+        """Every entity or location a request names beyond the route's own resource."""
+        for path, rule in request_fields.checked_fields(key):
+            assert rule.check is not None
+            for value in request_fields.values_at(parsed, path):
+                if value is None or value == "" or value == [] or value == {}:
+                    continue
+                self.FIELD_CHECKS[rule.check](self, principal, value, rule.action, params)
 
     def _session_principal(self, request: IncomingRequest) -> Principal:
         """The caller of a browser request, by its session cookie; a state-changing request
         must also carry the session's CSRF token in ``X-CSRF-Token``."""
         session_id = read_cookie(request.headers.get("cookie"), SESSION_COOKIE)
         if session_id is None or self.sessions is None:
-            raise Unauthenticated("Authentication required: send a token or username/password.")
+            raise Unauthenticated(MISSING_CREDENTIALS)
         _same_origin_only(request)
         session = self.sessions.get(session_id)
         if session is None or not self.policy.has_user(session.user):
@@ -260,39 +308,14 @@ class Interceptor:
         return self.policy.principal(session.user, via=f"session:{session.via}")
 
     # -- helpers ---------------------------------------------------------------------
-    def _check(self, principal: Principal, kind: str, resource_id: str | None,
-               owner: str | None, action: str, label: str, name: str | None = None,
-               version: int | None = None) -> None:
-        # The first resource a request is checked against is the one its event names.
-        note_resource(kind, resource_id, name, owner)
-        if not self.policy.is_allowed(principal, kind, resource_id, owner, action, version):
-            raise PermissionDenied(
-                f"Permission denied: {principal.name!r} may not {action} {label}."
-            )
-
     def _check_experiment(self, principal: Principal, experiment_id: str, action: str) -> None:
-        owner = self.policy.owner_of(directory_module.EXPERIMENT, experiment_id)
-        if owner is None and not principal.is_admin and not self.lookups.experiment_exists(
-            experiment_id
-        ):
-            raise NotFound(f"Experiment {experiment_id!r} does not exist.")
-        self._check(principal, directory_module.EXPERIMENT, experiment_id, owner, action,
-                    f"experiment {experiment_id!r}")
+        self.authorizer.check_experiment(principal, experiment_id, action)
 
     def _check_model(self, principal: Principal, name: str, action: str,
                      version: int | None = None) -> None:
         """``version``: the version whose bytes are reached (a sharing package's grant covers
         only the versions it pins)."""
-        model_id = self.policy.model_id(name)
-        owner = (
-            self.policy.owner_of(directory_module.MODEL, model_id) if model_id is not None else None
-        )
-        if model_id is None and not principal.is_admin and not self.lookups.model_exists(name):
-            raise NotFound(f"Registered model {name!r} does not exist.")
-        label = f"registered model {name!r}" if version is None else \
-            f"version {version} of registered model {name!r}"
-        self._check(principal, directory_module.MODEL, model_id, owner, action, label,
-                    name=name, version=version)
+        self.authorizer.check_model(principal, name, action, version)
 
     def _experiment_of(self, what: str, key: str, load: Callable[[str], str | None]) -> str:
         experiment_id = load(key)
@@ -301,6 +324,9 @@ class Interceptor:
         return experiment_id
 
     def _run_experiment(self, run_id: str) -> str:
+        from mlflow.utils.validation import _validate_run_id
+
+        _validate_run_id(run_id)  # MLflow's own answer for an ID that cannot be a run's
         return self._experiment_of("Run", run_id, self.lookups.experiment_of_run)
 
     def _logged_model_experiment(self, model_id: str) -> str:
@@ -370,18 +396,6 @@ class Interceptor:
                 principal, self.lookups.models_of_run(run_id)
             ):
                 raise
-        if rule.action == "write":
-            self._check_logged_model_refs(principal, params)
-
-    def _check_logged_model_refs(self, principal: Principal, params: _Params) -> None:
-        """Writes to a run may name logged models (metrics, inputs, outputs): own them too."""
-        refs = [params.optional("model_id")]
-        for field_name in ("metrics", "models"):
-            refs += [item.get("model_id") for item in params.list(field_name)
-                     if isinstance(item, dict)]
-        for model_id in {str(r) for r in refs if r}:
-            experiment_id = self._logged_model_experiment(model_id)
-            self._check_experiment(principal, experiment_id, "write")
 
     def _readable_model(self, principal: Principal, versions: list[tuple[str, int]]) -> bool:
         """May ``principal`` read one of these model versions (a sharing package's grant
@@ -411,24 +425,34 @@ class Interceptor:
 
     def _resolve_trace(self, principal: Principal, rule: Rule, params: _Params,
                        decision: Decision) -> None:
-        trace_id = params.required(rule.fields[0])
-        experiment_id = self._experiment_of("Trace", trace_id, self.lookups.experiment_of_trace)
-        self._check_experiment(principal, experiment_id, rule.action)
+        self._check_trace(principal, params.required(rule.fields[0]), rule.action)
 
     def _resolve_traces(self, principal: Principal, rule: Rule, params: _Params,
                         decision: Decision) -> None:
         for trace_id in params.list(rule.fields[0]):
-            experiment_id = self._experiment_of("Trace", str(trace_id),
-                                                self.lookups.experiment_of_trace)
-            self._check_experiment(principal, experiment_id, rule.action)
+            self._check_trace(principal, str(trace_id), rule.action)
+
+    def _check_trace(self, principal: Principal, trace_id: str, action: str) -> None:
+        found = self.lookups.trace_location(trace_id)
+        if found is None:
+            raise NotFound(f"Trace {trace_id!r} does not exist.")
+        self._check_experiment(principal, found.experiment_id, action)
+        if action == "read" and not found.stored_where_expected():
+            # MLflow reads a trace's data from where its tag points: only ever from the
+            # folder the server derived inside the trace's own experiment.
+            raise PermissionDenied(f"Trace {trace_id!r} names a storage location outside its "
+                                   "experiment; its data is not served.")
 
     def _resolve_trace_start_v3(self, principal: Principal, rule: Rule, params: _Params,
                                 decision: Decision) -> None:
-        trace = params.value("trace")
-        experiment_id = _nested(trace, "trace_info", "trace_location", "mlflow_experiment",
-                                "experiment_id")
-        if not experiment_id:
-            raise InvalidInput("A trace must name its experiment (trace_location.mlflow_experiment).")
+        location = _nested(params.value("trace"), "trace_info", "trace_location")
+        experiment_id = _nested(location, "mlflow_experiment", "experiment_id")
+        kind = _nested(location, "type")
+        if not experiment_id or kind not in (None, "MLFLOW_EXPERIMENT"):
+            raise InvalidInput("A trace must be stored in an experiment: "
+                               "trace_location.type MLFLOW_EXPERIMENT with mlflow_experiment.")
+        if not (str(experiment_id).isascii() and str(experiment_id).isdigit()):
+            raise InvalidInput(f"Invalid experiment ID {experiment_id!r} in trace_location.")
         self._check_experiment(principal, str(experiment_id), rule.action)
 
     def _resolve_trace_locations(self, principal: Principal, rule: Rule, params: _Params,
@@ -460,7 +484,7 @@ class Interceptor:
     def _resolve_model_alias(self, principal: Principal, rule: Rule, params: _Params,
                              decision: Decision) -> None:
         """Aliases need write on the model; a protected one needs manage (maintainers)."""
-        from mlflow_share.governance.aliases import is_protected
+        from mlflow_share.governance.aliases import is_protected, look_alike
 
         name = params.required(rule.fields[0])
         self._check_model(principal, name, "write")
@@ -469,18 +493,20 @@ class Interceptor:
         if alias and model_id is not None:
             with self.lookups.engine.connect() as conn:
                 protected = is_protected(conn, model_id, str(alias))
+                # Setting a look-alike is refused; deleting one made before is not.
+                reserved = look_alike(conn, model_id, str(alias)) \
+                    if params.method == "POST" else None
+            if reserved is not None:
+                raise Conflict(f"Alias {alias!r} looks like the protected alias {reserved!r} "
+                               f"of registered model {name!r}; choose another name.")
             if protected:
                 self._check_model(principal, name, "manage")
 
     def _resolve_model_version_create(self, principal: Principal, rule: Rule, params: _Params,
                                       decision: Decision) -> None:
+        # Registering bytes one may not read would be a way to read them: the source, run and
+        # logged model it links are decided as fields (auth/fields.py).
         self._check_model(principal, params.required("name"), "write")
-        # Registering bytes one may not read would be a way to read them: check the source.
-        if run_id := params.optional("run_id"):
-            self._check_experiment(principal, self._run_experiment(run_id), "read")
-        if model_id := params.optional("model_id"):
-            self._check_experiment(principal, self._logged_model_experiment(model_id), "read")
-        self._check_source(principal, params.required("source"))
 
     def _check_source(self, principal: Principal, source: str) -> None:
         if source in _PROMPT_SOURCES:  # prompt versions: a placeholder, no bytes behind it
@@ -489,10 +515,21 @@ class Interceptor:
             seg in ("..", ".") for seg in source.replace("://", "/").split("/")
         ) or "%2e" in source.lower() or "%2f" in source.lower():
             raise InvalidInput(f"Invalid model version source {source!r}.")
-        if source.startswith("models:/"):
-            model_id = source[len("models:/"):].split("/", 1)[0]
-            experiment_id = self._logged_model_experiment(model_id)
-            self._check_experiment(principal, experiment_id, "read")
+        if source.startswith("models:"):
+            from mlflow.store.artifact.utils.models import _parse_model_uri
+
+            try:  # read exactly as MLflow's registration reads it
+                parsed = _parse_model_uri(source)
+            except MlflowException:
+                raise InvalidInput(f"Invalid model version source {source!r}.") from None
+            if parsed.model_id is not None:
+                self._check_linked_logged_model(principal, parsed.model_id)
+            elif parsed.name is not None:
+                # Another registered version (by number, stage, alias or latest): its bytes.
+                version = parsed.version
+                number = int(version) if version is not None and version.isdigit() \
+                    and len(version) < 10 else None
+                self._check_model(principal, parsed.name, "read", number)
         elif source.startswith("runs:/"):
             run_id = source[len("runs:/"):].split("/", 1)[0]
             self._check_experiment(principal, self._run_experiment(run_id), "read")
@@ -590,6 +627,181 @@ class Interceptor:
         raise PermissionDenied(
             f"Permission denied: {principal.name!r} may not read this registered model's files.")
 
+    # -- request fields (one per fields.Check) -----------------------------------------
+    def _field_experiment(self, principal: Principal, value: Any, action: str,
+                          params: _Params) -> None:
+        self._check_experiment(principal, _text(value), action)
+
+    def _field_run(self, principal: Principal, value: Any, action: str, params: _Params) -> None:
+        run_id = _text(value)
+        self._check_experiment(principal, self._run_experiment(run_id), action)
+
+    def _field_logged_model(self, principal: Principal, value: Any, action: str,
+                            params: _Params) -> None:
+        if action == "read":  # linked into something new: its lineage comes along
+            self._check_linked_logged_model(principal, _text(value))
+            return
+        self._check_experiment(principal, self._logged_model_experiment(_text(value)), action)
+
+    def _check_linked_logged_model(self, principal: Principal, model_id: str) -> None:
+        """A logged model a new version links: read on it and on its source run, which
+        MLflow copies into the version (and lineage then shows)."""
+        self._check_experiment(principal, self._logged_model_experiment(model_id), "read")
+        source_run = self.lookups.source_run_of_logged_model(model_id)
+        if source_run:
+            self._check_experiment(principal, self._run_experiment(source_run), "read")
+
+    def _field_traces(self, principal: Principal, value: Any, action: str,
+                      params: _Params) -> None:
+        self._check_trace(principal, _text(value), action)
+
+    def _field_trace_upsert(self, principal: Principal, value: Any, action: str,
+                            params: _Params) -> None:
+        """MLflow's StartTraceV3 overwrites a trace that exists: only the caller's own trace,
+        and never into another experiment (a trace does not move)."""
+        trace_id = _text(value)
+        found = self.lookups.trace_location(trace_id)
+        if found is None:
+            return
+        self._check_experiment(principal, found.experiment_id, action)
+        location = _nested(params.value("trace"), "trace_info", "trace_location",
+                           "mlflow_experiment", "experiment_id")
+        if str(location) != found.experiment_id:
+            raise Conflict(f"Trace {trace_id!r} exists in another experiment; a trace cannot "
+                           "be moved.")
+
+    def _field_model_version_source(self, principal: Principal, value: Any, action: str,
+                                    params: _Params) -> None:
+        self._check_source(principal, _text(value))
+
+    def _field_logged_model_json(self, principal: Principal, value: Any, action: str,
+                                 params: _Params) -> None:
+        try:
+            document = json.loads(value)
+        except (TypeError, ValueError, RecursionError):
+            return  # MLflow refuses it with its own message
+        if isinstance(document, dict) and document.get("run_id") not in (
+                None, params.optional("run_id")):
+            raise InvalidInput("The model's run_id must be the run it is logged to.")
+
+    def _field_tags(self, principal: Principal, value: Any, action: str,
+                    params: _Params) -> None:
+        for key, _tag in _tag_items(value):
+            _refuse_reserved(key)
+
+    def _field_creation_tags(self, principal: Principal, value: Any, action: str,
+                             params: _Params) -> None:
+        for key, _tag in _tag_items(value):
+            if key != TEAM_TAG:  # read by the resolver: the new resource's owner team
+                _refuse_reserved(key)
+
+    def _field_run_tags(self, principal: Principal, value: Any, action: str,
+                        params: _Params) -> None:
+        for key, tag in _tag_items(value):
+            _refuse_reserved(key)
+            if key == _PARENT_RUN_TAG and tag:  # nesting under a run shows it: read it
+                self._check_experiment(principal, self._run_experiment(tag), "read")
+
+    def _field_trace_tags(self, principal: Principal, value: Any, action: str,
+                          params: _Params) -> None:
+        for key, _tag in _tag_items(value):
+            _refuse_reserved(key, trace=True)
+
+    def _field_trace_metadata(self, principal: Principal, value: Any, action: str,
+                              params: _Params) -> None:
+        """Metadata that links a trace to a run or a logged model: the caller must be able
+        to write there, as for ``LinkTracesToRun``."""
+        for key, item in _tag_items(value):
+            _refuse_reserved(key, trace=True)
+            if key == _TRACE_SOURCE_RUN and item:
+                self._check_experiment(principal, self._run_experiment(item), "write")
+            elif key == _TRACE_MODEL_ID and item:
+                self._check_experiment(principal, self._logged_model_experiment(item), "write")
+
+    def _field_tag_key(self, principal: Principal, value: Any, action: str,
+                       params: _Params) -> None:
+        _refuse_reserved(_text(value))
+
+    def _field_trace_tag_key(self, principal: Principal, value: Any, action: str,
+                             params: _Params) -> None:
+        _refuse_reserved(_text(value), trace=True)
+
+    _Resolve = Callable[["Interceptor", Principal, Rule, "_Params", Decision], None]
+    _FieldCheck = Callable[["Interceptor", Principal, Any, str, "_Params"], None]
+    RESOLVERS: Mapping[Resolver, _Resolve]
+    FIELD_CHECKS: Mapping[Check, _FieldCheck]
+
+
+Interceptor.RESOLVERS = {
+    Resolver.EXPERIMENT: Interceptor._resolve_experiment,
+    Resolver.EXPERIMENTS: Interceptor._resolve_experiments,
+    Resolver.EXPERIMENT_BY_NAME: Interceptor._resolve_experiment_by_name,
+    Resolver.RUN: Interceptor._resolve_run,
+    Resolver.RUNS: Interceptor._resolve_runs,
+    Resolver.LOGGED_MODEL: Interceptor._resolve_logged_model,
+    Resolver.TRACE: Interceptor._resolve_trace,
+    Resolver.TRACES: Interceptor._resolve_traces,
+    Resolver.TRACE_START_V3: Interceptor._resolve_trace_start_v3,
+    Resolver.TRACE_LOCATIONS: Interceptor._resolve_trace_locations,
+    Resolver.MODEL: Interceptor._resolve_model,
+    Resolver.MODEL_VERSION_FILES: Interceptor._resolve_model_version_files,
+    Resolver.MODEL_ALIAS: Interceptor._resolve_model_alias,
+    Resolver.MODEL_VERSION_CREATE: Interceptor._resolve_model_version_create,
+    Resolver.CREATE_EXPERIMENT: Interceptor._resolve_create_experiment,
+    Resolver.CREATE_MODEL: Interceptor._resolve_create_model,
+    Resolver.SEARCH: Interceptor._resolve_search,
+    Resolver.GRAPHQL: Interceptor._resolve_search,
+    Resolver.ARTIFACT: Interceptor._resolve_artifact,
+}
+# Decided before any resolver runs (Interceptor._decide), so they have none.
+_DECIDED_BY_ROUTE = frozenset({Resolver.PUBLIC, Resolver.LOGIN, Resolver.AUTHENTICATED,
+                               Resolver.PAGE, Resolver.ADMIN})
+if set(Interceptor.RESOLVERS) | _DECIDED_BY_ROUTE != set(Resolver):  # pragma: no cover
+    raise ImportError("Interceptor.RESOLVERS must bind every Resolver")
+
+Interceptor.FIELD_CHECKS = {
+    Check.EXPERIMENT: Interceptor._field_experiment,
+    Check.RUN: Interceptor._field_run,
+    Check.RUNS: Interceptor._field_run,
+    Check.LOGGED_MODEL: Interceptor._field_logged_model,
+    Check.TRACES: Interceptor._field_traces,
+    Check.TRACE_UPSERT: Interceptor._field_trace_upsert,
+    Check.MODEL_VERSION_SOURCE: Interceptor._field_model_version_source,
+    Check.LOGGED_MODEL_JSON: Interceptor._field_logged_model_json,
+    Check.RUN_TAGS: Interceptor._field_run_tags,
+    Check.TAGS: Interceptor._field_tags,
+    Check.CREATION_TAGS: Interceptor._field_creation_tags,
+    Check.TRACE_TAGS: Interceptor._field_trace_tags,
+    Check.TRACE_METADATA: Interceptor._field_trace_metadata,
+    Check.TAG_KEY: Interceptor._field_tag_key,
+    Check.TRACE_TAG_KEY: Interceptor._field_trace_tag_key,
+}
+if set(Interceptor.FIELD_CHECKS) | {Check.PRIMARY} != set(Check):  # pragma: no cover
+    raise ImportError("Interceptor.FIELD_CHECKS must bind every fields.Check")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidInput("An ID field must be a string.")
+    return str(value)
+
+
+def _tag_items(value: Any) -> list[tuple[str, str]]:
+    """(key, value) of a tag list (``[{"key", "value"}]``), a map, or one tag."""
+    if isinstance(value, dict) and "key" not in value:
+        return [(str(k), str(v)) for k, v in value.items()]
+    if isinstance(value, dict):
+        return [(str(value.get("key", "")), str(value.get("value", "")))]
+    return []
+
+
+def _refuse_reserved(key: str, *, trace: bool = False) -> None:
+    if key.startswith(_RESERVED_TAG_PREFIXES):  # as the audited store refuses them: 409
+        raise Conflict(f"Tag {key!r} is mlflow-share's own and cannot be set, changed or "
+                       "deleted by clients.")
+    if trace and key in _TRACE_LOCATION_TAGS:  # as MLflow refuses its immutable trace tags
+        raise InvalidInput(f"Tag {key!r} is a storage location the server sets; it cannot be "
+                           "set, changed or deleted by clients.")
 
 def _note_denial(message: str) -> None:
     audit = AUDIT_CONTEXT.get()
@@ -608,13 +820,18 @@ def _nested(value: Any, *path: str) -> Any:
 class _Params:
     """Request parameters, read with MLflow's own precedence rules."""
 
-    def __init__(self, request: IncomingRequest, match: Match, rule: Rule) -> None:
+    def __init__(self, request: IncomingRequest, match: Match, rule: Rule,
+                 parsed: dict[str, Any] | None = None) -> None:
+        """``parsed``: the request message as MLflow's handler reads it, for REST routes."""
         self._request = request
         self._path_args = match.path_args
+        self._json: dict[str, Any] | None = None
+        if parsed is not None:
+            self._from_query, self._json = False, parsed
+            return
         self._from_query = rule.source == "query" or (
             request.method == "GET" and bool(request.query)
         )
-        self._json: dict[str, Any] | None = None
         if not self._from_query and request.body:
             self._json = self._parse_json(request.body)
 
@@ -629,6 +846,10 @@ class _Params:
         if not isinstance(data, dict):
             raise InvalidInput("The request body must be a JSON object.")
         return data
+
+    @property
+    def method(self) -> str:
+        return self._request.method
 
     def header(self, name: str) -> str | None:
         return self._request.headers.get(name)

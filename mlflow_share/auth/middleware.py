@@ -32,7 +32,7 @@ from mlflow_share.auth.interceptor import (
     IncomingRequest,
     Interceptor,
 )
-from mlflow_share.errors import AuditUnavailable
+from mlflow_share.errors import API_PREFIXES, AuditUnavailable, clean_error_body
 
 _logger = logging.getLogger(__name__)
 
@@ -190,7 +190,10 @@ class ShareASGIMiddleware:
                     ctx.public = True
                     await self.app(scope, incoming, started)  # health checks, the UI's files
                 else:
-                    await self.app(scope, incoming, self._gated(started, ctx))
+                    send_on = self._gated(started, ctx)
+                    if request.path.startswith(API_PREFIXES):
+                        send_on = _clean_errors(send_on)
+                    await self.app(scope, incoming, send_on)
             except Exception as exc:  # noqa: BLE001 - an answer in the envelope, not a reset
                 if started.finished:
                     # Starlette answered (500) and re-raised for the server to log: log it
@@ -260,6 +263,46 @@ class ShareASGIMiddleware:
 
 
 _DRAIN_LIMIT = 8 * 1024 * 1024
+_ERROR_BODY_LIMIT = 1024 * 1024
+
+
+def _clean_errors(send: Send) -> Send:
+    """A ``send`` that holds an error response of an API route until its body is whole,
+    and answers it in MLflow's envelope without internals (``errors.clean_error_body``)."""
+    held: dict[str, Any] | None = None
+    chunks: list[bytes] = []
+
+    async def clean_send(message: dict[str, Any]) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and int(message["status"]) >= 400:
+            held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        size = sum(len(c) for c in chunks)
+        if message.get("more_body", False) and size <= _ERROR_BODY_LIMIT:
+            return
+        start, body = held, b"".join(chunks)
+        held = None
+        chunks.clear()
+        headers = [(k, v) for k, v in start.get("headers", [])]
+        content_type = next((v.decode("latin-1") for k, v in headers
+                             if k.lower() == b"content-type"), "")
+        cleaned = None if message.get("more_body", False) else clean_error_body(
+            int(start["status"]), content_type, body)
+        if cleaned is not None:
+            body = cleaned
+            headers = [(k, v) for k, v in headers
+                       if k.lower() not in (b"content-length", b"content-type")]
+            headers += [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body,
+                    "more_body": message.get("more_body", False)})
+
+    return clean_send
 
 
 async def _drain(receive: Receive) -> None:

@@ -1,7 +1,9 @@
 """Find which MLflow resource a request touches, by reading MLflow's own tables.
 
-Runs, logged models and traces never move between experiments, so those lookups are cached
-for the life of the process; registered-model names can be renamed, so they go through the
+Runs and logged models never move between experiments and their IDs are the server's
+(random UUIDs, never reused), so those lookups are cached for the life of the process. Trace
+IDs are chosen by clients and a trace can be deleted and its ID used again elsewhere, so
+traces are always looked up. Registered-model names can be renamed, so they go through the
 policy engine's name index, which every rename invalidates.
 """
 
@@ -12,6 +14,7 @@ import posixpath
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -43,6 +46,27 @@ class _LruCache:
         return value
 
 
+@dataclass(frozen=True)
+class TraceLocation:
+    """Where a trace lives: its experiment, and where its data is stored."""
+
+    trace_id: str
+    experiment_id: str
+    experiment_artifact_location: str | None
+    artifact_tag: str | None
+
+    def stored_where_expected(self) -> bool:
+        """Whether the trace's data tag is the folder MLflow's store derives for it
+        (``<experiment root>/traces/<trace id>/artifacts``), not one a client named."""
+        if self.artifact_tag is None or self.experiment_artifact_location is None:
+            return True  # MLflow itself refuses a trace without its location
+        from mlflow.utils.uri import append_to_uri_path
+
+        expected = append_to_uri_path(self.experiment_artifact_location, "traces",
+                                      self.trace_id, "artifacts")
+        return self.artifact_tag == expected
+
+
 class MlflowLookups:
     """Read-only queries on MLflow's schema (tables ``experiments``, ``runs``, ...)."""
 
@@ -50,7 +74,6 @@ class MlflowLookups:
         self.engine = engine
         self._run_experiment = _LruCache(_CACHE_SIZE)
         self._logged_model_experiment = _LruCache(_CACHE_SIZE)
-        self._trace_experiment = _LruCache(_CACHE_SIZE)
 
     def _scalar(self, sql: str, **params: object) -> str | None:
         with self.engine.connect() as conn:
@@ -65,9 +88,21 @@ class MlflowLookups:
         return self._logged_model_experiment.get_or_load(model_id, functools.partial(
             self._scalar_key, "SELECT experiment_id FROM logged_models WHERE model_id = :key"))
 
-    def experiment_of_trace(self, trace_id: str) -> str | None:
-        return self._trace_experiment.get_or_load(trace_id, functools.partial(
-            self._scalar_key, "SELECT experiment_id FROM trace_info WHERE request_id = :key"))
+    def trace_location(self, trace_id: str) -> TraceLocation | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT ti.experiment_id, e.artifact_location, tt.value FROM trace_info ti "
+                "JOIN experiments e ON e.experiment_id = ti.experiment_id "
+                "LEFT JOIN trace_tags tt ON tt.request_id = ti.request_id "
+                "AND tt.key = 'mlflow.artifactLocation' WHERE ti.request_id = :id"),
+                {"id": trace_id}).first()
+        if row is None:
+            return None
+        return TraceLocation(trace_id, str(row[0]), row[1], row[2])
+
+    def source_run_of_logged_model(self, model_id: str) -> str | None:
+        return self._scalar("SELECT source_run_id FROM logged_models WHERE model_id = :id",
+                            id=model_id)
 
     def _scalar_key(self, sql: str, key: str) -> str | None:
         return self._scalar(sql, key=key)

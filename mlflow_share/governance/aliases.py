@@ -31,6 +31,36 @@ _P = db.protected_aliases
 _H = db.alias_history
 
 
+def skeleton(alias: str) -> str:
+    """What an alias looks like to a reader: NFKC, case folded, and every character that is
+    confusable with a Latin one (Unicode's confusables data) replaced by it."""
+    import unicodedata
+
+    from confusable_homoglyphs import confusables
+
+    folded = unicodedata.normalize("NFKC", alias).casefold()
+    out = []
+    for char in folded:
+        found: Any = confusables.is_confusable(char, greedy=True, preferred_aliases=["latin"]) \
+            if not char.isascii() else None
+        latin = [g["c"] for item in (found if isinstance(found, list) else [])
+                 for g in item["homoglyphs"] if g["c"].isascii()]
+        out.append(latin[0].casefold() if latin else char)
+    return "".join(out)
+
+
+def look_alike(conn: sa.Connection, model_id: str | None, alias: str) -> str | None:
+    """The protected alias of the model that ``alias`` only looks like (another letter
+    case, a confusable character), or None: such a name is reserved with it."""
+    if model_id is None:
+        return None
+    wanted = skeleton(alias)
+    for (protected,) in conn.execute(sa.select(_P.c.alias).where(_P.c.model_id == model_id)):
+        if protected != alias and skeleton(str(protected)) == wanted:
+            return str(protected)
+    return None
+
+
 def protection(conn: sa.Connection, model_id: str | None, alias: str) -> Any:
     """The alias's protection row (``require_approval``), or None if it is not protected."""
     if model_id is None:

@@ -8,6 +8,7 @@ the table has no decision and is denied, so an MLflow upgrade that adds a route 
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,36 @@ from typing import Any
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map
 from werkzeug.routing import Rule as WerkzeugRule
+
+
+class Resolver(str, enum.Enum):
+    """How a route's resource is found: each member is bound to one resolver of the
+    interceptor (``Interceptor.RESOLVERS``), so a misspelt resolver fails at import."""
+
+    ADMIN = "admin"
+    ARTIFACT = "artifact"
+    AUTHENTICATED = "authenticated"
+    CREATE_EXPERIMENT = "create_experiment"
+    CREATE_MODEL = "create_model"
+    EXPERIMENT = "experiment"
+    EXPERIMENT_BY_NAME = "experiment_by_name"
+    EXPERIMENTS = "experiments"
+    GRAPHQL = "graphql"
+    LOGGED_MODEL = "logged_model"
+    LOGIN = "login"
+    MODEL = "model"
+    MODEL_ALIAS = "model_alias"
+    MODEL_VERSION_CREATE = "model_version_create"
+    MODEL_VERSION_FILES = "model_version_files"
+    PAGE = "page"
+    PUBLIC = "public"
+    RUN = "run"
+    RUNS = "runs"
+    SEARCH = "search"
+    TRACE = "trace"
+    TRACE_LOCATIONS = "trace_locations"
+    TRACE_START_V3 = "trace_start_v3"
+    TRACES = "traces"
 
 
 @dataclass(frozen=True)
@@ -33,7 +64,7 @@ class Rule:
         lineage: a read also allowed to teams that may read a model registered from the run.
     """
 
-    resolver: str
+    resolver: Resolver
     action: str = "read"
     fields: tuple[str, ...] = ()
     needs_body: bool = False
@@ -42,40 +73,40 @@ class Rule:
     lineage: bool = False
 
 
-PUBLIC = Rule("public")
-AUTHENTICATED = Rule("authenticated")
-ADMIN = Rule("admin", "admin")
+PUBLIC = Rule(Resolver.PUBLIC)
+AUTHENTICATED = Rule(Resolver.AUTHENTICATED)
+ADMIN = Rule(Resolver.ADMIN, "admin")
 
 
-def _r(resolver: str, action: str, *fields: str, **kwargs: Any) -> Rule:
+def _r(resolver: Resolver, action: str, *fields: str, **kwargs: Any) -> Rule:
     return Rule(resolver, action, tuple(fields), **kwargs)
 
 
 # fmt: off
-_EXPERIMENT_READ = _r("experiment", "read", "experiment_id")
-_EXPERIMENT_WRITE = _r("experiment", "write", "experiment_id")
-_EXPERIMENTS_READ = _r("experiments", "read", "experiment_ids")
-_RUN_READ = _r("run", "read", "run_id", "run_uuid")
-_RUN_WRITE = _r("run", "write", "run_id", "run_uuid")
-_LOGGED_MODEL_READ = _r("logged_model", "read", "model_id")
-_LOGGED_MODEL_WRITE = _r("logged_model", "write", "model_id")
-_TRACE_READ_V2 = _r("trace", "read", "request_id")
-_TRACE_WRITE_V2 = _r("trace", "write", "request_id")
-_TRACE_READ = _r("trace", "read", "trace_id")
-_TRACE_WRITE = _r("trace", "write", "trace_id")
-_MODEL_READ = _r("model", "read", "name")
-_MODEL_WRITE = _r("model", "write", "name")
-_MODEL_MANAGE = _r("model", "manage", "name")
-_ARTIFACT_READ = _r("artifact", "read", "artifact_path")
-_ARTIFACT_WRITE = _r("artifact", "write", "artifact_path")
+_EXPERIMENT_READ = _r(Resolver.EXPERIMENT, "read", "experiment_id")
+_EXPERIMENT_WRITE = _r(Resolver.EXPERIMENT, "write", "experiment_id")
+_EXPERIMENTS_READ = _r(Resolver.EXPERIMENTS, "read", "experiment_ids")
+_RUN_READ = _r(Resolver.RUN, "read", "run_id", "run_uuid")
+_RUN_WRITE = _r(Resolver.RUN, "write", "run_id", "run_uuid")
+_LOGGED_MODEL_READ = _r(Resolver.LOGGED_MODEL, "read", "model_id")
+_LOGGED_MODEL_WRITE = _r(Resolver.LOGGED_MODEL, "write", "model_id")
+_TRACE_READ_V2 = _r(Resolver.TRACE, "read", "request_id")
+_TRACE_WRITE_V2 = _r(Resolver.TRACE, "write", "request_id")
+_TRACE_READ = _r(Resolver.TRACE, "read", "trace_id")
+_TRACE_WRITE = _r(Resolver.TRACE, "write", "trace_id")
+_MODEL_READ = _r(Resolver.MODEL, "read", "name")
+_MODEL_WRITE = _r(Resolver.MODEL, "write", "name")
+_MODEL_MANAGE = _r(Resolver.MODEL, "manage", "name")
+_ARTIFACT_READ = _r(Resolver.ARTIFACT, "read", "artifact_path")
+_ARTIFACT_WRITE = _r(Resolver.ARTIFACT, "write", "artifact_path")
 
 # REST API, keyed by protobuf message full name (or `fn:` + handler name).
 REST_RULES: Mapping[str, Rule] = {
     # experiments
-    "mlflow.CreateExperiment": _r("create_experiment", "create"),
+    "mlflow.CreateExperiment": _r(Resolver.CREATE_EXPERIMENT, "create"),
     "mlflow.GetExperiment": _EXPERIMENT_READ,
-    "mlflow.GetExperimentByName": _r("experiment_by_name", "read", "experiment_name"),
-    "mlflow.SearchExperiments": Rule("search", "read", search=True),
+    "mlflow.GetExperimentByName": _r(Resolver.EXPERIMENT_BY_NAME, "read", "experiment_name"),
+    "mlflow.SearchExperiments": Rule(Resolver.SEARCH, "read", search=True),
     "mlflow.UpdateExperiment": _EXPERIMENT_WRITE,
     "mlflow.DeleteExperiment": _EXPERIMENT_WRITE,
     "mlflow.RestoreExperiment": _EXPERIMENT_WRITE,
@@ -84,7 +115,7 @@ REST_RULES: Mapping[str, Rule] = {
     "mlflow.SearchDatasets": _EXPERIMENTS_READ,
     # runs
     "mlflow.CreateRun": _EXPERIMENT_WRITE,
-    "mlflow.GetRun": _r("run", "read", "run_id", "run_uuid", lineage=True),
+    "mlflow.GetRun": _r(Resolver.RUN, "read", "run_id", "run_uuid", lineage=True),
     "mlflow.SearchRuns": _EXPERIMENTS_READ,
     "mlflow.UpdateRun": _RUN_WRITE,
     "mlflow.DeleteRun": _RUN_WRITE,
@@ -99,7 +130,7 @@ REST_RULES: Mapping[str, Rule] = {
     "mlflow.DeleteTag": _RUN_WRITE,
     "mlflow.ListArtifacts": _RUN_READ,
     "mlflow.GetMetricHistory": _RUN_READ,
-    "mlflow.GetMetricHistoryBulkInterval": _r("runs", "read", "run_ids"),
+    "mlflow.GetMetricHistoryBulkInterval": _r(Resolver.RUNS, "read", "run_ids"),
     # logged models
     "mlflow.CreateLoggedModel": _EXPERIMENT_WRITE,
     "mlflow.GetLoggedModel": _LOGGED_MODEL_READ,
@@ -112,7 +143,7 @@ REST_RULES: Mapping[str, Rule] = {
     "mlflow.LogLoggedModelParamsRequest": _LOGGED_MODEL_WRITE,
     # traces
     "mlflow.StartTrace": _EXPERIMENT_WRITE,
-    "mlflow.StartTraceV3": _r("trace_start_v3", "write", "trace"),
+    "mlflow.StartTraceV3": _r(Resolver.TRACE_START_V3, "write", "trace"),
     "mlflow.EndTrace": _TRACE_WRITE_V2,
     "mlflow.GetTraceInfo": _TRACE_READ_V2,
     "mlflow.SetTraceTag": _TRACE_WRITE_V2,
@@ -121,10 +152,10 @@ REST_RULES: Mapping[str, Rule] = {
     "mlflow.GetTrace": _TRACE_READ,
     "mlflow.SetTraceTagV3": _TRACE_WRITE,
     "mlflow.DeleteTraceTagV3": _TRACE_WRITE,
-    "mlflow.BatchGetTraces": _r("traces", "read", "trace_ids"),
-    "mlflow.BatchGetTraceInfos": _r("traces", "read", "trace_ids"),
+    "mlflow.BatchGetTraces": _r(Resolver.TRACES, "read", "trace_ids"),
+    "mlflow.BatchGetTraceInfos": _r(Resolver.TRACES, "read", "trace_ids"),
     "mlflow.SearchTraces": _EXPERIMENTS_READ,
-    "mlflow.SearchTracesV3": _r("trace_locations", "read", "locations"),
+    "mlflow.SearchTracesV3": _r(Resolver.TRACE_LOCATIONS, "read", "locations"),
     "mlflow.DeleteTraces": _EXPERIMENT_WRITE,
     "mlflow.DeleteTracesV3": _EXPERIMENT_WRITE,
     "mlflow.LinkTracesToRun": _RUN_WRITE,
@@ -133,22 +164,22 @@ REST_RULES: Mapping[str, Rule] = {
     "mlflow.UpdateAssessment": _TRACE_WRITE,
     "mlflow.DeleteAssessment": _TRACE_WRITE,
     # registry
-    "mlflow.CreateRegisteredModel": _r("create_model", "create", "name"),
+    "mlflow.CreateRegisteredModel": _r(Resolver.CREATE_MODEL, "create", "name"),
     "mlflow.GetRegisteredModel": _MODEL_READ,
-    "mlflow.SearchRegisteredModels": Rule("search", "read", search=True),
+    "mlflow.SearchRegisteredModels": Rule(Resolver.SEARCH, "read", search=True),
     "mlflow.UpdateRegisteredModel": _MODEL_WRITE,
-    "mlflow.RenameRegisteredModel": _r("model", "manage", "name"),
-    "mlflow.DeleteRegisteredModel": _r("model", "manage", "name"),
+    "mlflow.RenameRegisteredModel": _r(Resolver.MODEL, "manage", "name"),
+    "mlflow.DeleteRegisteredModel": _r(Resolver.MODEL, "manage", "name"),
     "mlflow.GetLatestVersions": _MODEL_READ,
     "mlflow.SetRegisteredModelTag": _MODEL_WRITE,
     "mlflow.DeleteRegisteredModelTag": _MODEL_WRITE,
-    "mlflow.SetRegisteredModelAlias": _r("model_alias", "write", "name", "alias"),
-    "mlflow.DeleteRegisteredModelAlias": _r("model_alias", "write", "name", "alias"),
+    "mlflow.SetRegisteredModelAlias": _r(Resolver.MODEL_ALIAS, "write", "name", "alias"),
+    "mlflow.DeleteRegisteredModelAlias": _r(Resolver.MODEL_ALIAS, "write", "name", "alias"),
     "mlflow.GetModelVersionByAlias": _MODEL_READ,
-    "mlflow.CreateModelVersion": _r("model_version_create", "write", "name"),
+    "mlflow.CreateModelVersion": _r(Resolver.MODEL_VERSION_CREATE, "write", "name"),
     "mlflow.GetModelVersion": _MODEL_READ,
     "mlflow.GetModelVersionDownloadUri": _MODEL_READ,
-    "mlflow.SearchModelVersions": Rule("search", "read", search=True),
+    "mlflow.SearchModelVersions": Rule(Resolver.SEARCH, "read", search=True),
     "mlflow.UpdateModelVersion": _MODEL_WRITE,
     "mlflow.TransitionModelVersionStage": _MODEL_WRITE,
     "mlflow.DeleteModelVersion": _MODEL_WRITE,
@@ -158,12 +189,12 @@ REST_RULES: Mapping[str, Rule] = {
     "mlflow.artifacts.DownloadArtifact": _ARTIFACT_READ,
     "mlflow.artifacts.UploadArtifact": _ARTIFACT_WRITE,
     "mlflow.artifacts.DeleteArtifact": _ARTIFACT_WRITE,
-    "mlflow.artifacts.ListArtifacts": _r("artifact", "read", "path"),
+    "mlflow.artifacts.ListArtifacts": _r(Resolver.ARTIFACT, "read", "path"),
     "mlflow.artifacts.CreateMultipartUpload": _ARTIFACT_WRITE,
     "mlflow.artifacts.CompleteMultipartUpload": _ARTIFACT_WRITE,
     "mlflow.artifacts.AbortMultipartUpload": _ARTIFACT_WRITE,
     # GraphQL: authenticated here, then authorised field by field (auth/graphql.py).
-    "fn:_graphql": Rule("graphql", "read", search=True),
+    "fn:_graphql": Rule(Resolver.GRAPHQL, "read", search=True),
     "fn:_get_server_info": AUTHENTICATED,
 }
 
@@ -171,20 +202,20 @@ REST_RULES: Mapping[str, Rule] = {
 FLASK_RULES: Mapping[str, Rule] = {
     "health": PUBLIC,
     "version": PUBLIC,
-    "serve": Rule("page"),  # MLflow's UI: a browser without a session goes to log in
+    "serve": Rule(Resolver.PAGE),  # MLflow's UI: a browser without a session goes to log in
     "serve_static_file": PUBLIC,
     "static": PUBLIC,
     # These views read `request.args` whatever the method: so does their rule.
-    "serve_artifacts": _r("run", "read", "run_id", "run_uuid", source="query"),
-    "serve_model_version_artifact": _r("model_version_files", "read", "name", "version",
+    "serve_artifacts": _r(Resolver.RUN, "read", "run_id", "run_uuid", source="query"),
+    "serve_model_version_artifact": _r(Resolver.MODEL_VERSION_FILES, "read", "name", "version",
                                        source="query"),
-    "serve_get_metric_history_bulk": _r("runs", "read", "run_id", source="query"),
-    "serve_get_metric_history_bulk_interval": _r("runs", "read", "run_ids", source="query"),
-    "get_metric_history_bulk_interval_handler": _r("runs", "read", "run_ids", source="query"),
+    "serve_get_metric_history_bulk": _r(Resolver.RUNS, "read", "run_id", source="query"),
+    "serve_get_metric_history_bulk_interval": _r(Resolver.RUNS, "read", "run_ids", source="query"),
+    "get_metric_history_bulk_interval_handler": _r(Resolver.RUNS, "read", "run_ids", source="query"),
     "serve_search_datasets": _EXPERIMENTS_READ,
     "serve_create_promptlab_run": _EXPERIMENT_WRITE,
-    "serve_upload_artifact": _r("run", "write", "run_uuid", source="query"),
-    "serve_get_trace_artifact": _r("trace", "read", "request_id", source="query"),
+    "serve_upload_artifact": _r(Resolver.RUN, "write", "run_uuid", source="query"),
+    "serve_get_trace_artifact": _r(Resolver.TRACE, "read", "request_id", source="query"),
     "serve_get_logged_model_artifact": _LOGGED_MODEL_READ,
     "serve_get_ui_telemetry": AUTHENTICATED,
     "serve_post_ui_telemetry": AUTHENTICATED,
@@ -192,14 +223,14 @@ FLASK_RULES: Mapping[str, Rule] = {
     "mlflow_share_api.whoami": AUTHENTICATED,
     "mlflow_share_health.ready": PUBLIC,
     # Browser pages: the login routes check what they receive themselves (and are audited).
-    "mlflow_share_web.login_form": Rule("login"),
-    "mlflow_share_web.login_submit": Rule("login"),
-    "mlflow_share_web.sso_start": Rule("login"),
-    "mlflow_share_web.sso_callback": Rule("login"),
+    "mlflow_share_web.login_form": Rule(Resolver.LOGIN),
+    "mlflow_share_web.login_submit": Rule(Resolver.LOGIN),
+    "mlflow_share_web.sso_start": Rule(Resolver.LOGIN),
+    "mlflow_share_web.sso_callback": Rule(Resolver.LOGIN),
     "mlflow_share_web.static_file": PUBLIC,
-    "mlflow_share_web.page": Rule("page"),
-    "mlflow_share_web.page_access": Rule("page"),
-    "mlflow_share_web.page_monitoring": Rule("page"),
+    "mlflow_share_web.page": Rule(Resolver.PAGE),
+    "mlflow_share_web.page_access": Rule(Resolver.PAGE),
+    "mlflow_share_web.page_monitoring": Rule(Resolver.PAGE),
 }
 
 # Routes uvicorn serves natively (FastAPI), keyed by route name.
