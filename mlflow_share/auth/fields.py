@@ -88,7 +88,7 @@ FIELDS: Mapping[str, Mapping[str, Field]] = {
     },
     "mlflow.GetRun": {"run_id": PRIMARY, "run_uuid": PRIMARY},
     "mlflow.SearchRuns": {"experiment_ids": PRIMARY,
-                          "run_view_type": harmless("an enum, not an ID")},
+                          "run_view_type": harmless("an enum of run states, not an ID")},
     "mlflow.UpdateRun": {"run_id": PRIMARY, "run_uuid": PRIMARY, "run_name": _NAME},
     "mlflow.DeleteRun": {"run_id": PRIMARY},
     "mlflow.RestoreRun": {"run_id": PRIMARY},
@@ -123,7 +123,7 @@ FIELDS: Mapping[str, Mapping[str, Field]] = {
     # logged models
     "mlflow.CreateLoggedModel": {
         "experiment_id": PRIMARY, "name": _NAME,
-        "model_type": harmless("a label"),
+        "model_type": harmless("a free-text label of the model's kind"),
         # The source run becomes a registered version's run (lineage): the caller must be
         # able to read it, or linking would be a way to read it.
         "source_run_id": _check(Check.RUN, "read"),
@@ -137,7 +137,7 @@ FIELDS: Mapping[str, Mapping[str, Field]] = {
     "mlflow.SearchLoggedModels": {
         "experiment_ids": PRIMARY,
         "datasets": harmless("a filter inside the experiments named"),
-        "order_by": harmless("sort keys"),
+        "order_by": harmless("sort keys of the result"),
     },
     "mlflow.FinalizeLoggedModel": {"model_id": PRIMARY},
     "mlflow.DeleteLoggedModel": {"model_id": PRIMARY},
@@ -182,12 +182,12 @@ FIELDS: Mapping[str, Mapping[str, Field]] = {
     "mlflow.SearchTracesV3": {"locations": PRIMARY},
     "mlflow.DeleteTraces": {
         "experiment_id": PRIMARY,
-        "max_traces": harmless("a count"),
+        "max_traces": harmless("a count of traces to delete"),
         "request_ids": harmless("MLflow deletes only traces of the experiment named"),
     },
     "mlflow.DeleteTracesV3": {
         "experiment_id": PRIMARY,
-        "max_traces": harmless("a count"),
+        "max_traces": harmless("a count of traces to delete"),
         "request_ids": harmless("MLflow deletes only traces of the experiment named"),
     },
     "mlflow.LinkTracesToRun": {"run_id": PRIMARY, "trace_ids": _check(Check.TRACES, "write")},

@@ -185,6 +185,8 @@ def _like_prefix(prefix: str) -> str:
     return escaped + "%"
 
 
+_MAX_NAME_BYTES = 255  # NAME_MAX of the usual file systems
+_MAX_PATH_BYTES = 1024  # an S3 object key's limit
 _FORBIDDEN_PATH_CHARS = ("\\", "\x00", ";", "?", "#")
 
 
@@ -208,7 +210,12 @@ def validate_artifact_path(path: str, *, allow_empty: bool = False) -> list[str]
         or ":" in path.split("/", 1)[0]
     ):
         raise InvalidInput(f"Invalid artifact path {path!r}.")
+    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        raise InvalidInput(f"Invalid artifact path: longer than {_MAX_PATH_BYTES} bytes.")
     segments = path.rstrip("/").split("/")
+    if any(len(seg.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for seg in segments):
+        # A file system refuses such a name (ENAMETOOLONG) only once the upload has started.
+        raise InvalidInput(f"Invalid artifact path: a name longer than {_MAX_NAME_BYTES} bytes.")
     if any(seg in ("", ".", "..") for seg in segments) or posixpath.normpath(path.rstrip("/")) != path.rstrip("/"):
         raise InvalidInput(f"Invalid artifact path {path!r}.")
     return segments

@@ -1,0 +1,223 @@
+"""Field-complete decisions against a live server: every ID, location and reserved tag a
+request carries is decided, on the value MLflow reads, and odd input gets a 4xx envelope.
+
+Team A is aaron (engineer) and alice (maintainer); team B is bea (engineer). Each test
+builds what it needs through the stock client or plain HTTP, then attacks as team B.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+pytestmark = pytest.mark.integration
+
+API = "/api/2.0/mlflow"
+API3 = "/api/3.0/mlflow"
+
+
+def _call(server: Any, user: str, method: str, path: str, **kwargs: Any) -> Any:
+    return server.api(method, path, token=server.tokens[user], **kwargs)
+
+
+def _ok(response: Any) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _experiment(server: Any, user: str) -> str:
+    return str(_ok(_call(server, user, "POST", f"{API}/experiments/create",
+                         json={"name": f"fields-{uuid.uuid4().hex[:8]}"}))["experiment_id"])
+
+
+def _run(server: Any, user: str, experiment_id: str) -> str:
+    run = _ok(_call(server, user, "POST", f"{API}/runs/create",
+                    json={"experiment_id": experiment_id}))
+    return str(run["run"]["info"]["run_id"])
+
+
+def _trace(server: Any, user: str, experiment_id: str, trace_id: str | None = None,
+           **trace_info: Any) -> Any:
+    trace_id = trace_id or f"tr-{uuid.uuid4().hex}"
+    info = {"trace_id": trace_id, "trace_location": {
+        "type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": experiment_id}},
+        "request_time": "2026-12-07T10:00:00Z", "state": "OK", **trace_info}
+    return _call(server, user, "POST", f"{API3}/traces", json={"trace": {"trace_info": info}})
+
+
+def _error(response: Any, status: int, code: str | None = None) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    body = response.json()
+    if code is not None:
+        assert body["error_code"] == code, body
+    for internal in ("SQL", "sqlalchemy", "sqlite3", "psycopg", "Traceback"):
+        assert internal not in body["message"], body
+    return str(body["message"])
+
+
+def test_a_logged_model_cannot_link_another_teams_run(share_server) -> None:  # type: ignore[no-untyped-def]
+    secret_run = _run(share_server, "aaron", _experiment(share_server, "aaron"))
+    own = _experiment(share_server, "bea")
+    # Creating the link is refused...
+    refused = _call(share_server, "bea", "POST", f"{API}/logged-models",
+                    json={"experiment_id": own, "source_run_id": secret_run})
+    _error(refused, 403, "PERMISSION_DENIED")
+    # ...and a version never takes another team's run as its lineage, however it is named.
+    model = f"fields-{uuid.uuid4().hex[:8]}"
+    _ok(_call(share_server, "bea", "POST", f"{API}/registered-models/create",
+              json={"name": model}))
+    for body in ({"source": f"runs:/{secret_run}/model"},
+                 {"source": f"runs:/{secret_run}/model", "run_id": secret_run}):
+        _error(_call(share_server, "bea", "POST", f"{API}/model-versions/create",
+                     json={"name": model, **body}), 403)
+    _error(_call(share_server, "bea", "GET", f"{API}/runs/get",
+                 params={"run_id": secret_run}), 403)
+
+
+def test_traces_are_decided_by_what_they_name(share_server) -> None:  # type: ignore[no-untyped-def]
+    theirs = _experiment(share_server, "aaron")
+    trace_id = f"tr-{uuid.uuid4().hex}"
+    _ok(_trace(share_server, "aaron", theirs, trace_id))
+    own = _experiment(share_server, "bea")
+    own_run = _run(share_server, "bea", own)
+    # Taking the trace over by starting it again in one's own experiment.
+    _error(_trace(share_server, "bea", own, trace_id), 403)
+    # Linking it to one's own run.
+    _error(_call(share_server, "bea", "POST", f"{API}/traces/link-to-run",
+                 json={"trace_ids": [trace_id], "run_id": own_run}), 403)
+    # Pointing a trace's data at another trace's folder, or at a file on the server.
+    folder = f"{share_server.artifacts}/{theirs}/traces/{trace_id}/artifacts"
+    for location in (folder, "file:///etc"):
+        _error(_trace(share_server, "bea", own, tags={"mlflow.artifactLocation": location}), 400)
+    mine = f"tr-{uuid.uuid4().hex}"
+    _ok(_trace(share_server, "bea", own, mine))
+    _error(_call(share_server, "bea", "PATCH", f"{API3}/traces/{mine}/tags",
+                 json={"key": "mlflow.artifactLocation", "value": folder}), 400)
+    # Linking a trace to another team's run through its metadata.
+    secret_run = _run(share_server, "aaron", theirs)
+    _error(_trace(share_server, "bea", own,
+                  trace_metadata={"mlflow.sourceRun": secret_run}), 403)
+    # The owner may start its own trace again (MLflow's upsert), in the same experiment.
+    _ok(_trace(share_server, "aaron", theirs, trace_id))
+    _error(_trace(share_server, "aaron", _experiment(share_server, "aaron"), trace_id), 409)
+
+
+def test_a_trace_whose_location_was_planted_is_not_served(share_server) -> None:  # type: ignore[no-untyped-def]
+    """A tag written before this check existed (here: straight into the database) is not
+    followed: data is served only from the folder the server derives."""
+    own = _experiment(share_server, "bea")
+    trace_id = f"tr-{uuid.uuid4().hex}"
+    _ok(_trace(share_server, "bea", own, trace_id))
+    engine = sa.create_engine(share_server.backend_uri)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE trace_tags SET value = 'file:///etc' WHERE "
+                                 "request_id = :t AND key = 'mlflow.artifactLocation'"),
+                         {"t": trace_id})
+    finally:
+        engine.dispose()
+    _error(_call(share_server, "bea", "GET", "/ajax-api/2.0/mlflow/get-trace-artifact",
+                 params={"request_id": trace_id}), 403)
+    _error(_call(share_server, "bea", "GET", f"{API3}/traces/get",
+                 params={"trace_id": trace_id}), 403)
+
+
+def test_the_value_mlflow_reads_is_the_one_decided(share_server) -> None:  # type: ignore[no-untyped-def]
+    secret_run = _run(share_server, "aaron", _experiment(share_server, "aaron"))
+    own_run = _run(share_server, "bea", _experiment(share_server, "bea"))
+    get = f"{API}/runs/get"
+    # HEAD: MLflow reads the body, whatever the query says.
+    head = _call(share_server, "bea", "HEAD", get, params={"run_id": own_run},
+                 json={"run_id": secret_run})
+    assert head.status_code == 403
+    # GET with a query: MLflow reads the query, whatever the body says.
+    assert _call(share_server, "bea", "GET", get, params={"run_id": own_run},
+                 json={"run_id": secret_run}).status_code == 200
+    # A metric that names another team's logged model, inside an own run's batch.
+    theirs = _experiment(share_server, "aaron")
+    logged = _ok(_call(share_server, "aaron", "POST", f"{API}/logged-models",
+                       json={"experiment_id": theirs}))["model"]["info"]["model_id"]
+    _error(_call(share_server, "bea", "POST", f"{API}/runs/log-batch", json={
+        "run_id": own_run, "metrics": [{"key": "m", "value": 1, "timestamp": 1, "step": 0,
+                                        "model_id": logged}]}), 403)
+    # A run nested under another team's run.
+    _error(_call(share_server, "bea", "POST", f"{API}/runs/create", json={
+        "experiment_id": _experiment(share_server, "bea"),
+        "tags": [{"key": "mlflow.parentRunId", "value": secret_run}]}), 403)
+
+
+def test_reserved_tags_are_the_servers(share_server) -> None:  # type: ignore[no-untyped-def]
+    own = _experiment(share_server, "bea")
+    own_run = _run(share_server, "bea", own)
+    for path, body in (
+        (f"{API}/runs/set-tag", {"run_id": own_run, "key": "mlflow_share.identity", "value": "x"}),
+        (f"{API}/experiments/set-experiment-tag",
+         {"experiment_id": own, "key": "mlflow-share.team", "value": "team-a"}),
+        (f"{API}/runs/create", {"experiment_id": own,
+                                "tags": [{"key": "mlflow_share.semver", "value": "9.9.9"}]}),
+    ):
+        _error(_call(share_server, "bea", "POST", path, json=body), 409, "RESOURCE_CONFLICT")
+
+
+def test_a_protected_alias_reserves_its_look_alikes(share_server) -> None:  # type: ignore[no-untyped-def]
+    model = f"fields-{uuid.uuid4().hex[:8]}"
+    _ok(_call(share_server, "alice", "POST", f"{API}/registered-models/create",
+              json={"name": model}))
+    experiment = _experiment(share_server, "alice")
+    run = _run(share_server, "alice", experiment)
+    share_server.api("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run}/artifacts/"
+                     "model/MLmodel", token=share_server.tokens["alice"], data=b"flavors: {}\n")
+    _ok(_call(share_server, "alice", "POST", f"{API}/model-versions/create",
+              json={"name": model, "source": f"runs:/{run}/model", "run_id": run}))
+    deadline = time.monotonic() + 60
+    while _ok(_call(share_server, "alice", "GET", f"{API}/model-versions/get",
+                    params={"name": model, "version": "1"}))["model_version"]["status"] != "READY":
+        assert time.monotonic() < deadline, "the version never became READY"
+        time.sleep(0.2)
+    _ok(_call(share_server, "alice", "POST", "/api/2.0/mlflow-share/aliases/protect",
+              json={"model": model, "alias": "champion"}))
+    for look_alike in ("Champion", "CHAMPION", "ch\u0430mpion", "\uff43hampion"):
+        message = _error(_call(share_server, "aaron", "POST", f"{API}/registered-models/alias",
+                               json={"name": model, "alias": look_alike, "version": "1"}), 409)
+        assert "champion" in message
+    _ok(_call(share_server, "aaron", "POST", f"{API}/registered-models/alias",
+              json={"name": model, "alias": "challenger", "version": "1"}))
+
+
+def test_odd_input_gets_a_4xx_envelope(share_server) -> None:  # type: ignore[no-untyped-def]
+    own = _experiment(share_server, "bea")
+    run = _run(share_server, "bea", own)
+    # MLflow's own answer for what MLflow refuses as malformed (same words as stock).
+    message = _error(_call(share_server, "bea", "GET", f"{API}/runs/get",
+                           json={"run_id": 5}), 400, "INVALID_PARAMETER_VALUE")
+    assert "Invalid value 5 for parameter 'run_id'" in message
+    _error(_call(share_server, "bea", "GET", f"{API}/runs/get",
+                 params={"run_id": "file:///etc/passwd"}), 400, "INVALID_PARAMETER_VALUE")
+    for user in ("bea", "admin"):
+        response = share_server.api("GET", f"{API}/experiments/get",
+                                    params={"experiment_id": str(2**70)},
+                                    **({"auth": share_server.admin_auth()} if user == "admin"
+                                       else {"token": share_server.tokens[user]}))
+        _error(response, 400, "INVALID_PARAMETER_VALUE")
+    # A name in use: MLflow's own message carries the driver's SQL; the client sees none.
+    name = f"fields-{uuid.uuid4().hex[:8]}"
+    _ok(_call(share_server, "bea", "POST", f"{API}/experiments/create", json={"name": name}))
+    _error(_call(share_server, "bea", "POST", f"{API}/experiments/create", json={"name": name}),
+           400)
+    # A folder asked for as a file, an over-long artifact name, a deep body.
+    folder = f"/api/2.0/mlflow-artifacts/artifacts/{own}/{run}"
+    assert _call(share_server, "bea", "PUT", f"{folder}/artifacts/f.txt", data=b"x").ok
+    for _ in range(3):
+        _error(_call(share_server, "bea", "GET", folder), 400)
+    _error(_call(share_server, "bea", "PUT", f"{folder}/artifacts/{'x' * 5000}", data=b"x"), 400)
+    deep = "[" * 5000 + "]" * 5000
+    _error(_call(share_server, "bea", "POST", f"{API}/runs/log-batch",
+                 data=json.dumps({"run_id": run})[:-1] + f', "x": {deep}}}',
+                 headers={"Content-Type": "application/json"}), 400)
+    _error(_trace(share_server, "bea", own, trace_location={"type": "UC_SCHEMA"}), 400)

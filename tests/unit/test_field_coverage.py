@@ -1,0 +1,120 @@
+"""Field coverage, as ``test_app`` guards route coverage: every field of every request MLflow
+accepts that can name an entity or a storage location is decided (auth/fields.py), and every
+route's resolver and every field check is bound. An MLflow upgrade that adds such a field
+fails here until someone decides it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mlflow_share.auth import fields
+from mlflow_share.auth.fields import Check
+from mlflow_share.auth.interceptor import Interceptor
+from mlflow_share.policy.routes import REST_RULES, Resolver, rest_rule
+
+# A field whose name says it may name an entity, a location, or a tag (tags name locations).
+_ENTITY_NAME = re.compile(
+    r"(^|_)(ids?|uuid|name|names|uri|path|location|locations|source|sources|tags?|key|link|"
+    r"run|runs|experiment|model|models|trace|traces|dataset|datasets|metadata|assessment|"
+    r"destination|parent|json)(_|$)"
+)
+
+
+def _request_messages() -> dict[str, Any]:
+    from mlflow.server import handlers
+
+    found = {}
+    for _path, request_class, _methods in handlers.get_endpoints(lambda cls: cls):
+        descriptor = getattr(request_class, "DESCRIPTOR", None)
+        if descriptor is not None:
+            found[descriptor.full_name] = descriptor
+    return found
+
+
+def _decided_messages() -> dict[str, Any]:
+    """Messages a non-admin may send (admin-only routes are decided whole)."""
+    return {key: descriptor for key, descriptor in _request_messages().items()
+            if (rule := rest_rule(key)) is not None and rule.resolver is not Resolver.ADMIN}
+
+
+def _entity_fields(descriptor: Any, prefix: str = "", seen: frozenset[str] = frozenset()
+                   ) -> Iterator[str]:
+    for field in descriptor.fields:
+        path = prefix + field.name
+        nested = field.message_type
+        is_map = nested is not None and nested.GetOptions().map_entry
+        if nested is not None and not is_map and not nested.full_name.startswith("google."):
+            # A message is decided through its fields (a declared parent covers them all).
+            if nested.full_name not in seen:
+                yield from _entity_fields(nested, path + ".", seen | {nested.full_name})
+        elif _ENTITY_NAME.search(field.name) or is_map:
+            yield path
+
+
+def test_every_entity_field_of_every_request_is_decided() -> None:
+    undecided = sorted(
+        f"{key}: {path}"
+        for key, descriptor in _decided_messages().items()
+        for path in _entity_fields(descriptor, seen=frozenset({key}))
+        if fields.rule_for(key, path) is None
+    )
+    assert undecided == [], (
+        "Request fields that may name an entity or a location have no decision: add each to "
+        "mlflow_share/auth/fields.py with a check or the reason it is harmless.\n"
+        + "\n".join(undecided))
+
+
+def test_every_declared_field_exists_and_every_reason_is_written() -> None:
+    messages = _request_messages()
+    for key, declared in fields.FIELDS.items():
+        assert key in messages, f"{key} is not a request of the installed MLflow"
+        for path, rule in declared.items():
+            descriptor = messages[key]
+            for part in path.split("."):
+                assert part in descriptor.fields_by_name, f"{key}: no field {path!r}"
+                descriptor = descriptor.fields_by_name[part].message_type or descriptor
+            assert rule.check is not None or len(rule.reason) > 10, f"{key}.{path}: why?"
+
+
+def test_every_decided_route_declares_its_fields() -> None:
+    with_fields = {key for key, d in _decided_messages().items()
+                   if any(True for _ in _entity_fields(d, seen=frozenset({key})))}
+    assert sorted(with_fields - set(fields.FIELDS)) == []
+    assert set(REST_RULES) >= set(fields.FIELDS)
+
+
+def test_every_resolver_and_field_check_is_bound() -> None:
+    decided_first = {Resolver.PUBLIC, Resolver.LOGIN, Resolver.AUTHENTICATED, Resolver.PAGE,
+                     Resolver.ADMIN}
+    assert set(Interceptor.RESOLVERS) | decided_first == set(Resolver)
+    assert set(Interceptor.FIELD_CHECKS) | {Check.PRIMARY} == set(Check)
+    for rule in REST_RULES.values():
+        assert isinstance(rule.resolver, Resolver)
+
+
+@pytest.mark.parametrize("data,path,expected", [
+    ({"a": [{"b": "1"}, {"b": "2"}, {"c": "3"}]}, "a.b", ["1", "2"]),
+    ({"t": {"trace_info": {"tags": {"k": "v"}}}}, "t.trace_info.tags", [{"k": "v"}]),
+    ({"ids": ["x", "y"]}, "ids", ["x", "y"]),
+    ({}, "a.b", []),
+])
+def test_values_at_walks_lists(data: dict[str, Any], path: str, expected: list[Any]) -> None:
+    assert fields.values_at(data, path) == expected
+
+
+def test_a_nested_field_is_covered_by_its_declared_parent() -> None:
+    assert fields.rule_for("mlflow.StartTraceV3", "trace.spans.attributes.key") is not None
+    assert fields.rule_for("mlflow.StartTraceV3", "trace.trace_info.nothing") is None
+
+
+def test_look_alike_aliases_share_a_skeleton() -> None:
+    from mlflow_share.governance.aliases import skeleton
+
+    assert skeleton("Champion") == skeleton("champion")
+    assert skeleton("ch\u0430mpion") == skeleton("champion")  # Cyrillic a
+    assert skeleton("\uff43hampion") == skeleton("champion")  # full-width c
+    assert skeleton("challenger") != skeleton("champion")
