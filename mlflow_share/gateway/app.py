@@ -16,6 +16,11 @@ The gateway reads MLflow's database and artifact root itself (its service identi
 versions through ``gateway.models`` (every byte checked against the manifest, ONNX only).
 When an alias moves to a version that fails verification, the version it served before keeps
 serving and the refusal is logged and audited.
+
+Allowed calls are counted (usage per team and minute), not logged one by one; every refused
+request (401, 403, 404, 400, 413, 429 and unrouted paths) is one audit event, committed before
+its answer leaves, through ``refuse`` (503 if it cannot be committed), as on the server.
+Authentication and the ``execute`` decision are the server's own (``auth.authorizer``).
 """
 
 from __future__ import annotations
@@ -34,12 +39,16 @@ from typing import Any
 
 import anyio
 import sqlalchemy as sa
+from mlflow.exceptions import MlflowException
+from mlflow.protos import databricks_pb2
 
 from mlflow_share import db
-from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
+from mlflow_share.audit.log import AUDIT_CONTEXT, AuditAppender, AuditContext, new_request_id
+from mlflow_share.auth.authorizer import MISSING_CREDENTIALS, Authorizer
 from mlflow_share.auth.identity import Principal, parse_authorization
 from mlflow_share.directory import MODEL
 from mlflow_share.errors import (
+    AuditUnavailable,
     InvalidInput,
     MlflowShareError,
     NotFound,
@@ -75,18 +84,28 @@ MAX_TARGETS = 10_000  # (model, alias or version) pairs kept fresh in the backgr
 
 
 class TooLarge(MlflowShareError):
-    from mlflow.protos import databricks_pb2 as _pb
-
-    error_code_value = _pb.INVALID_PARAMETER_VALUE
+    error_code_value = databricks_pb2.INVALID_PARAMETER_VALUE
 
     def get_http_status_code(self) -> int:
         return 413
 
 
 class TooMany(MlflowShareError):
-    from mlflow.protos import databricks_pb2 as _pb
+    error_code_value = databricks_pb2.REQUEST_LIMIT_EXCEEDED
 
-    error_code_value = _pb.REQUEST_LIMIT_EXCEEDED
+
+class MethodNotAllowed(MlflowShareError):
+    """A gateway path called with a method it does not serve: the server's own 405 answer."""
+
+    error_code_value = databricks_pb2.BAD_REQUEST
+
+    def get_http_status_code(self) -> int:
+        return 405
+
+    def serialize_as_json(self) -> str:
+        import json
+
+        return json.dumps({"error_code": "METHOD_NOT_ALLOWED", "message": self.message})
 
 
 @dataclass
@@ -142,6 +161,7 @@ class Gateway:
         # caller on a dead connection like any other request error.
         self.engine = db.get_engine(uri, purpose="gateway")
         self.policy = policy or PolicyEngine(self.engine, 300)
+        self.authorizer = Authorizer(self.policy)
         repo = ChecksumArtifactRepository(artifacts_destination, ledger=Ledger(self.engine),
                                           root=artifacts_destination)
         self.cache = ModelCache(self.engine, repo,
@@ -269,30 +289,30 @@ class Gateway:
 
     # -- the decision ------------------------------------------------------------------------
     def authenticate(self, header: str | None) -> Principal:
+        """The caller ``header`` names, on the current policy (401 otherwise)."""
         self.policy.refresh()
-        credentials = parse_authorization(header)
-        if credentials is None:
-            raise Unauthenticated("Authentication required: send a token or username/password.")
-        principal = self.policy.authenticate(credentials, int(time.time() * 1000))
-        if principal is None:
-            raise Unauthenticated("Invalid, expired or revoked credentials.")
-        return principal
+        return self.authorizer.authenticate(header)
 
     def calling_team(self, principal: Principal, name: str, version: int | None = None) -> str:
-        """The team through which ``principal`` may execute ``name`` (403 if none): any
-        version, or ``version`` (a sharing package covers only the versions it pins)."""
-        model_id = self.policy.model_id(name)
-        if model_id is None and not principal.is_admin:
-            raise NotFound(f"Registered model {name!r} does not exist.")
-        owner = self.policy.owner_of(MODEL, model_id) if model_id else None
-        team = self.policy.granting_team(principal, MODEL, model_id, owner, "execute", version)
-        if team is not None:
-            return team
-        if principal.is_admin:
-            return "admin"
-        what = f"version {version} of " if version is not None else ""
-        raise PermissionDenied(f"Permission denied: {principal.name!r} may not execute "
-                               f"{what}registered model {name!r}.")
+        """The team through which ``principal`` may execute ``name`` (403 if none, 404 for a
+        model nobody but admins could see): any version, or ``version`` (a sharing package
+        covers only the versions it pins)."""
+        return self.authorizer.executing_team(principal, name, version)
+
+    # -- refusals ------------------------------------------------------------------------------
+    def record_refusal(self, ctx: AuditContext, status: int, reason: str,
+                       model: str | None = None) -> None:
+        """Append and commit the one audit event of a refused request (``AuditUnavailable``
+        if that cannot be done). ``model``: a model the caller may run, named in the event
+        when no check named a resource (a refusal after a decision made in memory)."""
+        if model is not None and ctx.resource_kind is None:
+            model_id = self.policy.model_id(model)
+            ctx.resource_kind, ctx.resource_id, ctx.resource_name = MODEL, model_id, model
+            ctx.owner_team = self.policy.owner_of(MODEL, model_id) if model_id else None
+        ctx.decision, ctx.reason = "deny", reason[:1000]
+        # Source "gateway", as its loads, usage and deployment changes: counts of the
+        # server's own request events stay the server's.
+        self.appender.append(ctx.event(status=status, source="gateway"))
 
     # -- loading -------------------------------------------------------------------------------
     def _audit_load(self, model: LoadedModel, principal: str) -> None:
@@ -348,13 +368,60 @@ class Gateway:
 
 
 _DATABASE_AWAY = Unavailable("The gateway cannot read its database; try again shortly.")
+# A client's X-Request-Id correlates its logs with ours (as on the server); else a fresh id.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def _error(exc: MlflowShareError) -> Any:
+def _error(exc: MlflowException) -> Any:
     from starlette.responses import Response
 
     return Response(exc.serialize_as_json(), status_code=exc.get_http_status_code(),
                     media_type="application/json")
+
+
+def _describe(request: Any, ctx: AuditContext) -> None:
+    """Name ``request`` in its audit context: id, method, route and client. Only requests
+    that get an event pay for it (an allowed call is counted, not logged)."""
+    supplied = request.headers.get("x-request-id", "")
+    ctx.request_id = supplied if _REQUEST_ID.fullmatch(supplied) else new_request_id()
+    scope = request.scope
+    ctx.method = str(scope["method"])[:8]
+    ctx.route = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    ctx.client = (scope.get("client") or ("", 0))[0]
+
+
+async def refuse(gateway: Gateway, request: Any, ctx: AuditContext, exc: MlflowException,
+                 model: str | None = None) -> Any:
+    """The one way a gateway route refuses: ``exc`` in MLflow's envelope, sent only once its
+    audit event (decision ``deny``) is committed, or 503 ``TEMPORARILY_UNAVAILABLE`` if it
+    cannot be. Failures (5xx) are not denials: a version refused at load time has its own
+    event (``gateway.refuse``), and an unreachable database could not take one.
+
+    Args:
+        gateway: whose appender and policy record the event.
+        request: the Starlette request refused.
+        ctx: its audit context (action, and what the checks learnt: principal, resource).
+        exc: the refusal.
+        model: a model the caller may run, for refusals decided without naming it (429).
+
+    Returns:
+        The response to send.
+    """
+    status = exc.get_http_status_code()
+    if status >= 500:
+        return _error(exc)
+    if ctx.request_id is None:
+        _describe(request, ctx)
+    if isinstance(exc, Unauthenticated) and ctx.principal == "anonymous":
+        # Who the caller claimed to be (a password's user name; a token names nobody).
+        credentials = parse_authorization(request.headers.get("authorization"))
+        if credentials is not None and credentials.username:
+            ctx.extra["claimed"] = credentials.username[:128]
+    try:
+        await anyio.to_thread.run_sync(gateway.record_refusal, ctx, status, exc.message, model)
+    except AuditUnavailable as unavailable:
+        return _error(unavailable)
+    return _error(exc)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -382,11 +449,20 @@ async def _read_body(request: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# The audit action of each deployment route: (method, names a deployment) -> action.
+_DEPLOYMENT_ACTIONS = {
+    ("GET", False): "gateway.deployment.list", ("POST", False): "gateway.deployment.create",
+    ("GET", True): "gateway.deployment.get", ("PATCH", True): "gateway.deployment.update",
+    ("DELETE", True): "gateway.deployment.delete",
+}
+
+
 def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
                        policy: PolicyEngine | None = None,
                        appender: AuditAppender | None = None) -> Any:
     import onnxruntime
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
@@ -426,7 +502,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
             0.9 * model.run_seconds + 0.1 * took)
         return inputs.predictions(model.outputs, values)
 
-    async def invoke(request: Request, name: str, alias: str | None,
+    async def invoke(request: Request, ctx: AuditContext, name: str, alias: str | None,
                      version: int | None) -> Response:
         started = time.perf_counter()
         # Labels name a model only once the caller is known to be allowed to run it.
@@ -440,21 +516,27 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
 
         try:
             if not header:  # nothing is read for a caller who sends no credentials
-                raise Unauthenticated("Authentication required: send a token or "
-                                      "username/password.")
+                raise Unauthenticated(MISSING_CREDENTIALS)
             # Decided in memory when the state it needs was read recently enough (the
             # common case: a known caller on a loaded version); else in a thread.
             admitted = gateway.admit_cached(header, name, alias, version)
             if admitted is None:
-                # Who calls is known before the body is read (an unknown token reads none).
-                principal = await anyio.to_thread.run_sync(gateway.authenticate, header,
-                                                           limiter=run_limiter)
-                body = await _read_body(request, gateway.max_body)  # bounded by the limit
-                predictions = await anyio.to_thread.run_sync(call, principal, body,
-                                                             limiter=run_limiter)
+                # The checks in the threads name the model in the event of a refusal.
+                audit_token = AUDIT_CONTEXT.set(ctx)
+                try:
+                    # Who calls is known before the body is read (an unknown token reads none).
+                    principal = await anyio.to_thread.run_sync(gateway.authenticate, header,
+                                                               limiter=run_limiter)
+                    ctx.principal = principal.name
+                    body = await _read_body(request, gateway.max_body)  # bounded by the limit
+                    predictions = await anyio.to_thread.run_sync(call, principal, body,
+                                                                 limiter=run_limiter)
+                finally:
+                    AUDIT_CONTEXT.reset(audit_token)
                 gateway.start_refresher()
             else:
-                _principal, team, model = admitted
+                principal, team, model = admitted
+                ctx.principal = principal.name
                 take(team, name, state)
                 state["version"] = str(model.version)
                 body = await _read_body(request, gateway.max_body)
@@ -466,8 +548,10 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
             status = 200
             return JSONResponse({"predictions": predictions})
         except MlflowShareError as exc:
-            status = exc.get_http_status_code()
-            return _error(exc)
+            response = await refuse(gateway, request, ctx, exc,
+                                    model=name if state["model"] != "-" else None)
+            status = response.status_code
+            return response
         except sa.exc.SQLAlchemyError:
             status = 503
             _logger.warning("mlflow-share gateway: database error", exc_info=True)
@@ -480,30 +564,44 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
                 gateway.usage.record(state["model"], state["version"], state["team"], status,
                                      elapsed)
 
+    async def malformed(request: Request, ctx: AuditContext, error: MlflowShareError
+                        ) -> Response:
+        """A call the gateway cannot serve as addressed: refused once its caller is known
+        (an unknown caller gets its 401 first, as everywhere)."""
+        try:
+            principal = await anyio.to_thread.run_sync(
+                gateway.authenticate, request.headers.get("authorization"))
+            ctx.principal = principal.name
+        except MlflowShareError as exc:
+            error = exc
+        return await refuse(gateway, request, ctx, error)
+
     async def by_alias(request: Request) -> Response:
+        ctx = AuditContext(action="gateway.invoke")
         target = request.path_params["target"]
         if "@" not in target:
-            return _error(NotFound("Use /v1/models/{name}@{alias}/invocations or "
-                                   "/v1/models/{name}/versions/{version}/invocations."))
+            return await malformed(request, ctx, NotFound(
+                "Use /v1/models/{name}@{alias}/invocations or "
+                "/v1/models/{name}/versions/{version}/invocations."))
         name, alias = target.rsplit("@", 1)
-        return await invoke(request, name, alias, None)
+        return await invoke(request, ctx, name, alias, None)
 
     async def by_version(request: Request) -> Response:
+        ctx = AuditContext(action="gateway.invoke")
         version = request.path_params["version"]
         if not re.fullmatch(r"[0-9]{1,9}", version):
-            return _error(InvalidInput("The version must be a number."))
-        return await invoke(request, request.path_params["name"], None, int(version))
+            return await malformed(request, ctx, InvalidInput("The version must be a number."))
+        return await invoke(request, ctx, request.path_params["name"], None, int(version))
 
-    def audit_deployment(principal: Principal, action: str, name: str,
-                         details: dict[str, Any], status: int) -> None:
-        context = AuditContext(request_id=new_request_id(), principal=principal.name,
-                               action=f"gateway.deployment.{action}", method=action.upper(),
-                               route=f"/v1/deployments/{name}")
-        context.extra = details
-        gateway.appender.append(context.event(status=status, source="gateway"))
+    def audit_deployment(ctx: AuditContext, details: dict[str, Any]) -> None:
+        """The event of a deployment's change: the request's own (one per request)."""
+        ctx.extra = details
+        gateway.appender.append(ctx.event(status=200, source="gateway"))
 
-    def manage(header: str | None, method: str, name: str | None, body: bytes) -> Any:
+    def manage(ctx: AuditContext, header: str | None, method: str, name: str | None,
+               body: bytes) -> Any:
         principal = gateway.authenticate(header)
+        ctx.principal = principal.name
         if method == "GET" and name is None:
             found = []
             for row in deployments.all_rows(gateway.engine):
@@ -533,8 +631,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
             deployments.put(gateway.engine, name, model, alias, version, principal.name,
                             create=method == "POST")
             row = deployments.get(gateway.engine, name)
-            audit_deployment(principal, "create" if method == "POST" else "update", name,
-                             deployments.to_dict(row), 200)
+            audit_deployment(ctx, deployments.to_dict(row))
             return deployments.to_dict(row)
         row = deployments.get(gateway.engine, name)
         if method == "DELETE":
@@ -542,40 +639,49 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
                 raise PermissionDenied(f"Only {row.created_by!r} or an org admin may delete "
                                        f"deployment {name!r}.")
             deployments.delete(gateway.engine, name)
-            audit_deployment(principal, "delete", name, deployments.to_dict(row), 200)
+            audit_deployment(ctx, deployments.to_dict(row))
             return {}
         gateway.calling_team(principal, row.model)
         return deployments.to_dict(row)
 
     async def deployments_route(request: Request) -> Response:
+        name = request.path_params.get("name")
+        method = "GET" if request.method == "HEAD" else request.method  # Starlette adds HEAD
+        ctx = AuditContext(action=_DEPLOYMENT_ACTIONS[(method, name is not None)])
+        _describe(request, ctx)  # a change is recorded under the request's own id
+        audit_token = AUDIT_CONTEXT.set(ctx)
         try:
             body = await _read_body(request, 64 * 1024)
             result = await anyio.to_thread.run_sync(
-                manage, request.headers.get("authorization"), request.method,
-                request.path_params.get("name"), body)
+                manage, ctx, request.headers.get("authorization"), method, name, body)
         except MlflowShareError as exc:
-            return _error(exc)
+            return await refuse(gateway, request, ctx, exc)
+        finally:
+            AUDIT_CONTEXT.reset(audit_token)
         return JSONResponse(result)
 
-    def find_deployment(header: str | None, name: str) -> Any:
-        gateway.authenticate(header)  # who may not call anything learns nothing
+    def find_deployment(ctx: AuditContext, header: str | None, name: str) -> Any:
+        principal = gateway.authenticate(header)  # who may not call anything learns nothing
+        ctx.principal = principal.name
         return deployments.get(gateway.engine, name)
 
     async def deployment_invocations(request: Request) -> Response:
+        ctx = AuditContext(action="gateway.deployment.invoke")
         try:
-            row = await anyio.to_thread.run_sync(find_deployment,
+            row = await anyio.to_thread.run_sync(find_deployment, ctx,
                                                  request.headers.get("authorization"),
                                                  request.path_params["name"])
         except MlflowShareError as exc:
-            return _error(exc)
-        return await invoke(request, row.model, row.alias, row.version)
+            return await refuse(gateway, request, ctx, exc)
+        return await invoke(request, ctx, row.model, row.alias, row.version)
 
     async def list_models(request: Request) -> Response:
+        ctx = AuditContext(action="gateway.models.list")
         try:
             principal = await anyio.to_thread.run_sync(
                 gateway.authenticate, request.headers.get("authorization"))
         except MlflowShareError as exc:
-            return _error(exc)
+            return await refuse(gateway, request, ctx, exc)
 
         def executable() -> list[dict[str, Any]]:
             with gateway.engine.connect() as conn:
@@ -622,15 +728,24 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
         header = request.headers.get("authorization") or ""
         scrape = os.environ.get(METRICS_TOKEN_ENV)
         if not (scrape and hmac.compare_digest(header, f"Bearer {scrape}")):
+            ctx = AuditContext(action="gateway.metrics")
             try:
                 principal = await anyio.to_thread.run_sync(gateway.authenticate, header or None)
+                ctx.principal = principal.name
+                if not principal.is_admin:
+                    raise PermissionDenied("Only org admins (or the scrape token) read the "
+                                           "gateway's metrics.")
             except MlflowShareError as exc:
-                return _error(exc)
-            if not principal.is_admin:
-                return _error(PermissionDenied("Only org admins (or the scrape token) read "
-                                               "the gateway's metrics."))
+                return await refuse(gateway, request, ctx, exc)
         body, content_type = gateway.metrics.render()
         return Response(body, media_type=content_type)
+
+    async def unrouted(request: Request, exc: Exception) -> Response:
+        """Starlette's own 404 and 405, in MLflow's envelope and audited like the server's."""
+        error: MlflowException = MethodNotAllowed("Method not allowed for this endpoint.") if (
+            isinstance(exc, HTTPException) and exc.status_code == 405) else MlflowException(
+            "No such endpoint.", error_code=databricks_pb2.ENDPOINT_NOT_FOUND)
+        return await refuse(gateway, request, AuditContext(action="unrouted"), error)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -650,6 +765,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
         Route("/version", version, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ], lifespan=lifespan, exception_handlers={
+        HTTPException: unrouted,
         sa.exc.SQLAlchemyError: lambda _request, _exc: _error(_DATABASE_AWAY)})
     app.state.gateway = gateway
     return app

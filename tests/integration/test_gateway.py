@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import ShareServer, free_port
+from tests.conftest import USER_PASSWORD, ShareServer, free_port
 
 pytestmark = pytest.mark.integration
 API = "/api/2.0/mlflow"
@@ -520,7 +521,10 @@ def test_gateway_mounted_in_the_server(tmp_path: Path, models: dict[str, bytes])
         assert called.status_code == 200, called.text
         assert called.json()["predictions"]["label"] == \
             _in_process(models["v1"], X[:3])[0].tolist()
-        assert _call(server.url, server, "bob", "mounted@champion", body).status_code == 403
+        event = Refusals(server, server.url).refused(
+            "POST", "/v1/models/mounted@champion/invocations", 403, "PERMISSION_DENIED", "bob",
+            json=body)
+        assert event["action"] == "gateway.invoke" and event["resource_name"] == "mounted"
         assert server.api("GET", f"{API}/registered-models/get", token=server.tokens["bob"],
                           params={"name": "mounted"}).status_code == 403  # the server, as ever
 
@@ -542,3 +546,196 @@ def test_an_unknown_token_is_refused_before_its_body_is_read(gateway: str) -> No
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert b"UNAUTHENTICATED" in answer
+
+
+# -- every refusal is one audit event -----------------------------------------------------------
+RATE = 2  # requests per second per team on the strict gateway: a flood meets 429 at once
+MAX_BODY = 4096
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(share_server: ShareServer, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[str]:
+    """A gateway with a rate limit and a small body limit (the shared one has neither)."""
+    with _gateway(share_server, tmp_path_factory.mktemp("strict-gateway"),
+                  MLFLOW_SHARE_GATEWAY_RATE_PER_TEAM=str(RATE),
+                  MLFLOW_SHARE_GATEWAY_MAX_BODY_BYTES=str(MAX_BODY)) as url:
+        yield url
+
+
+def _request_events(server: ShareServer, request_id: str) -> list[dict[str, Any]]:
+    """The audit events of one request, read straight from the database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(server.backend_uri)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT * FROM share_audit_events WHERE request_id = :r "
+                                        "ORDER BY seq"), {"r": request_id}).all()
+    finally:
+        engine.dispose()
+    events = [dict(row._mapping) for row in rows]
+    for event in events:
+        event["details"] = json.loads(event["details"])
+    return events
+
+
+def _chain_verifies(server: ShareServer) -> None:
+    result = subprocess.run([sys.executable, "-m", "mlflow_share.cli", "audit", "verify",
+                             "--backend-store-uri", server.backend_uri],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("OK: "), result.stderr[-2000:]
+
+
+class Refusals:
+    """Sends requests with an ``X-Request-Id`` of their own and finds their audit events."""
+
+    def __init__(self, server: ShareServer, url: str) -> None:
+        self.server, self.url = server, url
+
+    def send(self, method: str, path: str, user: str | None = None, **kwargs: Any
+             ) -> tuple[requests.Response, list[dict[str, Any]]]:
+        request_id = f"gw-{uuid.uuid4().hex}"
+        headers = {"X-Request-Id": request_id, **kwargs.pop("headers", {})}
+        if user is not None:
+            headers["Authorization"] = f"Bearer {self.server.tokens[user]}"
+        response = requests.request(method, self.url + path, headers=headers, timeout=30,
+                                    **kwargs)
+        # The event is committed before the answer leaves: nothing to wait for.
+        return response, _request_events(self.server, request_id)
+
+    def refused(self, method: str, path: str, status: int, error_code: str,
+                user: str | None = None, principal: str | None = None, **kwargs: Any
+                ) -> dict[str, Any]:
+        """Exactly one event, a denial with the answer's status and message, naming
+        ``principal`` (by default the caller, or anonymous); returns it."""
+        response, events = self.send(method, path, user, **kwargs)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["error_code"] == error_code, response.text
+        assert len(events) == 1, events
+        event = events[0]
+        assert event["decision"] == "deny" and event["status"] == status, event
+        assert event["source"] == "gateway" and event["method"] == method, event
+        assert event["route"] == path and event["client"] == "127.0.0.1", event
+        assert event["details"]["reason"] == response.json()["message"], event
+        assert event["principal"] == (principal or user or "anonymous"), event
+        return event
+
+
+def test_every_gateway_refusal_is_one_audit_event(share_server: ShareServer, strict_gateway: str,
+                                                  models: dict[str, bytes], unique: str) -> None:
+    world = World(share_server, f"gw-audit-{unique}")
+    world.alias("champion", world.register({"model.onnx": models["v1"], "MLmodel": ONNX_MLMODEL}))
+    gw = Refusals(share_server, strict_gateway)
+    invocations = f"/v1/models/{world.name}@champion/invocations"
+    body = {"inputs": X[:2].tolist()}
+
+    # An allowed call is counted, not logged: no event of its own.
+    response, events = gw.send("POST", invocations, "alice", json=body)
+    assert response.status_code == 200 and events == [], (response.text, events)
+
+    # 401: no credentials, an unknown token, a wrong password (the user it claimed is kept).
+    event = gw.refused("POST", invocations, 401, "UNAUTHENTICATED", json=body)
+    assert event["action"] == "gateway.invoke" and event["resource_name"] is None, event
+    event = gw.refused("POST", invocations, 401, "UNAUTHENTICATED", json=body,
+                       headers={"Authorization": "Bearer msh_not-a-token"})
+    assert "claimed" not in event["details"], event
+    event = gw.refused("POST", invocations, 401, "UNAUTHENTICATED", json=body,
+                       auth=("alice", "not-her-password"))
+    assert event["details"]["claimed"] == "alice", event
+
+    # 403: a team with no execute; the event names the model and its owner team.
+    event = gw.refused("POST", invocations, 403, "PERMISSION_DENIED", "carl", json=body)
+    assert event["resource_name"] == world.name and event["owner_team"] == "team-a", event
+    assert event["details"]["reason"] == (
+        f"Permission denied: 'carl' may not execute registered model '{world.name}'.")
+    event = gw.refused("POST", f"/v1/models/{world.name}/versions/1/invocations", 403,
+                       "PERMISSION_DENIED", "carl", json=body)
+    assert event["resource_name"] == world.name, event
+
+    # 404 (an unknown model, named nowhere) and malformed paths.
+    event = gw.refused("POST", f"/v1/models/made-up-{unique}@champion/invocations", 404,
+                       "RESOURCE_DOES_NOT_EXIST", "carl", json=body)
+    assert event["resource_name"] is None, event
+    gw.refused("POST", f"/v1/models/{world.name}/invocations", 404, "RESOURCE_DOES_NOT_EXIST",
+               "alice", json=body)
+    gw.refused("POST", f"/v1/models/{world.name}/versions/one/invocations", 400,
+               "INVALID_PARAMETER_VALUE", "alice", json=body)
+
+    # 400: an input the model cannot take, from a caller allowed to run it.
+    event = gw.refused("POST", invocations, 400, "INVALID_PARAMETER_VALUE", "alice",
+                       json={"inputs": [[1.0, 2.0, 3.0]]})
+    assert event["resource_name"] == world.name and event["action"] == "gateway.invoke", event
+
+    # 413: a body over the limit (a password is decided on the database, where the body is
+    # read before the rate limit is: a token could meet the limit first).
+    big = {"inputs": X.tolist() * 20}
+    assert len(json.dumps(big)) > MAX_BODY
+    gw.refused("POST", invocations, 413, "INVALID_PARAMETER_VALUE", principal="alice",
+               json=big, auth=("alice", USER_PASSWORD))
+
+    # 429: the team's rate limit, however the call was decided.
+    deadline = time.monotonic() + 30
+    while True:
+        response, events = gw.send("POST", invocations, "alice", json=body)
+        if response.status_code == 429:
+            break
+        assert response.status_code == 200 and events == [], (response.text, events)
+        assert time.monotonic() < deadline, "the rate limit never refused a call"
+    assert response.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert len(events) == 1, events
+    assert events[0]["decision"] == "deny" and events[0]["status"] == 429, events
+    assert events[0]["principal"] == "alice" and events[0]["resource_name"] == world.name
+
+    # Deployments, the model listing, the metrics and paths the gateway does not serve.
+    event = gw.refused("GET", "/v1/deployments", 401, "UNAUTHENTICATED")
+    assert event["action"] == "gateway.deployment.list", event
+    event = gw.refused("POST", "/v1/deployments", 403, "PERMISSION_DENIED", "carl",
+                       json={"name": f"dep-{unique}",
+                             "model_uri": f"models:/{world.name}@champion"})
+    assert event["action"] == "gateway.deployment.create", event
+    assert event["resource_name"] == world.name, event
+    gw.refused("POST", "/v1/deployments", 400, "INVALID_PARAMETER_VALUE", "alice",
+               data=b"{not json", headers={"Content-Type": "application/json"})
+    event = gw.refused("GET", f"/v1/deployments/nothing-{unique}", 404,
+                       "RESOURCE_DOES_NOT_EXIST", "alice")
+    assert event["action"] == "gateway.deployment.get", event
+    event = gw.refused("POST", f"/v1/deployments/nothing-{unique}/invocations", 404,
+                       "RESOURCE_DOES_NOT_EXIST", "alice", json=body)
+    assert event["action"] == "gateway.deployment.invoke", event
+    event = gw.refused("GET", "/v1/models", 401, "UNAUTHENTICATED",
+                       headers={"Authorization": "Bearer msh_not-a-token"})
+    assert event["action"] == "gateway.models.list", event
+    event = gw.refused("GET", "/metrics", 401, "UNAUTHENTICATED")
+    assert event["action"] == "gateway.metrics", event
+    gw.refused("GET", "/metrics", 403, "PERMISSION_DENIED", "alice")
+    # Refused before any identity work, as the server refuses paths it does not route.
+    event = gw.refused("GET", invocations, 405, "METHOD_NOT_ALLOWED", "alice",
+                       principal="anonymous")
+    assert event["action"] == "unrouted", event
+    gw.refused("POST", f"/v1/models/{world.name}/versions/1/more", 404, "ENDPOINT_NOT_FOUND",
+               "alice", principal="anonymous", json=body)
+    _chain_verifies(share_server)
+
+
+def test_a_gateway_refusal_that_cannot_be_audited_is_503(share_server: ShareServer,
+                                                         strict_gateway: str) -> None:
+    import sqlalchemy as sa
+
+    gw = Refusals(share_server, strict_gateway)
+    path = "/v1/models/anything@champion/invocations"
+    engine = sa.create_engine(share_server.backend_uri)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TRIGGER share_audit_test_block BEFORE INSERT ON "
+                             "share_audit_events BEGIN SELECT RAISE(ABORT, 'blocked'); END")
+    try:
+        response, events = gw.send("POST", path, json={"inputs": [[1.0]]})
+        assert response.status_code == 503, response.text
+        assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE" and events == []
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER share_audit_test_block")
+        engine.dispose()
+    gw.refused("POST", path, 401, "UNAUTHENTICATED", json={"inputs": [[1.0]]})
+    _chain_verifies(share_server)
