@@ -356,3 +356,25 @@ def test_review_findings_stay_fixed(share_server, unique) -> None:  # type: igno
                             params={"run_id": run_a, "path": "secret.txt"}).status_code == 403
     assert share_server.api("GET", f"{API}/artifacts/list", token=bob,
                             params={"run_id": run_a}).status_code == 403
+    # 8. a logged model of one's own whose source run is the other team's: registering it
+    #    made that run the version's lineage, which then opened the run (found in review)
+    linked = share_server.api("POST", f"{API}/logged-models", token=bob,
+                              json={"experiment_id": exp_b, "source_run_id": run_a})
+    assert linked.status_code == 403, linked.text
+    # 9. the other team's trace linked to one's own run
+    trace_a = f"tr-{unique}{'0' * 24}"
+    share_server.api("POST", "/api/3.0/mlflow/traces", token=alice, json={"trace": {
+        "trace_info": {"trace_id": trace_a, "request_time": "2026-12-07T10:00:00Z",
+                       "state": "OK", "trace_location": {
+                           "type": "MLFLOW_EXPERIMENT",
+                           "mlflow_experiment": {"experiment_id": exp_a}}}}})
+    link = share_server.api("POST", f"{API}/traces/link-to-run", token=bob,
+                            json={"trace_ids": [trace_a], "run_id": run_b})
+    assert link.status_code == 403, link.text
+    # 10. a folder asked for as a file: a 400, and no descriptor left open each time
+    share_server.api("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{exp_b}/{run_b}/artifacts/"
+                     "f.txt", token=bob, data=b"x")
+    for _ in range(3):
+        folder = share_server.api("GET", f"/api/2.0/mlflow-artifacts/artifacts/{exp_b}/{run_b}",
+                                  token=bob)
+        assert folder.status_code == 400, folder.text
