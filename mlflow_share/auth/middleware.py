@@ -425,6 +425,9 @@ class ShareWSGIMiddleware:
                 if decision.rule is not None and decision.rule.resolver == "public":
                     ctx.public = True
                     return self.wsgi_app(environ, start_response)
+                if request.path.startswith(API_PREFIXES):
+                    return _clean_wsgi_errors(
+                        lambda respond: self._gated(environ, respond, ctx), start_response)
                 return self._gated(environ, start_response, ctx)
             finally:
                 SEARCH_SCOPE.reset(scope_token)
@@ -468,3 +471,36 @@ class ShareWSGIMiddleware:
         headers = list(decision.headers) + [("Content-Length", str(len(decision.body)))]
         start_response(f"{decision.status} {reason}", headers)
         return [decision.body]
+
+
+def _clean_wsgi_errors(app: Callable[[Callable[..., Any]], Iterable[bytes]],
+                       start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The WSGI side of ``_clean_errors``: an error answer of an API route is held whole
+    and answered in MLflow's envelope without internals."""
+    started: list[Any] = []
+
+    def hold(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [status, headers, exc_info]
+        return lambda _data: None  # MLflow's views return their bodies; none writes
+
+    result = app(hold)
+    status, headers, exc_info = started
+    code = int(status.split(" ", 1)[0])
+    if code < 400:
+        start_response(status, headers, exc_info)
+        return result
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    cleaned = clean_error_body(code, content_type, body)
+    if cleaned is not None:
+        body = cleaned
+        headers = [(k, v) for k, v in headers
+                   if k.lower() not in ("content-length", "content-type")]
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    start_response(status, headers, exc_info)
+    return [body]

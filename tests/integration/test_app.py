@@ -94,6 +94,15 @@ def test_wsgi_servers_enforce_the_same_policy(tmp_path: Path, server_option) -> 
                           params={"name": "wsgi-model"}).status_code == 401
         search = server.api("GET", "/api/2.0/mlflow/registered-models/search", token=bob)
         assert search.json().get("registered_models", []) == []
+        # A name in use: MLflow's message carries the driver's SQL; the client gets none.
+        again = server.api("POST", "/api/2.0/mlflow/registered-models/create", token=alice,
+                           json={"name": "wsgi-model"})
+        assert again.status_code >= 400 and "error_code" in again.json()
+        assert "SQL" not in again.text and "sqlite3" not in again.text, again.text
+        for name in ("wsgi-dup", "wsgi-dup"):
+            dup = server.api("POST", "/api/2.0/mlflow/experiments/create", token=alice,
+                             json={"name": name})
+        assert dup.status_code == 400 and "SQL" not in dup.text, dup.text
         # Artifacts are Flask routes under WSGI servers: still decided.
         exp = server.api("POST", "/api/2.0/mlflow/experiments/create", token=alice,
                          json={"name": "wsgi-exp"}).json()["experiment_id"]
