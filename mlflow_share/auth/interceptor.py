@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -433,6 +434,7 @@ class Interceptor:
             self._check_trace(principal, str(trace_id), rule.action)
 
     def _check_trace(self, principal: Principal, trace_id: str, action: str) -> None:
+        _validate_trace_id(trace_id)
         found = self.lookups.trace_location(trace_id)
         if found is None:
             raise NotFound(f"Trace {trace_id!r} does not exist.")
@@ -526,9 +528,12 @@ class Interceptor:
                 self._check_linked_logged_model(principal, parsed.model_id)
             elif parsed.name is not None:
                 # Another registered version (by number, stage, alias or latest): its bytes.
+                # An alias, a stage or "latest" may name a version a sharing package does
+                # not pin: decided as "no one version" (-1), which only the owner team and
+                # grants on the whole model reach.
                 version = parsed.version
-                number = int(version) if version is not None and version.isdigit() \
-                    and len(version) < 10 else None
+                number = int(version) if version is not None and version.isascii() \
+                    and version.isdigit() and len(version) < 10 else -1
                 self._check_model(principal, parsed.name, "read", number)
         elif source.startswith("runs:/"):
             run_id = source[len("runs:/"):].split("/", 1)[0]
@@ -660,6 +665,8 @@ class Interceptor:
         """MLflow's StartTraceV3 overwrites a trace that exists: only the caller's own trace,
         and never into another experiment (a trace does not move)."""
         trace_id = _text(value)
+        # MLflow builds the trace's storage folder from its ID: an ID is never a path.
+        _validate_trace_id(trace_id)
         found = self.lookups.trace_location(trace_id)
         if found is None:
             return
@@ -720,7 +727,11 @@ class Interceptor:
 
     def _field_tag_key(self, principal: Principal, value: Any, action: str,
                        params: _Params) -> None:
-        _refuse_reserved(_text(value))
+        key = _text(value)
+        _refuse_reserved(key)
+        parent = params.optional("value") if key == _PARENT_RUN_TAG else None
+        if parent:  # nesting under a run shows it: read it (as at CreateRun)
+            self._check_experiment(principal, self._run_experiment(parent), "read")
 
     def _field_trace_tag_key(self, principal: Principal, value: Any, action: str,
                              params: _Params) -> None:
@@ -778,6 +789,15 @@ Interceptor.FIELD_CHECKS = {
 }
 if set(Interceptor.FIELD_CHECKS) | {Check.PRIMARY} != set(Check):  # pragma: no cover
     raise ImportError("Interceptor.FIELD_CHECKS must bind every fields.Check")
+
+
+_TRACE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,127}")
+
+
+def _validate_trace_id(trace_id: str) -> None:
+    if not _TRACE_ID.fullmatch(trace_id):
+        raise InvalidInput(f"Invalid trace ID {trace_id[:200]!r}: letters, digits, '_', '-' "
+                           "and ':' only, at most 128.")
 
 
 def _text(value: Any) -> str:

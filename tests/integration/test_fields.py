@@ -103,6 +103,11 @@ def test_traces_are_decided_by_what_they_name(share_server) -> None:  # type: ig
     secret_run = _run(share_server, "aaron", theirs)
     _error(_trace(share_server, "bea", own,
                   trace_metadata={"mlflow.sourceRun": secret_run}), 403)
+    # A trace ID is never a path: MLflow builds the trace's folder from it.
+    for planted in (f"../../{theirs}/traces/{trace_id}", f"x/../../../{theirs}/traces/{trace_id}"):
+        _error(_trace(share_server, "bea", own, planted), 400)
+        _error(_call(share_server, "bea", "GET", "/ajax-api/2.0/mlflow/get-trace-artifact",
+                     params={"request_id": planted}), 400)
     # The owner may start its own trace again (MLflow's upsert), in the same experiment.
     _ok(_trace(share_server, "aaron", theirs, trace_id))
     _error(_trace(share_server, "aaron", _experiment(share_server, "aaron"), trace_id), 409)
@@ -146,7 +151,9 @@ def test_the_value_mlflow_reads_is_the_one_decided(share_server) -> None:  # typ
     _error(_call(share_server, "bea", "POST", f"{API}/runs/log-batch", json={
         "run_id": own_run, "metrics": [{"key": "m", "value": 1, "timestamp": 1, "step": 0,
                                         "model_id": logged}]}), 403)
-    # A run nested under another team's run.
+    # A run nested under another team's run, at creation or afterwards.
+    _error(_call(share_server, "bea", "POST", f"{API}/runs/set-tag", json={
+        "run_id": own_run, "key": "mlflow.parentRunId", "value": secret_run}), 403)
     _error(_call(share_server, "bea", "POST", f"{API}/runs/create", json={
         "experiment_id": _experiment(share_server, "bea"),
         "tags": [{"key": "mlflow.parentRunId", "value": secret_run}]}), 403)
