@@ -12,7 +12,9 @@ from typing import Any
 
 from flask import jsonify
 
-from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL, Interceptor
+from mlflow.exceptions import MlflowException
+
+from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL, Interceptor, note_denial
 from mlflow_share.errors import InvalidInput, PermissionDenied
 
 
@@ -25,7 +27,13 @@ class ShareGraphQLMiddleware:
 
     def resolve(self, next_: Any, root: Any, info: Any, **args: Any) -> Any:
         if info.parent_type.name in self.root_types:
-            self._authorise(info.field_name, args.get("input"))
+            try:
+                self._authorise(info.field_name, args.get("input"))
+            except MlflowException as exc:
+                # GraphQL answers 200 with the error in ``errors``: the request's audit
+                # event still records the refusal as a denial.
+                note_denial(exc.message)
+                raise
         return next_(root, info, **args)
 
     def _authorise(self, field: str, request: Any) -> None:
@@ -63,7 +71,7 @@ def _required(request: Any, name: str) -> str:
 
 def make_graphql_view(interceptor: Interceptor) -> Any:
     """A drop-in for MLflow's ``_graphql`` view with mlflow-share's middleware."""
-    from graphql import parse
+    from graphql import GraphQLError, parse
     from mlflow.server.graphql.graphql_no_batching import check_query_safety
     from mlflow.server.graphql.graphql_schema_extensions import schema
     from mlflow.server.handlers import _get_request_json, catch_mlflow_exception
@@ -78,7 +86,10 @@ def make_graphql_view(interceptor: Interceptor) -> Any:
         if not isinstance(request_json, dict) or not isinstance(request_json.get("query"), str):
             raise InvalidInput("A GraphQL request needs a 'query' string.")
         query = request_json["query"]
-        node = parse(query)
+        try:
+            node = parse(query)
+        except GraphQLError as exc:
+            raise InvalidInput(f"The GraphQL query does not parse: {exc.message}") from None
         if check_result := check_query_safety(node):
             result = check_result
         else:

@@ -213,23 +213,23 @@ class Interceptor:
         try:
             return self._decide(request, match)
         except MlflowShareError as exc:
-            _note_denial(exc.message)
+            note_denial(exc.message)
             if isinstance(exc, Unauthenticated) and match.rule is not None \
                     and match.rule.resolver is Resolver.PAGE and request.method in ("GET", "HEAD"):
                 return _to_login(request)
             return _error(exc, authenticate=isinstance(exc, Unauthenticated)
                           and not isinstance(exc, SessionExpired))
         except MlflowException as exc:
-            _note_denial(exc.message)
+            note_denial(exc.message)
             return _error(exc)
         except SQLAlchemyError:  # the database is down: nothing can be decided, so nothing is
             _logger.exception("mlflow-share could not reach its database to decide a request")
-            _note_denial("The database is unreachable.")
+            note_denial("The database is unreachable.")
             return _plain_error(503, "TEMPORARILY_UNAVAILABLE",
                                 "The server cannot reach its database; try again shortly.")
         except Exception:  # noqa: BLE001 - fail closed: an unexpected error denies, in the envelope
             _logger.exception("mlflow-share could not decide a request; denied")
-            _note_denial("The request could not be authorised.")
+            note_denial("The request could not be authorised.")
             return _plain_error(500, "INTERNAL_ERROR", "The request could not be authorised.")
 
     def _decide(self, request: IncomingRequest, match: Match) -> Decision:
@@ -823,7 +823,8 @@ def _refuse_reserved(key: str, *, trace: bool = False) -> None:
         raise InvalidInput(f"Tag {key!r} is a storage location the server sets; it cannot be "
                            "set, changed or deleted by clients.")
 
-def _note_denial(message: str) -> None:
+def note_denial(message: str) -> None:
+    """Record the request's refusal (and why) in its audit event."""
     audit = AUDIT_CONTEXT.get()
     if audit is not None:
         audit.decision, audit.reason = "deny", message[:1000]

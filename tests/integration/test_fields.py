@@ -228,3 +228,22 @@ def test_odd_input_gets_a_4xx_envelope(share_server) -> None:  # type: ignore[no
                  data=json.dumps({"run_id": run})[:-1] + f', "x": {deep}}}',
                  headers={"Content-Type": "application/json"}), 400)
     _error(_trace(share_server, "bea", own, trace_location={"type": "UC_SCHEMA"}), 400)
+
+
+def test_a_graphql_refusal_is_audited_as_a_denial(share_server) -> None:  # type: ignore[no-untyped-def]
+    theirs = _experiment(share_server, "aaron")
+    request_id = f"gql-{uuid.uuid4().hex[:12]}"
+    query = '{ mlflowGetExperiment(input: {experimentId: "%s"}) { experiment { name } } }' % theirs
+    answer = _call(share_server, "bea", "POST", "/graphql", json={"query": query},
+                   headers={"X-Request-Id": request_id})
+    assert "Permission denied" in answer.json()["errors"][0]
+    engine = sa.create_engine(share_server.backend_uri)
+    try:
+        with engine.connect() as conn:
+            decisions = conn.execute(sa.text(
+                "SELECT decision FROM share_audit_events WHERE request_id = :r"),
+                {"r": request_id}).scalars().all()
+    finally:
+        engine.dispose()
+    assert decisions == ["deny"]
+    _error(_call(share_server, "bea", "POST", "/graphql", json={"query": "{"}), 400)
