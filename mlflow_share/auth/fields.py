@@ -37,6 +37,7 @@ class Check(enum.Enum):
     TRACE_METADATA = "trace metadata (mlflow.sourceRun and mlflow.modelId name entities)"
     TAG_KEY = "a tag key set or deleted by itself (reserved keys)"
     TRACE_TAG_KEY = "a trace tag key set or deleted by itself"
+    NEW_ASSESSMENT_ID = "an assessment ID the client chooses for a new assessment"
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,11 @@ FIELDS: Mapping[str, Mapping[str, Field]] = {
     },
     "mlflow.LinkTracesToRun": {"run_id": PRIMARY, "trace_ids": _check(Check.TRACES, "write")},
     "mlflow.GetAssessmentRequest": {"trace_id": PRIMARY, "assessment_id": _ASSESSMENT_ID},
-    "mlflow.CreateAssessment": {"assessment": _TRACE_ASSESSMENT},
+    "mlflow.CreateAssessment": {
+        "assessment": _TRACE_ASSESSMENT,
+        # MLflow keeps a client-chosen ID; one in use anywhere would fail in the database.
+        "assessment.assessment_id": _check(Check.NEW_ASSESSMENT_ID),
+    },
     "mlflow.UpdateAssessment": {"assessment": _TRACE_ASSESSMENT},
     "mlflow.DeleteAssessment": {"trace_id": PRIMARY, "assessment_id": _ASSESSMENT_ID},
     # registry

@@ -31,7 +31,7 @@ from mlflow_share.auth.authorizer import BAD_CREDENTIALS, MISSING_CREDENTIALS, A
 from mlflow_share.auth.contract import Contract, RequestView
 from mlflow_share.auth.fields import Check
 from mlflow_share.auth.identity import Principal, parse_authorization
-from mlflow_share.auth.resolvers import MlflowLookups, validate_artifact_path
+from mlflow_share.auth.resolvers import MlflowLookups, check_path_length, validate_artifact_path
 from mlflow_share.directory import Directory
 from mlflow_share.errors import (
     Conflict,
@@ -71,6 +71,7 @@ _RESERVED_TAG_PREFIXES = ("mlflow_share.", "mlflow-share.")
 _TRACE_LOCATION_TAGS = frozenset({
     "mlflow.artifactLocation", "mlflow.trace.spansLocation", "mlflow.trace.archiveLocation",
 })
+_PATH_PARAMETERS = ("path", "artifact_path", "artifact_file_path", "artifact_directory_path")
 _PARENT_RUN_TAG = "mlflow.parentRunId"
 _TRACE_SOURCE_RUN = "mlflow.sourceRun"
 _TRACE_MODEL_ID = "mlflow.modelId"
@@ -262,6 +263,9 @@ class Interceptor:
         # MLflow's answer, and what is decided below is the value MLflow's handler reads.
         parsed = self._parse(request, match) if rule.resolver not in _BODYLESS_RESOLVERS else None
         params = _Params(request, match, rule, parsed)
+        for name in _PATH_PARAMETERS:
+            if path := params.optional(name):
+                check_path_length(path)
         self.RESOLVERS[rule.resolver](self, principal, rule, params, decision)
         if parsed is not None:
             self._check_fields(principal, match.key, parsed, params)
@@ -381,9 +385,16 @@ class Interceptor:
 
     def _resolve_experiment_by_name(self, principal: Principal, rule: Rule, params: _Params,
                                     decision: Decision) -> None:
-        experiment_id = self.lookups.experiment_by_name(params.required(rule.fields[0]))
-        if experiment_id is not None:  # otherwise MLflow answers 404 itself
+        name = params.required(rule.fields[0])
+        experiment_id = self.lookups.experiment_by_name(name)
+        if experiment_id is None:
+            return  # MLflow answers 404 itself
+        try:
             self._check_experiment(principal, experiment_id, rule.action)
+        except PermissionDenied:
+            # A name is all the caller has: a hidden experiment answers as a missing one
+            # (MLflow's own words), so names of other teams' experiments cannot be probed.
+            raise NotFound(f"Could not find experiment with name '{name}'") from None
 
     def _resolve_run(self, principal: Principal, rule: Rule, params: _Params,
                      decision: Decision) -> None:
@@ -480,6 +491,8 @@ class Interceptor:
                                      decision: Decision) -> None:
         """A version's bytes: a sharing package's grant covers only the versions it pins."""
         raw = str(params.required(rule.fields[1]))
+        if raw.isascii() and raw.isdigit() and int(raw) >= 2**63:
+            raise InvalidInput(f"Invalid model version {raw[:30]!r}.")  # the database's limit
         version = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else -1
         self._check_model(principal, params.required(rule.fields[0]), rule.action, version)
 
@@ -532,6 +545,8 @@ class Interceptor:
                 # not pin: decided as "no one version" (-1), which only the owner team and
                 # grants on the whole model reach.
                 version = parsed.version
+                if version is not None and version.isdigit() and int(version) >= 2**63:
+                    raise InvalidInput(f"Invalid model version source {source!r}.")
                 number = int(version) if version is not None and version.isascii() \
                     and version.isdigit() and len(version) < 10 else -1
                 self._check_model(principal, parsed.name, "read", number)
@@ -737,6 +752,12 @@ class Interceptor:
                              params: _Params) -> None:
         _refuse_reserved(_text(value), trace=True)
 
+    def _field_new_assessment_id(self, principal: Principal, value: Any, action: str,
+                                 params: _Params) -> None:
+        if self.lookups.assessment_exists(_text(value)):
+            raise Conflict(f"Assessment ID {_text(value)[:200]!r} is in use; leave it out and "
+                           "the server chooses one.")
+
     _Resolve = Callable[["Interceptor", Principal, Rule, "_Params", Decision], None]
     _FieldCheck = Callable[["Interceptor", Principal, Any, str, "_Params"], None]
     RESOLVERS: Mapping[Resolver, _Resolve]
@@ -786,6 +807,7 @@ Interceptor.FIELD_CHECKS = {
     Check.TRACE_METADATA: Interceptor._field_trace_metadata,
     Check.TAG_KEY: Interceptor._field_tag_key,
     Check.TRACE_TAG_KEY: Interceptor._field_trace_tag_key,
+    Check.NEW_ASSESSMENT_ID: Interceptor._field_new_assessment_id,
 }
 if set(Interceptor.FIELD_CHECKS) | {Check.PRIMARY} != set(Check):  # pragma: no cover
     raise ImportError("Interceptor.FIELD_CHECKS must bind every fields.Check")

@@ -100,6 +100,10 @@ class MlflowLookups:
             return None
         return TraceLocation(trace_id, str(row[0]), row[1], row[2])
 
+    def assessment_exists(self, assessment_id: str) -> bool:
+        return self._scalar("SELECT assessment_id FROM assessments WHERE assessment_id = :id",
+                            id=assessment_id) is not None
+
     def source_run_of_logged_model(self, model_id: str) -> str | None:
         return self._scalar("SELECT source_run_id FROM logged_models WHERE model_id = :id",
                             id=model_id)
@@ -190,6 +194,16 @@ _MAX_PATH_BYTES = 1024  # an S3 object key's limit
 _FORBIDDEN_PATH_CHARS = ("\\", "\x00", ";", "?", "#")
 
 
+def check_path_length(path: str) -> None:
+    """A path no file system or object store takes is a 400 here, not the OS error (and a
+    500) it becomes once MLflow hands it to one."""
+    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
+        raise InvalidInput(f"Invalid artifact path: longer than {_MAX_PATH_BYTES} bytes.")
+    if any(len(seg.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES
+           for seg in path.split("/")):
+        raise InvalidInput(f"Invalid artifact path: a name longer than {_MAX_NAME_BYTES} bytes.")
+
+
 def validate_artifact_path(path: str, *, allow_empty: bool = False) -> list[str]:
     """Split a relative artifact path into segments, or raise ``InvalidInput`` (400).
 
@@ -210,12 +224,8 @@ def validate_artifact_path(path: str, *, allow_empty: bool = False) -> list[str]
         or ":" in path.split("/", 1)[0]
     ):
         raise InvalidInput(f"Invalid artifact path {path!r}.")
-    if len(path.encode("utf-8", "surrogatepass")) > _MAX_PATH_BYTES:
-        raise InvalidInput(f"Invalid artifact path: longer than {_MAX_PATH_BYTES} bytes.")
+    check_path_length(path)  # a file system refuses such a name only once an upload started
     segments = path.rstrip("/").split("/")
-    if any(len(seg.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for seg in segments):
-        # A file system refuses such a name (ENAMETOOLONG) only once the upload has started.
-        raise InvalidInput(f"Invalid artifact path: a name longer than {_MAX_NAME_BYTES} bytes.")
     if any(seg in ("", ".", "..") for seg in segments) or posixpath.normpath(path.rstrip("/")) != path.rstrip("/"):
         raise InvalidInput(f"Invalid artifact path {path!r}.")
     return segments

@@ -32,8 +32,9 @@ _H = db.alias_history
 
 
 def skeleton(alias: str) -> str:
-    """What an alias looks like to a reader: NFKC, case folded, and every character that is
-    confusable with a Latin one (Unicode's confusables data) replaced by it."""
+    """What an alias looks like to a reader: NFKC, case folded, every character that is
+    confusable with a Latin one (Unicode's confusables data) replaced by it, and the ASCII
+    look-alikes of TR39 (``rn`` for ``m``, ``0`` for ``o``, ``1`` for ``l``) folded."""
     import unicodedata
 
     from confusable_homoglyphs import confusables
@@ -46,7 +47,16 @@ def skeleton(alias: str) -> str:
         latin = [g["c"] for item in (found if isinstance(found, list) else [])
                  for g in item["homoglyphs"] if g["c"].isascii()]
         out.append(latin[0].casefold() if latin else char)
-    return "".join(out)
+    text = "".join(out)
+    # Unicode's confusables (TR39) also within ASCII: letters runs and digits that read as
+    # other letters in the fonts people use.
+    for confusable, letter in _ASCII_CONFUSABLES:
+        text = text.replace(confusable, letter)
+    return text
+
+
+_ASCII_CONFUSABLES = (("rn", "m"), ("vv", "w"), ("cl", "d"), ("0", "o"), ("1", "l"),
+                      ("|", "l"))
 
 
 def look_alike(conn: sa.Connection, model_id: str | None, alias: str) -> str | None:

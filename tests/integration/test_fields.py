@@ -247,3 +247,42 @@ def test_a_graphql_refusal_is_audited_as_a_denial(share_server) -> None:  # type
         engine.dispose()
     assert decisions == ["deny"]
     _error(_call(share_server, "bea", "POST", "/graphql", json={"query": "{"}), 400)
+
+
+def test_review_round_two(share_server) -> None:  # type: ignore[no-untyped-def]
+    """Found by the second adversarial review: each is a 4xx in the envelope."""
+    theirs = _experiment(share_server, "aaron")
+    name = _ok(_call(share_server, "aaron", "GET", f"{API}/experiments/get",
+                     params={"experiment_id": theirs}))["experiment"]["name"]
+    # Another team's experiment name answers like a missing one (no probing of names).
+    hidden = _call(share_server, "bea", "GET", f"{API}/experiments/get-by-name",
+                   params={"experiment_name": name})
+    missing = _call(share_server, "bea", "GET", f"{API}/experiments/get-by-name",
+                    params={"experiment_name": f"{name}-none"})
+    assert _error(hidden, 404) == f"Could not find experiment with name '{name}'"
+    _error(missing, 404)
+    own = _experiment(share_server, "bea")
+    run = _run(share_server, "bea", own)
+    # Paths no file system takes, through MLflow's own Flask routes.
+    _error(_call(share_server, "bea", "GET", "/get-artifact",
+                 params={"run_id": run, "path": "x" * 5000}), 400)
+    _error(_call(share_server, "bea", "GET", "/get-artifact",
+                 params={"run_id": run, "path": f"{'y' * 300}/f"}), 400)
+    # Version numbers past the database's integers.
+    model = f"fields-{uuid.uuid4().hex[:8]}"
+    _ok(_call(share_server, "bea", "POST", f"{API}/registered-models/create", json={"name": model}))
+    _error(_call(share_server, "bea", "GET", "/model-versions/get-artifact",
+                 params={"name": model, "version": "9" * 20, "path": "MLmodel"}), 400)
+    _error(_call(share_server, "bea", "POST", f"{API}/model-versions/create",
+                 json={"name": model, "source": f"models:/{model}/{'9' * 20}"}), 400)
+    # A client-chosen assessment ID that is in use (a 500 and an oracle before).
+    trace_id = f"tr-{uuid.uuid4().hex}"
+    _ok(_trace(share_server, "bea", own, trace_id))
+    assessment = {"assessment_name": "q", "trace_id": trace_id,
+                  "source": {"source_type": "HUMAN", "source_id": "bea"},
+                  "feedback": {"value": 1}}
+    made = _ok(_call(share_server, "bea", "POST", f"{API3}/traces/{trace_id}/assessments",
+                     json={"assessment": assessment}))
+    used = made["assessment"]["assessment_id"]
+    _error(_call(share_server, "bea", "POST", f"{API3}/traces/{trace_id}/assessments",
+                 json={"assessment": {**assessment, "assessment_id": used}}), 409)

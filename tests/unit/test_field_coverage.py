@@ -117,4 +117,6 @@ def test_look_alike_aliases_share_a_skeleton() -> None:
     assert skeleton("Champion") == skeleton("champion")
     assert skeleton("ch\u0430mpion") == skeleton("champion")  # Cyrillic a
     assert skeleton("\uff43hampion") == skeleton("champion")  # full-width c
+    assert skeleton("charnpion") == skeleton("champion")  # r + n
+    assert skeleton("champi0n") == skeleton("champion")
     assert skeleton("challenger") != skeleton("champion")
