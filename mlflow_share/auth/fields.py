@@ -242,12 +242,52 @@ FIELDS: Mapping[str, Mapping[str, Field]] = {
     "mlflow.artifacts.AbortMultipartUpload": {
         "path": PRIMARY, "upload_id": harmless("the store binds an upload to its path")},
 }
+
+# MLflow's hand-written Flask routes (``flask:<endpoint>``), read from ``request.args`` or the
+# JSON body by their own code, and the routes uvicorn serves natively (``native:<name>``).
+_MLFLOW_VALIDATES_PATH = harmless("a path MLflow validates inside the resource's own root "
+                                  "(and mlflow-share bounds its length)")
+ROUTE_FIELDS: Mapping[str, Mapping[str, Field]] = {
+    "flask:serve_artifacts": {"run_id": PRIMARY, "run_uuid": PRIMARY,
+                              "path": _MLFLOW_VALIDATES_PATH},
+    "flask:serve_model_version_artifact": {"name": PRIMARY, "version": PRIMARY,
+                                           "path": _MLFLOW_VALIDATES_PATH},
+    "flask:serve_get_metric_history_bulk": {"run_id": PRIMARY, "metric_key": _METRIC_KEY,
+                                            "max_results": harmless("a page size")},
+    "flask:serve_get_metric_history_bulk_interval": {
+        "run_ids": PRIMARY, "metric_key": _METRIC_KEY,
+        "start_step": harmless("a step bound"), "end_step": harmless("a step bound"),
+        "max_results": harmless("a page size")},
+    "flask:get_metric_history_bulk_interval_handler": {
+        "run_ids": PRIMARY, "metric_key": _METRIC_KEY,
+        "start_step": harmless("a step bound"), "end_step": harmless("a step bound"),
+        "max_results": harmless("a page size")},
+    "flask:serve_search_datasets": {"experiment_ids": PRIMARY},
+    "flask:serve_create_promptlab_run": {
+        "experiment_id": PRIMARY,
+        "tags": _check(Check.RUN_TAGS),
+        "run_name": _NAME,
+        "user_id": harmless("MLflow's display of who started the run; the audit log records "
+                            "the authenticated caller"),
+        "model_route": harmless("recorded as a param of the new run; nothing is called"),
+        **{name: harmless("prompt-lab text recorded with the new run") for name in (
+            "prompt_template", "prompt_parameters", "model_parameters", "model_input",
+            "model_output", "model_output_parameters", "mlflow_version", "start_time")},
+    },
+    "flask:serve_upload_artifact": {"run_uuid": PRIMARY, "path": _MLFLOW_VALIDATES_PATH},
+    "flask:serve_get_trace_artifact": {"request_id": PRIMARY, "path": _MLFLOW_VALIDATES_PATH},
+    "flask:serve_get_logged_model_artifact": {"model_id": PRIMARY,
+                                              "artifact_file_path": _MLFLOW_VALIDATES_PATH},
+    "flask:serve_post_ui_telemetry": {"records": harmless("UI usage events; no entity")},
+    "native:download_artifact": {"artifact_path": PRIMARY},
+    "native:upload_artifact": {"artifact_path": PRIMARY},
+}
 # fmt: on
 
 
 def rule_for(key: str, path: str) -> Field | None:
     """The declared rule for ``path`` or the nearest declared field above it."""
-    fields = FIELDS.get(key)
+    fields = FIELDS.get(key) or ROUTE_FIELDS.get(key)
     if fields is None:
         return None
     while True:
@@ -260,7 +300,7 @@ def rule_for(key: str, path: str) -> Field | None:
 
 def checked_fields(key: str) -> Iterator[tuple[str, Field]]:
     """The fields of request ``key`` that the interceptor checks beyond the route's resolver."""
-    for path, rule in FIELDS.get(key, {}).items():
+    for path, rule in (FIELDS.get(key) or ROUTE_FIELDS.get(key) or {}).items():
         if rule.check is not None and rule.check is not Check.PRIMARY:
             yield path, rule
 

@@ -267,8 +267,8 @@ class Interceptor:
             if path := params.optional(name):
                 check_path_length(path)
         self.RESOLVERS[rule.resolver](self, principal, rule, params, decision)
-        if parsed is not None:
-            self._check_fields(principal, match.key, parsed, params)
+        data = parsed if parsed is not None else params.data()
+        self._check_fields(principal, match.key, data, params)
         return decision
 
     def _parse(self, request: IncomingRequest, match: Match) -> dict[str, Any] | None:
@@ -889,6 +889,13 @@ class _Params:
         if not isinstance(data, dict):
             raise InvalidInput("The request body must be a JSON object.")
         return data
+
+    def data(self) -> dict[str, Any]:
+        """The parameters as a mapping (a hand-written route's query or JSON body)."""
+        if self._from_query or self._json is None:
+            return {key: values if len(values) > 1 else values[0]
+                    for key, values in self._request.query.lists()}
+        return self._json
 
     @property
     def method(self) -> str:
