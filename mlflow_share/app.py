@@ -91,6 +91,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
     from mlflow_share.audit.store import install_audited_stores
+    from mlflow_share.auth.authorizer import Authorizer
     from mlflow_share.auth.contract import Contract
     from mlflow_share.auth.graphql import make_graphql_view
     from mlflow_share.auth.interceptor import Interceptor
@@ -123,8 +124,9 @@ def create_app(flask_app: Any = None) -> Any:
         announce_generated_admin(os.environ.get(config.ADMIN_USERNAME_ENV) or "admin", generated)
 
     policy = PolicyEngine(engine, settings.password_cache_seconds)
-    notifications.install(engine, lambda user, model_id: policy.is_allowed(
-        policy.principal(user), MODEL, model_id, policy.owner_of(MODEL, model_id), "read"))
+    authorizer = Authorizer(policy)
+    notifications.install(engine, lambda user, model_id: authorizer.may(
+        policy.principal(user), MODEL, model_id, "read"))
     lookups = MlflowLookups(engine)
 
     gate = AuditGate(AuditAppender(engine))

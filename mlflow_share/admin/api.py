@@ -223,8 +223,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
             return jsonify({"grants": directory.list_grants()})
         kind, resource_id, label = resource_of(dict(request.args))
         owner = policy.owner_of(kind, resource_id)
-        if not policy.is_allowed(principal, kind, resource_id, owner, "read"):
-            raise PermissionDenied(f"Permission denied: {principal.name!r} may not read {label}.")
+        Authorizer(policy).check(principal, kind, resource_id, owner, "read", label)
         return jsonify({"owner_team": owner, "grants": directory.list_grants(kind, resource_id)})
 
     @api.get("/policy")

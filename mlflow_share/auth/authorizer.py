@@ -107,9 +107,11 @@ class Authorizer:
         return model_id
 
     def may(self, principal: Principal, kind: str, resource_id: str | None, action: str,
-            version: int | None = None) -> bool:
-        """A yes/no for listings and the UI (no audit note, no exception)."""
-        owner = self.policy.owner_of(kind, resource_id) if resource_id is not None else None
+            version: int | None = None, *, owner: str | None = None) -> bool:
+        """A yes/no for listings and the UI (no audit note, no exception); ``owner`` when
+        the caller has read it already."""
+        if owner is None and resource_id is not None:
+            owner = self.policy.owner_of(kind, resource_id)
         return self.policy.is_allowed(principal, kind, resource_id, owner, action, version)
 
     def executing_team(self, principal: Principal, name: str, version: int | None = None) -> str:

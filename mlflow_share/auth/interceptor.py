@@ -27,7 +27,12 @@ from werkzeug.exceptions import MethodNotAllowed
 from mlflow_share import directory as directory_module
 from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal, note_resource
 from mlflow_share.auth import fields as request_fields
-from mlflow_share.auth.authorizer import BAD_CREDENTIALS, MISSING_CREDENTIALS, Authorizer
+from mlflow_share.auth.authorizer import (
+    BAD_CREDENTIALS,
+    MISSING_CREDENTIALS,
+    Authorizer,
+    denial,
+)
 from mlflow_share.auth.contract import Contract, RequestView
 from mlflow_share.auth.fields import Check
 from mlflow_share.auth.identity import Principal, parse_authorization
@@ -417,8 +422,8 @@ class Interceptor:
             if model_id is None:
                 continue
             owner = self.policy.owner_of(directory_module.MODEL, model_id)
-            if self.policy.is_allowed(principal, directory_module.MODEL, model_id, owner, "read",
-                                      version):
+            if self.authorizer.may(principal, directory_module.MODEL, model_id, "read", version,
+                                   owner=owner):
                 # Read through the model's grant: its owner team sees this access too.
                 note_resource(directory_module.MODEL, model_id, name, owner)
                 return True
@@ -619,10 +624,7 @@ class Interceptor:
                 raise
         # A team granted a registered model may read the files of its versions, and only those.
         if not self._readable_model(principal, self.lookups.models_serving_location(segments)):
-            raise PermissionDenied(
-                f"Permission denied: {principal.name!r} may not read artifacts of experiment "
-                f"{experiment_id!r}."
-            )
+            raise denial(principal, "read", f"artifacts of experiment {experiment_id!r}")
 
     def _check_registered_files(self, principal: Principal, segments: list[str],
                                 action: str) -> None:
@@ -640,12 +642,11 @@ class Interceptor:
         # versions is no version: -1).
         version = int(segments[2]) if len(segments) >= 3 and segments[2].isascii() and \
             segments[2].isdigit() and len(segments[2]) < 10 else -1
-        if principal.is_admin or self.policy.is_allowed(principal, directory_module.MODEL,
-                                                        model_id, owner, "read", version):
+        if principal.is_admin or self.authorizer.may(principal, directory_module.MODEL,
+                                                     model_id, "read", version, owner=owner):
             note_resource(directory_module.MODEL, model_id, None, owner)
             return
-        raise PermissionDenied(
-            f"Permission denied: {principal.name!r} may not read this registered model's files.")
+        raise denial(principal, "read", "this registered model's files")
 
     # -- request fields (one per fields.Check) -----------------------------------------
     def _field_experiment(self, principal: Principal, value: Any, action: str,

@@ -28,6 +28,7 @@ from mlflow_share.admin.api import (
 )
 from mlflow_share.artifacts import registration
 from mlflow_share.artifacts.repository import ChecksumArtifactRepository
+from mlflow_share.auth.authorizer import Authorizer
 from mlflow_share.directory import EXPERIMENT, MODEL
 from mlflow_share.errors import InvalidInput, NotFound, PermissionDenied, Unavailable
 from mlflow_share.governance import lineage, notifications, packages
@@ -78,9 +79,10 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
                 raise
         return package
 
+    authorizer = Authorizer(policy)
+
     def may(model_id: str, action: str) -> bool:
-        return policy.is_allowed(current_principal(), MODEL, model_id,
-                                 policy.owner_of(MODEL, model_id), action)
+        return authorizer.may(current_principal(), MODEL, model_id, action)
 
     def readable_models() -> list[str]:
         return [model_id for model_id in policy.model_ids() if may(model_id, "read")]
@@ -88,8 +90,7 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     def run_visible(experiment_id: str | None) -> bool:
         if experiment_id is None:
             return False
-        owner = policy.owner_of(EXPERIMENT, experiment_id)
-        return policy.is_allowed(current_principal(), EXPERIMENT, experiment_id, owner, "read")
+        return authorizer.may(current_principal(), EXPERIMENT, experiment_id, "read")
 
     # -- packages ------------------------------------------------------------------------------
     @api.post("/packages")
