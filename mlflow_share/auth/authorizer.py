@@ -40,8 +40,13 @@ def validate_experiment_id(experiment_id: str) -> None:
     from mlflow.utils.validation import _validate_experiment_id
 
     _validate_experiment_id(experiment_id)
-    if not (experiment_id.isascii() and experiment_id.isdigit()) or int(experiment_id) >= 2**63:
-        raise InvalidInput(f"Invalid experiment ID: '{experiment_id}'")
+    # MLflow's words for what it cannot parse; stricter than its int(): " 1" and full-width
+    # digits (which MLflow reads as experiment 1) are refused rather than decided twice.
+    if not (experiment_id.isascii() and experiment_id.isdigit()):
+        raise InvalidInput(f"Invalid experiment ID '{experiment_id}'. Experiment ID must be a "
+                           "valid integer.")
+    if int(experiment_id) >= 2**63:
+        raise InvalidInput(f"Invalid experiment ID '{experiment_id}': out of range.")
 
 
 class Authorizer:
@@ -88,7 +93,7 @@ class Authorizer:
         owner = self.policy.owner_of(EXPERIMENT, experiment_id)
         if owner is None and not principal.is_admin and (
                 self.lookups is None or not self.lookups.experiment_exists(experiment_id)):
-            raise NotFound(f"Experiment {experiment_id!r} does not exist.")
+            raise NotFound(f"No Experiment with id={experiment_id} exists")  # MLflow's words
         self.check(principal, EXPERIMENT, experiment_id, owner, action,
                    f"experiment {experiment_id!r}")
 
@@ -101,7 +106,7 @@ class Authorizer:
         owner = self.policy.owner_of(MODEL, model_id) if model_id is not None else None
         if model_id is None and not principal.is_admin and (
                 self.lookups is None or not self.lookups.model_exists(name)):
-            raise NotFound(f"Registered model {name!r} does not exist.")
+            raise NotFound(f"Registered Model with name={name} not found")  # MLflow's words
         self.check(principal, MODEL, model_id, owner, action, model_label(name, version),
                    name=name, version=version)
         return model_id
@@ -119,7 +124,7 @@ class Authorizer:
         (any version, or ``version``); ``admin`` for an org admin with no team grant."""
         model_id = self.policy.model_id(name)
         if model_id is None and not principal.is_admin:
-            raise NotFound(f"Registered model {name!r} does not exist.")
+            raise NotFound(f"Registered Model with name={name} not found")  # MLflow's words
         owner = self.policy.owner_of(MODEL, model_id) if model_id else None
         note_resource(MODEL, model_id, name, owner)
         team = self.policy.granting_team(principal, MODEL, model_id, owner, "execute", version)

@@ -51,10 +51,10 @@ class ShareGraphQLMiddleware:
             run_id = getattr(request, "run_id", None) or getattr(request, "run_uuid", None)
             if not run_id:
                 raise InvalidInput("run_id is required.")
-            checks._check_experiment(principal, checks._run_experiment(run_id), "read")
+            checks._check_run(principal, run_id, "read")
         elif field == "mlflowGetMetricHistoryBulkInterval":
             for run_id in getattr(request, "run_ids", None) or []:
-                checks._check_experiment(principal, checks._run_experiment(run_id), "read")
+                checks._check_run(principal, run_id, "read")
         elif field in ("mlflowSearchRuns", "mlflowSearchDatasets"):
             for experiment_id in getattr(request, "experiment_ids", None) or []:
                 checks._check_experiment(principal, str(experiment_id), "read")

@@ -327,21 +327,37 @@ class Interceptor:
         only the versions it pins)."""
         self.authorizer.check_model(principal, name, action, version)
 
-    def _experiment_of(self, what: str, key: str, load: Callable[[str], str | None]) -> str:
-        experiment_id = load(key)
-        if experiment_id is None:
-            raise NotFound(f"{what} {key!r} does not exist.")
-        return experiment_id
+    def _check_run(self, principal: Principal, run_id: str, action: str) -> None:
+        """``action`` on the run's experiment. A run that does not exist is left to MLflow,
+        which answers in its own words (a read of metric history answers empty): run IDs
+        are the server's random UUIDs, so no other team's run can be named by one."""
+        from mlflow.utils.validation import _validate_run_id
+
+        _validate_run_id(run_id)  # MLflow's own answer for an ID that cannot be a run's
+        experiment_id = self.lookups.experiment_of_run(run_id)
+        if experiment_id is not None:
+            self._check_experiment(principal, experiment_id, action)
+
+    def _check_logged_model(self, principal: Principal, model_id: str, action: str) -> None:
+        """As ``_check_run``: logged model IDs are the server's too."""
+        experiment_id = self.lookups.experiment_of_logged_model(model_id)
+        if experiment_id is not None:
+            self._check_experiment(principal, experiment_id, action)
 
     def _run_experiment(self, run_id: str) -> str:
         from mlflow.utils.validation import _validate_run_id
 
         _validate_run_id(run_id)  # MLflow's own answer for an ID that cannot be a run's
-        return self._experiment_of("Run", run_id, self.lookups.experiment_of_run)
+        experiment_id = self.lookups.experiment_of_run(run_id)
+        if experiment_id is None:
+            raise NotFound(f"Run with id={run_id} not found")  # MLflow's words
+        return experiment_id
 
     def _logged_model_experiment(self, model_id: str) -> str:
-        return self._experiment_of("Logged model", model_id,
-                                   self.lookups.experiment_of_logged_model)
+        experiment_id = self.lookups.experiment_of_logged_model(model_id)
+        if experiment_id is None:
+            raise NotFound(f"Logged model with ID '{model_id}' not found.")  # MLflow's words
+        return experiment_id
 
     def _creator_team(self, principal: Principal, params: _Params, tags_field: str) -> str | None:
         """The team that will own a new resource: header, then tag, then the only candidate."""
@@ -405,7 +421,7 @@ class Interceptor:
                      decision: Decision) -> None:
         run_id = params.first_of(rule.fields)
         try:
-            self._check_experiment(principal, self._run_experiment(run_id), rule.action)
+            self._check_run(principal, run_id, rule.action)
         except PermissionDenied:
             # A team that may read a registered model may read the run its versions came
             # from (their lineage), not the rest of the experiment.
@@ -432,13 +448,11 @@ class Interceptor:
     def _resolve_runs(self, principal: Principal, rule: Rule, params: _Params,
                       decision: Decision) -> None:
         for run_id in params.list(rule.fields[0]):
-            self._check_experiment(principal, self._run_experiment(str(run_id)), rule.action)
+            self._check_run(principal, str(run_id), rule.action)
 
     def _resolve_logged_model(self, principal: Principal, rule: Rule, params: _Params,
                               decision: Decision) -> None:
-        model_id = params.required(rule.fields[0])
-        experiment_id = self._logged_model_experiment(model_id)
-        self._check_experiment(principal, experiment_id, rule.action)
+        self._check_logged_model(principal, params.required(rule.fields[0]), rule.action)
 
     def _resolve_trace(self, principal: Principal, rule: Rule, params: _Params,
                        decision: Decision) -> None:
@@ -453,7 +467,7 @@ class Interceptor:
         _validate_trace_id(trace_id)
         found = self.lookups.trace_location(trace_id)
         if found is None:
-            raise NotFound(f"Trace {trace_id!r} does not exist.")
+            raise NotFound(f"Trace with ID '{trace_id}' not found.")  # MLflow's words
         self._check_experiment(principal, found.experiment_id, action)
         if action == "read" and not found.stored_where_expected():
             # MLflow reads a trace's data from where its tag points: only ever from the
@@ -557,7 +571,7 @@ class Interceptor:
                 self._check_model(principal, parsed.name, "read", number)
         elif source.startswith("runs:/"):
             run_id = source[len("runs:/"):].split("/", 1)[0]
-            self._check_experiment(principal, self._run_experiment(run_id), "read")
+            self._check_run(principal, run_id, "read")
         elif source.startswith("mlflow-artifacts:/"):
             path = source[len("mlflow-artifacts:/"):].lstrip("/")
             if path.startswith("/") or source.startswith("mlflow-artifacts://"):
@@ -655,22 +669,22 @@ class Interceptor:
 
     def _field_run(self, principal: Principal, value: Any, action: str, params: _Params) -> None:
         run_id = _text(value)
-        self._check_experiment(principal, self._run_experiment(run_id), action)
+        self._check_run(principal, run_id, action)
 
     def _field_logged_model(self, principal: Principal, value: Any, action: str,
                             params: _Params) -> None:
         if action == "read":  # linked into something new: its lineage comes along
             self._check_linked_logged_model(principal, _text(value))
             return
-        self._check_experiment(principal, self._logged_model_experiment(_text(value)), action)
+        self._check_logged_model(principal, _text(value), action)
 
     def _check_linked_logged_model(self, principal: Principal, model_id: str) -> None:
         """A logged model a new version links: read on it and on its source run, which
         MLflow copies into the version (and lineage then shows)."""
-        self._check_experiment(principal, self._logged_model_experiment(model_id), "read")
+        self._check_logged_model(principal, model_id, "read")
         source_run = self.lookups.source_run_of_logged_model(model_id)
         if source_run:
-            self._check_experiment(principal, self._run_experiment(source_run), "read")
+            self._check_run(principal, source_run, "read")
 
     def _field_traces(self, principal: Principal, value: Any, action: str,
                       params: _Params) -> None:
@@ -723,7 +737,7 @@ class Interceptor:
         for key, tag in _tag_items(value):
             _refuse_reserved(key)
             if key == _PARENT_RUN_TAG and tag:  # nesting under a run shows it: read it
-                self._check_experiment(principal, self._run_experiment(tag), "read")
+                self._check_run(principal, tag, "read")
 
     def _field_trace_tags(self, principal: Principal, value: Any, action: str,
                           params: _Params) -> None:
@@ -737,9 +751,9 @@ class Interceptor:
         for key, item in _tag_items(value):
             _refuse_reserved(key, trace=True)
             if key == _TRACE_SOURCE_RUN and item:
-                self._check_experiment(principal, self._run_experiment(item), "write")
+                self._check_run(principal, item, "write")
             elif key == _TRACE_MODEL_ID and item:
-                self._check_experiment(principal, self._logged_model_experiment(item), "write")
+                self._check_logged_model(principal, item, "write")
 
     def _field_tag_key(self, principal: Principal, value: Any, action: str,
                        params: _Params) -> None:
@@ -747,7 +761,7 @@ class Interceptor:
         _refuse_reserved(key)
         parent = params.optional("value") if key == _PARENT_RUN_TAG else None
         if parent:  # nesting under a run shows it: read it (as at CreateRun)
-            self._check_experiment(principal, self._run_experiment(parent), "read")
+            self._check_run(principal, parent, "read")
 
     def _field_trace_tag_key(self, principal: Principal, value: Any, action: str,
                              params: _Params) -> None:

@@ -286,3 +286,21 @@ def test_review_round_two(share_server) -> None:  # type: ignore[no-untyped-def]
     used = made["assessment"]["assessment_id"]
     _error(_call(share_server, "bea", "POST", f"{API3}/traces/{trace_id}/assessments",
                  json={"assessment": {**assessment, "assessment_id": used}}), 409)
+
+
+def test_missing_entities_get_mlflows_own_answer(share_server) -> None:  # type: ignore[no-untyped-def]
+    """Run and logged model IDs are the server's: a missing one is left to MLflow, which
+    answers in its own words (found by running MLflow's REST tests through mlflow-share)."""
+    history = _call(share_server, "bea", "GET", f"{API}/metrics/get-history",
+                    params={"run_id": "nope", "metric_key": "m"})
+    assert history.status_code == 200 and history.json().get("metrics", []) == []
+    run = _call(share_server, "bea", "GET", f"{API}/runs/get", params={"run_id": "nope"})
+    assert _error(run, 404, "RESOURCE_DOES_NOT_EXIST") == "Run with id=nope not found"
+    logged = _call(share_server, "bea", "GET", f"{API}/logged-models/m-nope")
+    assert _error(logged, 404) == "Logged model with ID 'm-nope' not found."
+    trace = _call(share_server, "bea", "GET", f"{API3}/traces/tr-nope")
+    assert _error(trace, 404) == "Trace with ID 'tr-nope' not found."
+    experiment = _call(share_server, "bea", "GET", f"{API}/experiments/get",
+                       params={"experiment_id": "abc"})
+    assert _error(experiment, 400) == ("Invalid experiment ID 'abc'. Experiment ID must be a "
+                                       "valid integer.")

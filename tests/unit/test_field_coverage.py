@@ -69,15 +69,25 @@ def test_every_entity_field_of_every_request_is_decided() -> None:
 
 
 def test_every_declared_field_exists_and_every_reason_is_written() -> None:
+    """No stale or misspelt entry: on the newest MLflow supported, every declared request
+    and field exists (an older one may lack fields added since)."""
+    import mlflow
+    from packaging.version import Version
+
+    newest = Version(mlflow.__version__) >= Version("3.17")
     messages = _request_messages()
+    missing = []
     for key, declared in fields.FIELDS.items():
-        assert key in messages, f"{key} is not a request of the installed MLflow"
         for path, rule in declared.items():
-            descriptor = messages[key]
-            for part in path.split("."):
-                assert part in descriptor.fields_by_name, f"{key}: no field {path!r}"
-                descriptor = descriptor.fields_by_name[part].message_type or descriptor
             assert rule.check is not None or len(rule.reason) > 10, f"{key}.{path}: why?"
+            descriptor = messages.get(key)
+            for part in path.split("."):
+                if descriptor is None or part not in descriptor.fields_by_name:
+                    missing.append(f"{key}: {path}")
+                    break
+                descriptor = descriptor.fields_by_name[part].message_type or descriptor
+    if newest:
+        assert missing == []
 
 
 def test_every_decided_route_declares_its_fields() -> None:
