@@ -41,7 +41,10 @@ def destination() -> ChecksumArtifactRepository | None:
 
     if not os.environ.get(ARTIFACTS_DESTINATION_ENV_VAR, "").startswith("checksum+"):
         return None
-    from mlflow.server.handlers import _get_artifact_repo_mlflow_artifacts
+    from mlflow_share.mlflow_compat import private
+
+    _get_artifact_repo_mlflow_artifacts = private("mlflow.server.handlers",
+                                                  "_get_artifact_repo_mlflow_artifacts")
 
     repo = _get_artifact_repo_mlflow_artifacts()
     return repo if isinstance(repo, ChecksumArtifactRepository) else None

@@ -66,8 +66,11 @@ def digest_header(sha256_hex: str) -> str:
 
 
 def _headers(opened: Verified, artifact_path: str) -> dict[str, str]:
-    from mlflow.server.handlers import _content_disposition_attachment
-    from mlflow.utils.mime_type_utils import _guess_mime_type
+    from mlflow_share.mlflow_compat import private
+
+    _content_disposition_attachment = private("mlflow.server.handlers",
+                                              "_content_disposition_attachment")
+    _guess_mime_type = private("mlflow.utils.mime_type_utils", "_guess_mime_type")
 
     headers = {
         "Content-Type": _guess_mime_type(artifact_path),
@@ -125,7 +128,10 @@ def _open(repo: ChecksumArtifactRepository, artifact_path: str
 
 
 def _checked_path(artifact_path: str) -> str:
-    from mlflow.server.handlers import _get_workspace_scoped_repo_path_if_enabled
+    from mlflow_share.mlflow_compat import private
+
+    _get_workspace_scoped_repo_path_if_enabled = private(
+        "mlflow.server.handlers", "_get_workspace_scoped_repo_path_if_enabled")
     from mlflow.utils.uri import validate_path_is_safe
 
     return str(_get_workspace_scoped_repo_path_if_enabled(validate_path_is_safe(artifact_path)))
@@ -203,7 +209,8 @@ def install_fastapi(fastapi_app: Any) -> None:
 def install_flask(flask_app: Any) -> None:
     """Replace MLflow's Flask artifact GET and PUT views by the checked ones."""
     from flask import Response, request
-    from mlflow.server import handlers
+
+    from mlflow_share.mlflow_compat import private
 
     stock_download = flask_app.view_functions["_download_artifact"]
     stock_upload = flask_app.view_functions["_upload_artifact"]
@@ -214,7 +221,7 @@ def install_flask(flask_app: Any) -> None:
 
         if os.environ.get(SERVE_ARTIFACTS_ENV_VAR, "false") != "true":
             return None
-        repo = handlers._get_artifact_repo_mlflow_artifacts()
+        repo = private("mlflow.server.handlers", "_get_artifact_repo_mlflow_artifacts")()
         return repo if isinstance(repo, ChecksumArtifactRepository) else None
 
     def _json_error(exc: MlflowException) -> Any:

@@ -169,7 +169,9 @@ class S3Storage:
     reaches the bucket. Registration copies with CopyObject and S3's own SHA-256 checksum."""
 
     def __init__(self, bucket: str, prefix: str) -> None:
-        from mlflow.store.artifact.s3_artifact_repo import _get_s3_client
+        from mlflow_share.mlflow_compat import private
+
+        _get_s3_client = private("mlflow.store.artifact.s3_artifact_repo", "_get_s3_client")
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.client = _get_s3_client()

@@ -399,10 +399,9 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
                              model_id: str | None = None) -> Any:
         """With a checksum artifact root, a new version's files are copied write-once to its
         own location and its manifest taken (``mlflow_share.artifacts.registration``)."""
-        from mlflow.prompt.constants import _PROMPT_SOURCE_PLACEHOLDERS
-
         from mlflow_share.artifacts import registration
         from mlflow_share.artifacts.manifest import RESERVED_TAG_PREFIX
+        from mlflow_share.mlflow_compat import prompt_source_placeholders
 
         # The identity tags are set by registration only (also when MLflow copies a version).
         tags = [t for t in tags or [] if not str(t.key).startswith(RESERVED_TAG_PREFIX)]
@@ -411,7 +410,7 @@ class AuditingRegistryStore(ScopedRegistryStore):  # type: ignore[misc]
             run_link=run_link, description=description, local_model_path=local_model_path,
             model_id=model_id)
         repo = registration.destination()
-        if repo is None or source in _PROMPT_SOURCE_PLACEHOLDERS:  # prompts have no files
+        if repo is None or source in prompt_source_placeholders():  # prompts have no files
             return create()
         with self.ManagedSessionMaker(read_only=False) as session:
             created = create()

@@ -37,9 +37,9 @@ def model_label(name: str, version: int | None = None) -> str:
 def validate_experiment_id(experiment_id: str) -> None:
     """MLflow's own check, then what its SQL stores need: a decimal integer under 2**63
     (anything else reaches the database and comes back as a 500 naming the driver)."""
-    from mlflow.utils.validation import _validate_experiment_id
+    from mlflow_share.mlflow_compat import private
 
-    _validate_experiment_id(experiment_id)
+    private("mlflow.utils.validation", "_validate_experiment_id")(experiment_id)
     # MLflow's words for what it cannot parse; stricter than its int(): " 1" and full-width
     # digits (which MLflow reads as experiment 1) are refused rather than decided twice.
     if not (experiment_id.isascii() and experiment_id.isdigit()):

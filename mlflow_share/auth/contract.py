@@ -134,8 +134,9 @@ class Contract:
         """The request as MLflow's handler for ``key`` reads it (proto field names, int64 as
         text); None when ``key`` is not a protobuf request. Raises MLflow's own
         ``MlflowException`` for a request MLflow would refuse as malformed."""
-        from mlflow.server.handlers import _get_request_message
+        from mlflow_share.mlflow_compat import private
 
+        _get_request_message = private("mlflow.server.handlers", "_get_request_message")
         schemas, classes = self._load()
         request_class = classes.get(key)
         if request_class is None:

@@ -74,7 +74,11 @@ def make_graphql_view(interceptor: Interceptor) -> Any:
     from graphql import GraphQLError, parse
     from mlflow.server.graphql.graphql_no_batching import check_query_safety
     from mlflow.server.graphql.graphql_schema_extensions import schema
-    from mlflow.server.handlers import _get_request_json, catch_mlflow_exception
+    from mlflow.server.handlers import catch_mlflow_exception
+
+    from mlflow_share.mlflow_compat import private
+
+    _get_request_json = private("mlflow.server.handlers", "_get_request_json")
 
     graphql_schema = schema.graphql_schema
     root_types = {t.name for t in (graphql_schema.query_type, graphql_schema.mutation_type) if t}

@@ -46,6 +46,7 @@ from mlflow_share.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from mlflow_share.mlflow_compat import private
 from mlflow_share.policy.enforcer import PolicyEngine, validate_identifier
 from mlflow_share.policy.routes import Match, Resolver, RouteTable, Rule
 from mlflow_share.web.sessions import (
@@ -331,9 +332,8 @@ class Interceptor:
         """``action`` on the run's experiment. A run that does not exist is left to MLflow,
         which answers in its own words (a read of metric history answers empty): run IDs
         are the server's random UUIDs, so no other team's run can be named by one."""
-        from mlflow.utils.validation import _validate_run_id
-
-        _validate_run_id(run_id)  # MLflow's own answer for an ID that cannot be a run's
+        # MLflow's own answer for an ID that cannot be a run's
+        private("mlflow.utils.validation", "_validate_run_id")(run_id)
         experiment_id = self.lookups.experiment_of_run(run_id)
         if experiment_id is not None:
             self._check_experiment(principal, experiment_id, action)
@@ -345,9 +345,8 @@ class Interceptor:
             self._check_experiment(principal, experiment_id, action)
 
     def _run_experiment(self, run_id: str) -> str:
-        from mlflow.utils.validation import _validate_run_id
-
-        _validate_run_id(run_id)  # MLflow's own answer for an ID that cannot be a run's
+        # MLflow's own answer for an ID that cannot be a run's
+        private("mlflow.utils.validation", "_validate_run_id")(run_id)
         experiment_id = self.lookups.experiment_of_run(run_id)
         if experiment_id is None:
             raise NotFound(f"Run with id={run_id} not found")  # MLflow's words
@@ -550,10 +549,8 @@ class Interceptor:
         ) or "%2e" in source.lower() or "%2f" in source.lower():
             raise InvalidInput(f"Invalid model version source {source!r}.")
         if source.startswith("models:"):
-            from mlflow.store.artifact.utils.models import _parse_model_uri
-
             try:  # read exactly as MLflow's registration reads it
-                parsed = _parse_model_uri(source)
+                parsed = private("mlflow.store.artifact.utils.models", "_parse_model_uri")(source)
             except MlflowException:
                 raise InvalidInput(f"Invalid model version source {source!r}.") from None
             if parsed.model_id is not None:

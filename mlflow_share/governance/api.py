@@ -63,7 +63,10 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
 
     def move(name: str, alias: str, version: int, expected: int | None,
              reason: str | None, request_id: str | None = None) -> None:
-        from mlflow.server.handlers import _get_model_registry_store
+        from mlflow_share.mlflow_compat import private
+
+        _get_model_registry_store = private("mlflow.server.handlers",
+                                            "_get_model_registry_store")
 
         ctx = AUDIT_CONTEXT.get()
         if ctx is not None:

@@ -1,0 +1,36 @@
+"""The fence around MLflow's internals holds on the installed MLflow: every private name
+mlflow-share uses is there (an MLflow upgrade that moves one fails here), and nothing
+outside ``mlflow_share/mlflow_compat`` imports a private MLflow name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import mlflow_share
+from mlflow_share import mlflow_compat
+
+_PRIVATE_IMPORT = re.compile(r"from mlflow(?:\.[\w.]+)? import [^\n]*\b_[A-Za-z]\w*(?! as)")
+
+
+def test_every_private_mlflow_name_is_where_it_was() -> None:
+    assert mlflow_compat.missing() == []
+
+
+def test_private_mlflow_names_are_reached_through_the_fence() -> None:
+    package = Path(mlflow_share.__file__).parent
+    outside = [f"{path.relative_to(package)}: {match.group(0)}"
+               for path in package.rglob("*.py") if "mlflow_compat" not in path.parts
+               for match in _PRIVATE_IMPORT.finditer(path.read_text())]
+    assert outside == []
+
+
+def test_an_undeclared_private_name_is_refused() -> None:
+    with pytest.raises(KeyError):
+        mlflow_compat.private("mlflow.server.handlers", "_something_new")
+
+
+def test_prompt_sources_are_known_on_every_version() -> None:
+    assert {"dummy-source", "prompt-template"} <= mlflow_compat.prompt_source_placeholders()
