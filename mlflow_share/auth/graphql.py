@@ -15,7 +15,31 @@ from flask import jsonify
 from mlflow.exceptions import MlflowException
 
 from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL, Interceptor, note_denial
+from mlflow_share.auth.resolvers import check_path_length
 from mlflow_share.errors import InvalidInput, PermissionDenied
+
+
+# Every input field of the root fields this view allows, and how it is decided (the guard in
+# tests/unit/test_field_coverage.py fails on a root field's input field missing here).
+GRAPHQL_FIELDS: dict[str, dict[str, str]] = {
+    "mlflowGetExperiment": {"experimentId": "read on the experiment"},
+    "mlflowGetRun": {"runId": "read on the run's experiment", "runUuid": "as runId"},
+    "mlflowListArtifacts": {"runId": "read on the run's experiment", "runUuid": "as runId",
+                            "path": "validated by MLflow inside the run's root; length bounded",
+                            "pageToken": "MLflow's own paging"},
+    "mlflowGetMetricHistoryBulkInterval": {
+        "runIds": "read on each run's experiment", "metricKey": "a key inside those runs",
+        "startStep": "a bound", "endStep": "a bound", "maxResults": "a page size"},
+    "mlflowSearchRuns": {"experimentIds": "read on each experiment",
+                         "filter": "inside those experiments", "runViewType": "an enum",
+                         "maxResults": "a page size", "orderBy": "sort keys",
+                         "pageToken": "MLflow's own paging"},
+    "mlflowSearchDatasets": {"experimentIds": "read on each experiment"},
+    "mlflowSearchModelVersions": {"filter": "the scoped registry store filters in SQL",
+                                  "maxResults": "a page size", "orderBy": "sort keys",
+                                  "pageToken": "MLflow's own paging"},
+    "test": {}, "testMutation": {},
+}
 
 
 class ShareGraphQLMiddleware:
@@ -43,6 +67,8 @@ class ShareGraphQLMiddleware:
         if principal.is_admin:
             return
         checks = self.interceptor
+        if field not in GRAPHQL_FIELDS:
+            raise PermissionDenied(f"GraphQL field {field!r} has no mlflow-share policy.")
         if field in ("test", "testMutation", "mlflowSearchModelVersions"):
             return  # no data, or filtered by the scoped registry store
         if field == "mlflowGetExperiment":
@@ -51,6 +77,8 @@ class ShareGraphQLMiddleware:
             run_id = getattr(request, "run_id", None) or getattr(request, "run_uuid", None)
             if not run_id:
                 raise InvalidInput("run_id is required.")
+            if path := getattr(request, "path", None):
+                check_path_length(str(path))
             checks._check_run(principal, run_id, "read")
         elif field == "mlflowGetMetricHistoryBulkInterval":
             for run_id in getattr(request, "run_ids", None) or []:

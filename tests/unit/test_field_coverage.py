@@ -200,3 +200,26 @@ def test_every_parameter_of_native_routes_is_decided() -> None:
                       if fields.rule_for(f"native:{name}", p) is None]
     assert seen >= 2  # at least the proxied artifact download and upload
     assert undecided == [], "\n".join(undecided)
+
+
+def test_every_input_field_of_graphql_is_decided() -> None:
+    """GraphQL root fields are denied unless known (auth/graphql.py); a known one's every
+    input field is declared, so an MLflow upgrade that adds one is reviewed."""
+    from mlflow.server.graphql.graphql_schema_extensions import schema
+
+    from mlflow_share.auth.graphql import GRAPHQL_FIELDS
+
+    graphql_schema = schema.graphql_schema
+    undecided = []
+    for root in (graphql_schema.query_type, graphql_schema.mutation_type):
+        for name, field in (root.fields if root else {}).items():
+            if name not in GRAPHQL_FIELDS:
+                continue  # denied by the middleware: nothing to decide
+            argument = field.args.get("input")
+            input_type = argument.type if argument is not None else None
+            while hasattr(input_type, "of_type"):
+                input_type = input_type.of_type
+            for input_field in getattr(input_type, "fields", {}):
+                if input_field not in GRAPHQL_FIELDS[name]:
+                    undecided.append(f"{name}.{input_field}")
+    assert undecided == []
