@@ -28,8 +28,8 @@ def bootstrap_admin(directory: Directory) -> str | None:
     """
     if directory.has_admin():
         return None
-    username = os.environ.get(config.ADMIN_USERNAME_ENV) or "admin"
-    password = os.environ.get(config.ADMIN_PASSWORD_ENV)
+    username = config.options().admin_username or "admin"
+    password = config.options().admin_password or None
     generated = None if password else generate_password()
     try:
         directory.create_user(username, password or generated, admin=True)
@@ -121,7 +121,7 @@ def create_app(flask_app: Any = None) -> Any:
     directory = Directory(engine)
     generated = bootstrap_admin(directory)
     if generated is not None:
-        announce_generated_admin(os.environ.get(config.ADMIN_USERNAME_ENV) or "admin", generated)
+        announce_generated_admin(config.options().admin_username or "admin", generated)
 
     policy = PolicyEngine(engine, settings.password_cache_seconds)
     authorizer = Authorizer(policy)
@@ -160,7 +160,7 @@ def create_app(flask_app: Any = None) -> Any:
         flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor, gate)
         return flask_app
     server = ShareASGIMiddleware(fastapi_app, interceptor, gate)
-    if os.environ.get(config.GATEWAY_ENV) == "1":
+    if config.options().gateway:
         return with_gateway(server, settings.backend_store_uri, policy, gate.appender)
     return server
 

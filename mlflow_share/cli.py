@@ -52,6 +52,7 @@ def server(home: Path | None, backend_store_uri: str | None, artifacts_destinati
 
     Extra arguments are passed to `mlflow server` unchanged.
     """
+    _checked_settings()  # before anything is created: a bad value stops here, in one line
     home = (home or config.default_home()).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     uri = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
@@ -66,6 +67,35 @@ def server(home: Path | None, backend_store_uri: str | None, artifacts_destinati
     if gateway:
         os.environ[config.GATEWAY_ENV] = "1"
     os.execv(sys.executable, command)
+
+
+def _checked_settings() -> config.Options:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return config.options()
+    except MlflowException as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per setting.")
+def config_command(as_json: bool) -> None:
+    """List every MLFLOW_SHARE_* setting: variable, type, default, value here, meaning."""
+    import json
+
+    shown = _checked_settings().shown()
+    if as_json:
+        for setting, value in shown:
+            click.echo(json.dumps({"variable": setting.env, "type": setting.kind,
+                                   "default": None if setting.default in (None, ()) else
+                                   str(setting.default), "value": value,
+                                   "help": setting.help}))
+        return
+    width = max(len(setting.env) for setting, _ in shown)
+    click.echo(f"{'VARIABLE':<{width}}  {'TYPE':<8}  {'VALUE':<22}  MEANING")
+    for setting, value in shown:
+        click.echo(f"{setting.env:<{width}}  {setting.kind:<8}  {value[:22]:<22}  {setting.help}")
 
 
 @cli.command("gateway")
@@ -110,7 +140,7 @@ def _prepare_database(uri: str) -> None:
     engine = db.get_engine(uri)
     generated = bootstrap_admin(Directory(engine))
     if generated is not None:
-        announce_generated_admin(os.environ.get(config.ADMIN_USERNAME_ENV) or "admin", generated)
+        announce_generated_admin(config.options().admin_username or "admin", generated)
     engine.dispose()
 
 

@@ -6,9 +6,12 @@ the server fails closed instead of running with a half-understood configuration.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Variables MLflow's own `mlflow server` sets for the processes it spawns.
 _MLFLOW_BACKEND_STORE_URI = "_MLFLOW_SERVER_FILE_STORE"
@@ -30,22 +33,161 @@ def default_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".mlflow-share").expanduser()
 
 
-def _int_env(name: str, default: int, minimum: int) -> int:
+GATEWAY_ENV = "MLFLOW_SHARE_GATEWAY"  # "1": the server also serves the inference gateway
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``MLFLOW_SHARE_*`` setting: where it is read, its type, default and meaning.
+
+    ``kind`` is ``int``, ``float``, ``bool`` (``1``/``0``, ``true``/``false``), ``text``,
+    ``secret`` (text never shown), ``path`` or ``networks`` (comma-separated CIDRs).
+    """
+
+    attribute: str
+    kind: str
+    default: Any
+    help: str
+    minimum: float | None = None
+
+    @property
+    def env(self) -> str:
+        return "MLFLOW_SHARE_" + self.attribute.upper()
+
+
+# fmt: off
+DECLARED: tuple[Setting, ...] = (
+    Setting("home", "path", None, "the embedded default's folder (default ~/.mlflow-share)"),
+    Setting("admin_username", "text", "admin", "the first org admin's name"),
+    Setting("admin_password", "secret", "", "the first org admin's password (else one is "
+            "generated and shown once)"),
+    Setting("password_cache_seconds", "int", 300, "how long a verified password stays "
+            "verified in memory", 0),
+    Setting("gateway", "bool", False, "the server also serves the inference gateway"),
+    Setting("db_pool_size", "int", 5, "connections each pool keeps open (PostgreSQL)", 1),
+    Setting("db_max_overflow", "int", 10, "connections a pool may open beyond its size", 0),
+    Setting("gateway_max_body_bytes", "int", 16 * 1024 * 1024, "largest invocation body", 1),
+    Setting("gateway_rate_per_team", "float", 500.0, "gateway calls per second per calling "
+            "team (0: unlimited)", 0),
+    Setting("gateway_cache_bytes", "int", 1024**3, "bytes of loaded models kept in memory", 0),
+    Setting("gateway_metrics_token", "secret", "", "bearer token Prometheus scrapes the "
+            "gateway's /metrics with (else org admins only)"),
+    Setting("gateway_freshness_seconds", "float", 0.5, "how old the policy and alias "
+            "targets behind an in-memory gateway decision may be", 0),
+    Setting("usage_flush_seconds", "float", 5.0, "how often gateway usage is written", 0.01),
+    Setting("webhook_allow", "networks", (), "networks webhooks may reach besides public "
+            "addresses (e.g. 10.0.0.0/8)"),
+    Setting("webhook_attempts", "int", 5, "deliveries tried per webhook event", 1),
+    Setting("webhook_backoff", "float", 1.0, "seconds before the first retry (doubling)", 0),
+    Setting("webhook_timeout", "float", 10.0, "seconds a webhook receiver has to answer", 0.01),
+    Setting("session_hours", "float", 8.0, "lifetime of a browser session", 0.01),
+    Setting("insecure_cookies", "bool", False, "session cookies without Secure (plain HTTP "
+            "beyond localhost)"),
+    Setting("oidc_issuer", "text", "", "the OIDC provider's issuer URL (enables SSO)"),
+    Setting("oidc_client_id", "text", "", "the OIDC client ID"),
+    Setting("oidc_client_secret", "secret", "", "the OIDC client secret"),
+    Setting("oidc_scopes", "text", "openid profile email", "scopes asked for at login"),
+    Setting("oidc_username_claim", "text", "preferred_username", "claim naming the user"),
+    Setting("oidc_groups_claim", "text", "groups", "claim listing the user's groups"),
+    Setting("oidc_admin_group", "text", "", "group whose members are org admins"),
+    Setting("manifest_key", "path", None, "Ed25519 private key that signs version manifests"),
+)
+# fmt: on
+
+
+class Options:
+    """Every ``MLFLOW_SHARE_*`` value of this process, parsed once (``options()``)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, attribute: str) -> Any:
+        try:
+            return self.__dict__["_values"][attribute]
+        except KeyError:
+            raise AttributeError(attribute) from None
+
+    def shown(self) -> list[tuple[Setting, str]]:
+        """Each setting with its value as text (secrets masked), for ``mlflow-share config``."""
+        out = []
+        for setting in DECLARED:
+            value = self._values[setting.attribute]
+            if setting.kind == "secret":
+                text = "(set)" if value else "(not set)"
+            elif setting.kind == "networks":
+                text = ",".join(value) or "(none)"
+            else:
+                text = "(not set)" if value in (None, "") else str(value)
+            out.append((setting, text))
+        return out
+
+
+def _parse_one(setting: Setting, raw: str) -> Any:
+    import ipaddress
+    import math
+
+    if setting.kind in ("text", "secret"):
+        return raw
+    if setting.kind == "path":
+        return Path(raw).expanduser()
+    if setting.kind == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be 1 or 0 (true or false)")
+    if setting.kind == "networks":
+        networks = []
+        for part in raw.split(","):
+            if part.strip():
+                try:
+                    networks.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+                except ValueError:
+                    raise ValueError(f"{part.strip()!r} is not a network (e.g. 10.0.0.0/8)") \
+                        from None
+        return tuple(networks)
+    number: float
+    try:
+        number = int(raw) if setting.kind == "int" else float(raw)
+    except ValueError:
+        raise ValueError(f"must be {'an integer' if setting.kind == 'int' else 'a number'}") \
+            from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    if setting.minimum is not None and number < setting.minimum:
+        raise ValueError(f"must be at least {setting.minimum:g}")
+    return number
+
+
+def parse_options(environ: Mapping[str, str]) -> Options:
+    """Parse every declared setting; one error naming each bad value, or the options.
+
+    Raises:
+        InvalidInput: a setting has a value of the wrong type or out of range.
+    """
     from mlflow_share.errors import InvalidInput
 
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise InvalidInput(f"{name} must be at least {minimum}, got {value}")
-    return value
+    values: dict[str, Any] = {}
+    errors = []
+    for setting in DECLARED:
+        raw = environ.get(setting.env, "")
+        if raw == "":
+            values[setting.attribute] = setting.default
+            continue
+        try:
+            values[setting.attribute] = _parse_one(setting, raw)
+        except ValueError as exc:
+            shown = "(hidden)" if setting.kind == "secret" else repr(raw[:100])
+            errors.append(f"{setting.env} {exc}, got {shown}")
+    if errors:
+        raise InvalidInput("Invalid mlflow-share settings: " + "; ".join(errors) + ".")
+    return Options(values)
 
 
-GATEWAY_ENV = "MLFLOW_SHARE_GATEWAY"  # "1": the server also serves the inference gateway
+@functools.cache
+def options() -> Options:
+    """This process's settings, parsed from its environment the first time they are asked."""
+    return parse_options(os.environ)
 
 
 @dataclass(frozen=True)
@@ -93,5 +235,5 @@ class Settings:
         return cls(
             backend_store_uri=uri,
             server_kind=os.environ.get(_MLFLOW_SGI_NAME) or "uvicorn",
-            password_cache_seconds=_int_env(PASSWORD_CACHE_SECONDS_ENV, 300, 0),
+            password_cache_seconds=options().password_cache_seconds,
         )

@@ -7,7 +7,6 @@ the same transaction, which is how every worker process learns that its cache is
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from mlflow_share import config
 
 metadata = sa.MetaData()
 
@@ -328,18 +329,14 @@ def get_engine(uri: str, *, purpose: str = "default") -> Engine:
             if uri.startswith("sqlite"):
                 kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
             if not uri.startswith("sqlite"):
-                kwargs.update(pool_size=_env_int("MLFLOW_SHARE_DB_POOL_SIZE", 5),
-                              max_overflow=_env_int("MLFLOW_SHARE_DB_MAX_OVERFLOW", 10))
+                settings = config.options()
+                kwargs.update(pool_size=settings.db_pool_size,
+                              max_overflow=settings.db_max_overflow)
             engine = sa.create_engine(uri, **kwargs)
             if uri.startswith("sqlite"):
                 sa.event.listen(engine, "connect", _sqlite_pragmas)
             _engines[f"{purpose}:{uri}"] = engine
         return engine
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() else default
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

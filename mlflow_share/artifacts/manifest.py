@@ -18,9 +18,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from mlflow_share import config
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
@@ -87,7 +88,7 @@ def resources(statement: dict[str, Any]) -> dict[str, tuple[int, str]]:
 
 def sign(statement: dict[str, Any]) -> str | None:
     """Base64 Ed25519 signature of the canonical statement, if a key is configured."""
-    key_path = os.environ.get(KEY_ENV)
+    key_path = config.options().manifest_key
     if not key_path:
         return None
     from mlflow_share.audit.verify import _load_private_key

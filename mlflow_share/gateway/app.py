@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 
-from mlflow_share import db
+from mlflow_share import config, db
 from mlflow_share.audit.log import AUDIT_CONTEXT, AuditAppender, AuditContext, new_request_id
 from mlflow_share.auth.authorizer import MISSING_CREDENTIALS, Authorizer
 from mlflow_share.auth.identity import Principal, parse_authorization
@@ -164,10 +164,11 @@ class Gateway:
         self.authorizer = Authorizer(self.policy)
         repo = ChecksumArtifactRepository(artifacts_destination, ledger=Ledger(self.engine),
                                           root=artifacts_destination)
-        self.cache = ModelCache(self.engine, repo,
-                                max_bytes=int(os.environ.get(CACHE_ENV, 1024**3)))
-        self.max_body = int(os.environ.get(MAX_BODY_ENV, 16 * 1024 * 1024))
-        self.limiter = RateLimiter(float(os.environ.get(RATE_ENV, 500)))
+        settings = config.options()
+        self.cache = ModelCache(self.engine, repo, max_bytes=settings.gateway_cache_bytes)
+        self.max_body = settings.gateway_max_body_bytes
+        self.limiter = RateLimiter(settings.gateway_rate_per_team)
+        self.metrics_token: str = settings.gateway_metrics_token
         self.appender = appender or AuditAppender(self.engine)
         self.usage = Usage(self.engine, self.appender)
         # (model, alias) -> (version, identity) it served last
@@ -175,9 +176,7 @@ class Gateway:
         from mlflow_share.gateway.metrics import Metrics
 
         self.metrics = Metrics()
-        self.freshness = float(os.environ.get(FRESHNESS_ENV, "0.5"))
-        if not math.isfinite(self.freshness) or self.freshness < 0:
-            raise InvalidInput(f"{FRESHNESS_ENV} must be a number of seconds >= 0.")
+        self.freshness = settings.gateway_freshness_seconds
         self._refresh_failing = False
         # (model, alias, version) -> what it named when last read; kept fresh by the refresher
         self.targets: dict[tuple[str, str | None, int | None], Target] = {}
@@ -726,7 +725,7 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
     async def metrics(request: Request) -> Response:
         # Model and team names are not public: an org admin, or the scrape token.
         header = request.headers.get("authorization") or ""
-        scrape = os.environ.get(METRICS_TOKEN_ENV)
+        scrape = gateway.metrics_token
         if not (scrape and hmac.compare_digest(header, f"Bearer {scrape}")):
             ctx = AuditContext(action="gateway.metrics")
             try:

@@ -11,7 +11,6 @@ flush is also one audit event with the invocation counts it wrote.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlflow_share import db
+from mlflow_share import config, db
 from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
 
 _SAMPLES = 2000  # latencies kept per bucket for its quantiles
@@ -51,7 +50,7 @@ class Usage:
     def __init__(self, engine: sa.Engine, appender: AuditAppender,
                  every: float | None = None) -> None:
         self.engine, self.appender = engine, appender
-        self.every = every if every is not None else float(os.environ.get(FLUSH_ENV) or 5)
+        self.every = every if every is not None else config.options().usage_flush_seconds
         self._buckets: dict[tuple[str, str, str, int], _Bucket] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -26,7 +26,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import queue
 import re
 import secrets
@@ -46,7 +45,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager
 
-from mlflow_share import db
+from mlflow_share import config, db
 from mlflow_share.errors import InvalidInput, NotFound
 
 _logger = logging.getLogger(__name__)
@@ -62,14 +61,8 @@ class Refused(Exception):
 
 
 def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    networks = []
-    for part in (os.environ.get(ALLOW_ENV) or "").split(","):
-        if part.strip():
-            try:
-                networks.append(ipaddress.ip_network(part.strip(), strict=False))
-            except ValueError:
-                _logger.error("mlflow-share: ignoring %s entry %r", ALLOW_ENV, part)
-    return networks
+    # Parsed (and refused at start-up when malformed) by mlflow_share.config.
+    return [ipaddress.ip_network(network) for network in config.options().webhook_allow]
 
 
 # IPv6 forms that carry an IPv4 address a router or NAT may deliver to: the IPv4 decides.
@@ -251,9 +244,10 @@ class Notifier:
         self.engine = engine
         self.may_read = may_read or (lambda _user, _model_id: True)
         self.threads = threads
-        self.attempts = max(1, int(os.environ.get("MLFLOW_SHARE_WEBHOOK_ATTEMPTS", "5")))
-        self.backoff = float(os.environ.get("MLFLOW_SHARE_WEBHOOK_BACKOFF", "1"))
-        self.timeout = float(os.environ.get("MLFLOW_SHARE_WEBHOOK_TIMEOUT", "10"))
+        settings = config.options()
+        self.attempts: int = settings.webhook_attempts
+        self.backoff: float = settings.webhook_backoff
+        self.timeout: float = settings.webhook_timeout
         self._queue: queue.Queue[str] = queue.Queue()
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()

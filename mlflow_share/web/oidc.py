@@ -24,7 +24,6 @@ sent; a callback whose state is unknown, used or older than ten minutes.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from mlflow_share import config
 from mlflow_share.errors import InvalidInput, PermissionDenied
 from mlflow_share.policy.enforcer import ROLES, validate_identifier
 
@@ -60,19 +60,19 @@ class OidcSettings:
 
     @classmethod
     def from_env(cls) -> OidcSettings | None:
-        issuer = os.environ.get("MLFLOW_SHARE_OIDC_ISSUER", "").rstrip("/")
+        settings = config.options()
+        issuer = settings.oidc_issuer.rstrip("/")
         if not issuer:
             return None
-        client_id = os.environ.get("MLFLOW_SHARE_OIDC_CLIENT_ID", "")
-        if not client_id:
+        if not settings.oidc_client_id:
             raise InvalidInput("MLFLOW_SHARE_OIDC_ISSUER is set: set MLFLOW_SHARE_OIDC_CLIENT_ID too.")
         return cls(
-            issuer=issuer, client_id=client_id,
-            client_secret=os.environ.get("MLFLOW_SHARE_OIDC_CLIENT_SECRET", ""),
-            scopes=os.environ.get("MLFLOW_SHARE_OIDC_SCOPES") or cls.scopes,
-            username_claim=os.environ.get("MLFLOW_SHARE_OIDC_USERNAME_CLAIM") or cls.username_claim,
-            groups_claim=os.environ.get("MLFLOW_SHARE_OIDC_GROUPS_CLAIM") or cls.groups_claim,
-            admin_group=os.environ.get("MLFLOW_SHARE_OIDC_ADMIN_GROUP", ""),
+            issuer=issuer, client_id=settings.oidc_client_id,
+            client_secret=settings.oidc_client_secret,
+            scopes=settings.oidc_scopes or cls.scopes,
+            username_claim=settings.oidc_username_claim or cls.username_claim,
+            groups_claim=settings.oidc_groups_claim or cls.groups_claim,
+            admin_group=settings.oidc_admin_group,
         )
 
 

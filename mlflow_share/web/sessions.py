@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
@@ -23,7 +22,7 @@ from http.cookies import CookieError, SimpleCookie
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mlflow_share import db
+from mlflow_share import config, db
 
 SESSION_COOKIE = "mlflow_share_session"
 OIDC_COOKIE = "mlflow_share_oidc"  # binds an OIDC login to the browser that started it
@@ -69,7 +68,7 @@ def cookie_header(name: str, value: str, *, max_age: int, http_only: bool = True
     """A ``Set-Cookie`` value: ``Secure`` unless the installation opted out (plain HTTP on a
     host other than localhost), ``SameSite=Lax`` (the OIDC redirect back is a top-level GET)."""
     parts = [f"{name}={value}", f"Path={path}", f"Max-Age={max_age}", "SameSite=Lax"]
-    if os.environ.get(INSECURE_COOKIES_ENV) != "1":
+    if not config.options().insecure_cookies:
         parts.append("Secure")
     if http_only:
         parts.append("HttpOnly")
@@ -81,8 +80,7 @@ class SessionStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        hours = os.environ.get(SESSION_HOURS_ENV, "")
-        self.lifetime_ms = int(float(hours) * 3_600_000) if hours else 8 * 3_600_000
+        self.lifetime_ms = int(config.options().session_hours * 3_600_000)
 
     def create(self, conn: sa.Connection, user: str, via: str) -> tuple[str, WebSession]:
         """A new session for ``user`` in the caller's (audited) transaction; returns the cookie

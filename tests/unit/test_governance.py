@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from mlflow_share import db
 from mlflow_share.errors import InvalidInput
+from mlflow_share import config
 from mlflow_share.governance import notifications
 from mlflow_share.governance import versions as semvers
 
@@ -74,12 +75,14 @@ def test_invalid_ranges_are_refused(bad: str) -> None:
 def test_non_public_addresses_are_refused(address: str, monkeypatch: pytest.MonkeyPatch
                                           ) -> None:
     monkeypatch.delenv(notifications.ALLOW_ENV, raising=False)
+    config.options.cache_clear()  # settings are parsed once per process
     with pytest.raises(notifications.Refused):
         notifications.check_address(address)
 
 
 def test_the_allow_list_admits_only_what_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(notifications.ALLOW_ENV, "127.0.0.0/8, ::1")
+    config.options.cache_clear()  # settings are parsed once per process
     notifications.check_address("127.0.0.1")
     notifications.check_address("::ffff:127.0.0.1")
     notifications.check_address("8.8.8.8")  # public addresses are always fine
@@ -136,6 +139,7 @@ def test_the_peer_is_checked_at_connect_time(tmp_path: Path, sink: int,
     """A subscription whose name later points at a private address (DNS rebinding) is refused
     when connecting, before a byte is sent, and never retried."""
     monkeypatch.delenv(notifications.ALLOW_ENV, raising=False)
+    config.options.cache_clear()  # settings are parsed once per process
     notifier, delivery = _notifier(tmp_path, f"http://localhost:{sink}/")
     assert notifier.deliver(notifications._session(), delivery) == "refused"
     assert _Sink.hits == 0
@@ -146,6 +150,7 @@ def test_the_peer_is_checked_at_connect_time(tmp_path: Path, sink: int,
 def test_deliveries_retry_server_errors_with_backoff(tmp_path: Path, sink: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(notifications.ALLOW_ENV, "127.0.0.0/8")
+    config.options.cache_clear()  # settings are parsed once per process
     notifier, delivery = _notifier(tmp_path, f"http://127.0.0.1:{sink}/")
     assert notifier.deliver(notifications._session(), delivery) == "delivered"
     assert _Sink.hits == 3
@@ -167,3 +172,9 @@ def test_signature_is_mlflows_webhook_scheme() -> None:
 def test_implied_bounds_do_not_admit_pre_releases(text: str, versions: list[str],
                                                   newest: str | None) -> None:
     assert semvers.parse_range(text).newest(versions) == newest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings():  # type: ignore[no-untyped-def]
+    yield
+    config.options.cache_clear()
