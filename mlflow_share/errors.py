@@ -11,8 +11,14 @@ JSON envelope (``error_code``, ``message``) with the mapped status::
           │    └── InvalidPolicy     INVALID_PARAMETER_VALUE     400
           ├── NotFound               RESOURCE_DOES_NOT_EXIST     404
           ├── Conflict               RESOURCE_CONFLICT           409
+          ├── EndpointNotFound       ENDPOINT_NOT_FOUND          404
+          ├── MethodNotAllowed       METHOD_NOT_ALLOWED          405
+          ├── TooLarge               INVALID_PARAMETER_VALUE     413
+          ├── TooMany                REQUEST_LIMIT_EXCEEDED      429
+          ├── InternalError          INTERNAL_ERROR              500
           ├── Unavailable            TEMPORARILY_UNAVAILABLE     503
-          │    └── AuditUnavailable  TEMPORARILY_UNAVAILABLE     503
+          │    ├── AuditUnavailable  TEMPORARILY_UNAVAILABLE     503
+          │    └── DatabaseUnavailable TEMPORARILY_UNAVAILABLE   503
           ├── AuditChainBroken       DATA_LOSS                   500
           └── DataLoss               DATA_LOSS                   500
 
@@ -68,6 +74,40 @@ class Unavailable(MlflowShareError):
 
 class AuditUnavailable(Unavailable):
     """The audit event could not be committed, so neither was the change it records."""
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database cannot be reached: nothing can be decided or served; try again."""
+
+
+class EndpointNotFound(MlflowShareError):
+    error_code_value = databricks_pb2.ENDPOINT_NOT_FOUND
+
+
+class MethodNotAllowed(MlflowShareError):
+    """A path called with a method it does not serve (MLflow's ErrorCode has no name for it:
+    the envelope carries the name HTTP gives it)."""
+
+    def get_http_status_code(self) -> int:
+        return 405
+
+    def serialize_as_json(self) -> str:
+        return json.dumps({"error_code": "METHOD_NOT_ALLOWED", "message": self.message})
+
+
+class TooLarge(MlflowShareError):
+    error_code_value = databricks_pb2.INVALID_PARAMETER_VALUE
+
+    def get_http_status_code(self) -> int:
+        return 413
+
+
+class TooMany(MlflowShareError):
+    error_code_value = databricks_pb2.REQUEST_LIMIT_EXCEEDED
+
+
+class InternalError(MlflowShareError):
+    """An unexpected failure, answered in the envelope (the details go to the server log)."""
 
 
 class AuditChainBroken(MlflowShareError):

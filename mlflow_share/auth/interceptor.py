@@ -22,7 +22,7 @@ from urllib.parse import urlencode, urlsplit
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import MethodNotAllowed as NoSuchMethod
 
 from mlflow_share import directory as directory_module
 from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal, note_resource
@@ -40,6 +40,10 @@ from mlflow_share.auth.resolvers import MlflowLookups, check_path_length, valida
 from mlflow_share.directory import Directory
 from mlflow_share.errors import (
     Conflict,
+    DatabaseUnavailable,
+    EndpointNotFound,
+    InternalError,
+    MethodNotAllowed,
     InvalidInput,
     MlflowShareError,
     NotFound,
@@ -134,9 +138,6 @@ def _error(exc: MlflowException, *, authenticate: bool = False) -> Decision:
     return Decision(False, exc.get_http_status_code(), exc.serialize_as_json().encode(), headers)
 
 
-def _plain_error(status: int, code: str, message: str) -> Decision:
-    body = json.dumps({"error_code": code, "message": message}).encode()
-    return Decision(False, status, body, [("Content-Type", "application/json")])
 
 
 def _to_login(request: IncomingRequest) -> Decision:
@@ -192,19 +193,19 @@ class Interceptor:
         if "//" in request.raw_path or "//" in request.path:
             if "/mlflow-artifacts/" in request.path:  # an absolute path after the route prefix
                 return _error(InvalidInput("Invalid artifact path."))
-            return _plain_error(404, "ENDPOINT_NOT_FOUND", "No such endpoint.")
+            return _error(EndpointNotFound("No such endpoint."))
         if request.method != request.method.upper():
             # h11 passes `get` through, werkzeug routes it as GET: refuse the ambiguity.
-            return _plain_error(405, "METHOD_NOT_ALLOWED", "HTTP methods must be upper case.")
+            return _error(MethodNotAllowed("HTTP methods must be upper case."))
         if any(h in request.headers for h in _METHOD_OVERRIDE_HEADERS):
             return _error(InvalidInput("HTTP method-override headers are not accepted."))
         method = "GET" if request.method == "OPTIONS" else request.method
         try:
             match = self.routes.match(request.path, method)
-        except MethodNotAllowed:
-            return _plain_error(405, "METHOD_NOT_ALLOWED", "Method not allowed for this endpoint.")
+        except NoSuchMethod:
+            return _error(MethodNotAllowed("Method not allowed for this endpoint."))
         if match is None:
-            return _plain_error(404, "ENDPOINT_NOT_FOUND", "No such endpoint.")
+            return _error(EndpointNotFound("No such endpoint."))
         return match
 
     def needs_body(self, match: Match, request: IncomingRequest) -> bool:
@@ -232,12 +233,12 @@ class Interceptor:
         except SQLAlchemyError:  # the database is down: nothing can be decided, so nothing is
             _logger.exception("mlflow-share could not reach its database to decide a request")
             note_denial("The database is unreachable.")
-            return _plain_error(503, "TEMPORARILY_UNAVAILABLE",
-                                "The server cannot reach its database; try again shortly.")
+            return _error(DatabaseUnavailable(
+                "The server cannot reach its database; try again shortly."))
         except Exception:  # noqa: BLE001 - fail closed: an unexpected error denies, in the envelope
             _logger.exception("mlflow-share could not decide a request; denied")
             note_denial("The request could not be authorised.")
-            return _plain_error(500, "INTERNAL_ERROR", "The request could not be authorised.")
+            return _error(InternalError("The request could not be authorised."))
 
     def _decide(self, request: IncomingRequest, match: Match) -> Decision:
         rule = match.rule

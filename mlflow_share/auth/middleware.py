@@ -32,7 +32,15 @@ from mlflow_share.auth.interceptor import (
     IncomingRequest,
     Interceptor,
 )
-from mlflow_share.errors import API_PREFIXES, AuditUnavailable, clean_error_body
+from mlflow_share.errors import (
+    API_PREFIXES,
+    AuditUnavailable,
+    DatabaseUnavailable,
+    InternalError,
+    TooLarge,
+    clean_error_body,
+    envelope,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -40,10 +48,10 @@ Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 
-_UNAVAILABLE_BODY = (b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": '
-                     b'"The audit log is unavailable; the request was not served."}')
-_DATABASE_DOWN_BODY = (b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": '
-                       b'"The server cannot reach its database; try again shortly."}')
+_UNAVAILABLE_BODY = envelope(AuditUnavailable(
+    "The audit log is unavailable; the request was not served."))[1]
+_DATABASE_DOWN_BODY = envelope(DatabaseUnavailable(
+    "The server cannot reach its database; try again shortly."))[1]
 
 
 def _parse_query(query_string: str) -> MultiDict[str, str]:
@@ -52,9 +60,8 @@ def _parse_query(query_string: str) -> MultiDict[str, str]:
 
 
 def _too_large() -> Decision:
-    body = (b'{"error_code": "INVALID_PARAMETER_VALUE", '
-            b'"message": "Request body too large for this endpoint."}')
-    return Decision(False, 413, body, [("Content-Type", "application/json")])
+    status, body = envelope(TooLarge("Request body too large for this endpoint."))
+    return Decision(False, status, body, [("Content-Type", "application/json")])
 
 
 def _unavailable() -> Decision:
@@ -359,8 +366,8 @@ def _failure(exc: Exception) -> Decision:
         _logger.warning("mlflow-share could not reach its database to serve a request: %s", exc)
         return Decision(False, 503, _DATABASE_DOWN_BODY, [("Content-Type", "application/json")])
     _logger.error("mlflow-share: a request failed", exc_info=exc)
-    body = b'{"error_code": "INTERNAL_ERROR", "message": "The request failed on the server."}'
-    return Decision(False, 500, body, [("Content-Type", "application/json")])
+    status, body = envelope(InternalError("The request failed on the server."))
+    return Decision(False, status, body, [("Content-Type", "application/json")])
 
 
 def _replay(body: bytes) -> Receive:

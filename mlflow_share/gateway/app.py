@@ -40,7 +40,6 @@ from typing import Any
 import anyio
 import sqlalchemy as sa
 from mlflow.exceptions import MlflowException
-from mlflow.protos import databricks_pb2
 
 from mlflow_share import config, db
 from mlflow_share.audit.log import AUDIT_CONTEXT, AuditAppender, AuditContext, new_request_id
@@ -49,10 +48,14 @@ from mlflow_share.auth.identity import Principal, parse_authorization
 from mlflow_share.directory import MODEL
 from mlflow_share.errors import (
     AuditUnavailable,
+    EndpointNotFound,
     InvalidInput,
+    MethodNotAllowed,
     MlflowShareError,
     NotFound,
     PermissionDenied,
+    TooLarge,
+    TooMany,
     Unauthenticated,
     Unavailable,
 )
@@ -81,31 +84,6 @@ FRESHNESS_ENV = "MLFLOW_SHARE_GATEWAY_FRESHNESS_SECONDS"
 INLINE_BODY_BYTES = 256 * 1024
 INLINE_RUN_SECONDS = 0.0002
 MAX_TARGETS = 10_000  # (model, alias or version) pairs kept fresh in the background
-
-
-class TooLarge(MlflowShareError):
-    error_code_value = databricks_pb2.INVALID_PARAMETER_VALUE
-
-    def get_http_status_code(self) -> int:
-        return 413
-
-
-class TooMany(MlflowShareError):
-    error_code_value = databricks_pb2.REQUEST_LIMIT_EXCEEDED
-
-
-class MethodNotAllowed(MlflowShareError):
-    """A gateway path called with a method it does not serve: the server's own 405 answer."""
-
-    error_code_value = databricks_pb2.BAD_REQUEST
-
-    def get_http_status_code(self) -> int:
-        return 405
-
-    def serialize_as_json(self) -> str:
-        import json
-
-        return json.dumps({"error_code": "METHOD_NOT_ALLOWED", "message": self.message})
 
 
 @dataclass
@@ -742,8 +720,8 @@ def create_gateway_app(backend_store_uri: str, artifacts_destination: str, *,
     async def unrouted(request: Request, exc: Exception) -> Response:
         """Starlette's own 404 and 405, in MLflow's envelope and audited like the server's."""
         error: MlflowException = MethodNotAllowed("Method not allowed for this endpoint.") if (
-            isinstance(exc, HTTPException) and exc.status_code == 405) else MlflowException(
-            "No such endpoint.", error_code=databricks_pb2.ENDPOINT_NOT_FOUND)
+            isinstance(exc, HTTPException) and exc.status_code == 405) else EndpointNotFound(
+            "No such endpoint.")
         return await refuse(gateway, request, AuditContext(action="unrouted"), error)
 
     @contextlib.asynccontextmanager
