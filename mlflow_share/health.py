@@ -21,7 +21,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from mlflow_share import db
-from mlflow_share.admin.api import PREFIX
+from mlflow_share.http import PREFIX
 from mlflow_share.audit.log import AuditAppender
 from mlflow_share.policy.enforcer import PolicyEngine
 

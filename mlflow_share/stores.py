@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+from mlflow.store.model_registry.sqlalchemy_store import (
+    SqlAlchemyStore as RegistryStore,
+)
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
 
 from mlflow_share import db
-from mlflow_share.auth.interceptor import SEARCH_SCOPE, SearchScope
 from mlflow_share.directory import EXPERIMENT, MODEL
+from mlflow_share.request_state import SEARCH_SCOPE, SearchScope
 
 _READ_PERMISSIONS = ("read", "write", "manage")
 

@@ -9,70 +9,26 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from mlflow.exceptions import MlflowException
 
 from mlflow_share.audit.log import note_resource
 from mlflow_share.auth.authorizer import Authorizer
 from mlflow_share.auth.identity import Principal
-from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL
 from mlflow_share.directory import EXPERIMENT, MODEL, Directory
-from mlflow_share.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
+from mlflow_share.errors import (
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+)
+from mlflow_share.http import (
+    PREFIX,
+    current_principal,
+    json_body,
+    json_errors,
+    require_admin,
+    string_field,
+)
 from mlflow_share.policy import io as policy_io
 from mlflow_share.policy.enforcer import PolicyEngine
-
-PREFIX = "/api/2.0/mlflow-share"
-
-
-def current_principal() -> Principal:
-    principal = CURRENT_PRINCIPAL.get()
-    if principal is None:  # only reachable if the interceptor were bypassed
-        raise Unauthenticated("Authentication required.")
-    return principal
-
-
-def _require_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        raise PermissionDenied("Only org administrators may do this.")
-
-
-def json_body() -> dict[str, Any]:
-    try:
-        data = request.get_json(silent=True)
-    except RecursionError:
-        raise InvalidInput("The request body nests too deeply to be read.") from None
-    if not isinstance(data, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    return data
-
-
-def string_field(data: dict[str, Any], name: str, *, required: bool = True) -> str | None:
-    value = data.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"Missing or invalid string parameter {name!r}.")
-    return value
-
-
-def require_model(policy: PolicyEngine, name: str, action: str,
-                  version: int | None = None) -> str | None:
-    """mlflow-share's ID of registered model ``name`` if the caller may ``action`` it (on
-    ``version``: a sharing package covers only the versions it pins);
-    404 for a model that does not exist (admins: one with no owner team gives ``None``),
-    403 otherwise. Names the model in the request's audit event."""
-    return Authorizer(policy).check_model(current_principal(), name, action, version)
-
-
-def json_errors(blueprint: Blueprint) -> Blueprint:
-    """Answer the blueprint's errors in MLflow's JSON envelope with the mapped status."""
-
-    @blueprint.errorhandler(MlflowException)
-    def _error(exc: MlflowException) -> Response:
-        response = Response(exc.serialize_as_json(), mimetype="application/json")
-        response.status_code = exc.get_http_status_code()
-        return response
-
-    return blueprint
 
 
 def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
@@ -110,7 +66,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.post("/teams")
     def create_team() -> Response:
-        _require_admin(current_principal())
+        require_admin(current_principal())
         name = string_field(json_body(), "name")
         assert name is not None
         directory.create_team(name)
@@ -148,7 +104,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.post("/users")
     def create_user() -> Response:
-        _require_admin(current_principal())
+        require_admin(current_principal())
         data = json_body()
         name = string_field(data, "name")
         assert name is not None
@@ -160,7 +116,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.get("/users")
     def list_users() -> Response:
-        _require_admin(current_principal())
+        require_admin(current_principal())
         return jsonify({"users": directory.list_users()})
 
     @api.post("/tokens")
@@ -219,7 +175,7 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     def list_grants() -> Response:
         principal = current_principal()
         if request.args.get("model") is None and request.args.get("experiment_id") is None:
-            _require_admin(principal)
+            require_admin(principal)
             return jsonify({"grants": directory.list_grants()})
         kind, resource_id, label = resource_of(dict(request.args))
         owner = policy.owner_of(kind, resource_id)
@@ -228,13 +184,13 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
 
     @api.get("/policy")
     def export_policy() -> Response:
-        _require_admin(current_principal())
+        require_admin(current_principal())
         return jsonify({"policy": policy_io.export_policy(directory)})
 
     @api.post("/policy")
     def import_policy() -> Response:
         principal = current_principal()
-        _require_admin(principal)
+        require_admin(principal)
         data = json_body()
         text = string_field(data, "policy")
         assert text is not None

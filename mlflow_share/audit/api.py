@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.admin.api import current_principal, json_errors
+from mlflow_share.http import current_principal, json_errors
 from mlflow_share.audit.verify import EventFilter, hash_at, search_events, verify_chain
 from mlflow_share.auth.identity import Principal
 from mlflow_share.errors import InvalidInput, PermissionDenied

@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import jsonify
-
 from mlflow.exceptions import MlflowException
 
-from mlflow_share.auth.interceptor import CURRENT_PRINCIPAL, Interceptor, note_denial
+from mlflow_share.auth.interceptor import Interceptor, note_denial
 from mlflow_share.auth.resolvers import check_path_length
 from mlflow_share.errors import InvalidInput, PermissionDenied
-
+from mlflow_share.request_state import CURRENT_PRINCIPAL
 
 # Every input field of the root fields this view allows, and how it is decided (the guard in
 # tests/unit/test_field_coverage.py fails on a root field's input field missing here).

@@ -9,7 +9,6 @@ authorised is what MLflow then acts on.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
@@ -36,15 +35,19 @@ from mlflow_share.auth.authorizer import (
 from mlflow_share.auth.contract import Contract, RequestView
 from mlflow_share.auth.fields import Check
 from mlflow_share.auth.identity import Principal, parse_authorization
-from mlflow_share.auth.resolvers import MlflowLookups, check_path_length, validate_artifact_path
+from mlflow_share.auth.resolvers import (
+    MlflowLookups,
+    check_path_length,
+    validate_artifact_path,
+)
 from mlflow_share.directory import Directory
 from mlflow_share.errors import (
     Conflict,
     DatabaseUnavailable,
     EndpointNotFound,
     InternalError,
-    MethodNotAllowed,
     InvalidInput,
+    MethodNotAllowed,
     MlflowShareError,
     NotFound,
     PermissionDenied,
@@ -53,6 +56,7 @@ from mlflow_share.errors import (
 from mlflow_share.mlflow_compat import private
 from mlflow_share.policy.enforcer import PolicyEngine, validate_identifier
 from mlflow_share.policy.routes import Match, Resolver, RouteTable, Rule
+from mlflow_share.request_state import SearchScope
 from mlflow_share.web.sessions import (
     CSRF_HEADER,
     SAFE_METHODS,
@@ -90,23 +94,6 @@ LOGIN_PATH = "/share/login"
 
 class SessionExpired(Unauthenticated):
     """A browser's session cookie that no longer opens a session (no Basic prompt)."""
-
-
-@dataclass(frozen=True)
-class SearchScope:
-    """Restricts store searches of one request to what the caller may read."""
-
-    principal: str
-    teams: tuple[str, ...]
-
-
-# Set for the duration of one request; read by the scoped stores and mlflow-share's views.
-SEARCH_SCOPE: contextvars.ContextVar[SearchScope | None] = contextvars.ContextVar(
-    "mlflow_share_search_scope", default=None
-)
-CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "mlflow_share_principal", default=None
-)
 
 
 @dataclass

@@ -23,11 +23,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request as WerkzeugRequest
 
-from mlflow_share.audit.log import AUDIT_CONTEXT, AuditAppender, AuditContext, new_request_id
+from mlflow_share.audit.log import (
+    AUDIT_CONTEXT,
+    AuditAppender,
+    AuditContext,
+    new_request_id,
+)
 from mlflow_share.auth.interceptor import (
-    CURRENT_PRINCIPAL,
     MAX_JSON_BODY,
-    SEARCH_SCOPE,
     Decision,
     IncomingRequest,
     Interceptor,
@@ -41,6 +44,7 @@ from mlflow_share.errors import (
     clean_error_body,
     envelope,
 )
+from mlflow_share.request_state import CURRENT_PRINCIPAL, SEARCH_SCOPE
 
 _logger = logging.getLogger(__name__)
 

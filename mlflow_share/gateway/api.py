@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.admin.api import PREFIX, json_errors, require_model
+from mlflow_share.http import PREFIX, json_errors, require_model
 from mlflow_share.errors import InvalidInput
 from mlflow_share.gateway.usage import usage_rows
 from mlflow_share.policy.enforcer import PolicyEngine

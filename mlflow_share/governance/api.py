@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
 from mlflow_share import db
-from mlflow_share.admin.api import (
+from mlflow_share.http import (
     PREFIX,
     current_principal,
     json_body,

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.admin.api import (
+from mlflow_share.http import (
     PREFIX,
     current_principal,
     json_body,

@@ -29,7 +29,7 @@ from flask import (
 )
 from mlflow.exceptions import MlflowException
 
-from mlflow_share.admin.api import current_principal, json_errors
+from mlflow_share.http import current_principal, json_errors
 from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal
 from mlflow_share.auth.identity import Credentials
 from mlflow_share.directory import Directory
