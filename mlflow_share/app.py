@@ -96,6 +96,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.auth.graphql import make_graphql_view
     from mlflow_share.auth.interceptor import Interceptor
     from mlflow_share.auth.middleware import AuditGate, ShareASGIMiddleware, ShareWSGIMiddleware
+    from mlflow_share.mlflow_compat import replace_view
     from mlflow_share.auth.resolvers import MlflowLookups
     from mlflow_share.gateway.api import create_usage_blueprint
     from mlflow_share.governance import notifications
@@ -155,7 +156,7 @@ def create_app(flask_app: Any = None) -> Any:
     serving.install(flask_app, fastapi_app, gate.appender)
     interceptor = Interceptor(RouteTable(flask_app, fastapi_app), policy, directory, lookups,
                               sessions, Contract(flask_app))
-    flask_app.view_functions["_graphql"] = make_graphql_view(interceptor)
+    replace_view(flask_app, "_graphql", lambda _original: make_graphql_view(interceptor))
     if fastapi_app is None:
         flask_app.wsgi_app = ShareWSGIMiddleware(flask_app.wsgi_app, interceptor, gate)
         return flask_app

@@ -212,8 +212,8 @@ def install_flask(flask_app: Any) -> None:
 
     from mlflow_share.mlflow_compat import private
 
-    stock_download = flask_app.view_functions["_download_artifact"]
-    stock_upload = flask_app.view_functions["_upload_artifact"]
+    stock_download = flask_app.view_functions.get("_download_artifact")
+    stock_upload = flask_app.view_functions.get("_upload_artifact")
 
     def _repo() -> ChecksumArtifactRepository | None:
         from mlflow.server import SERVE_ARTIFACTS_ENV_VAR
@@ -255,8 +255,10 @@ def install_flask(flask_app: Any) -> None:
             return _json_error(exc)
         return Response("{}", mimetype="application/json")
 
-    flask_app.view_functions["_download_artifact"] = download
-    flask_app.view_functions["_upload_artifact"] = upload
+    from mlflow_share.mlflow_compat import replace_view
+
+    replace_view(flask_app, "_download_artifact", lambda _original: download)
+    replace_view(flask_app, "_upload_artifact", lambda _original: upload)
 
 
 def install(flask_app: Any, fastapi_app: Any | None, appender: AuditAppender) -> None:

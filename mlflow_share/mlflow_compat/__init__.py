@@ -60,3 +60,42 @@ def prompt_source_placeholders() -> frozenset[str]:
     except ImportError:  # MLflow 3.16
         return _PROMPT_SOURCES_316
     return frozenset(_PROMPT_SOURCE_PLACEHOLDERS)
+
+
+# MLflow views mlflow-share replaces: (endpoint, what for, whether the server can run without).
+VIEW_SWAPS: tuple[tuple[str, str, bool], ...] = (
+    ("_graphql", "GraphQL authorised field by field", False),
+    ("_download_artifact", "checked artifact downloads under gunicorn and waitress", False),
+    ("_upload_artifact", "checked artifact uploads under gunicorn and waitress", False),
+    ("serve", "the Permissions tab in MLflow's UI", True),
+    ("serve_static_file", "MLflow's page served only with a session", True),
+    ("static", "MLflow's page served only with a session", True),
+)
+
+
+def replace_view(flask_app: Any, endpoint: str, make: Any) -> None:
+    """Replace MLflow's view ``endpoint`` by ``make(original)``.
+
+    Raises:
+        RuntimeError: a view the server cannot run without has moved (start-up fails).
+    """
+    import logging
+
+    declared = {name: (why, optional) for name, why, optional in VIEW_SWAPS}
+    if endpoint not in declared:
+        raise KeyError(f"{endpoint} is not declared in mlflow_compat.VIEW_SWAPS")
+    why, optional = declared[endpoint]
+    original = flask_app.view_functions.get(endpoint)
+    if original is None:
+        if not optional:
+            raise RuntimeError(f"mlflow-share cannot start: MLflow's view {endpoint!r} ({why}) "
+                               "is gone; this MLflow version is not supported.")
+        logging.getLogger(__name__).warning(
+            "mlflow-share: MLflow's view %r is gone, so %s is not available.", endpoint, why)
+        return
+    flask_app.view_functions[endpoint] = make(original)
+
+
+def missing_views(flask_app: Any) -> list[str]:
+    """Every declared view the installed MLflow's app does not have."""
+    return [name for name, _why, _optional in VIEW_SWAPS if name not in flask_app.view_functions]

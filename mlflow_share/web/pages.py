@@ -244,30 +244,35 @@ def install_ui_tab(flask_app: Flask) -> None:
     MLflow has no UI extension API: the two tags go before ``</head>`` of the page MLflow
     built, so an upgrade that changes the page still gets them (and without ``</head>`` the
     page is served unchanged, without the tab)."""
-    original = flask_app.view_functions.get("serve")
+    from mlflow_share.mlflow_compat import replace_view
+
     static_folder = flask_app.static_folder
-    if original is None or static_folder is None:
+    if static_folder is None:
+        _logger.warning("mlflow-share: MLflow's UI has no static folder; no Permissions tab.")
         return
     index = Path(static_folder) / "index.html"
 
-    def serve() -> Any:
-        if not index.is_file():
-            return original()
-        html = index.read_text(encoding="utf-8")
-        if "</head>" in html:
-            html = html.replace("</head>", TAB_TAGS + "</head>", 1)
-        response = Response(html, mimetype="text/html")
-        response.headers.update(UI_HEADERS)
-        response.headers["Cache-Control"] = "no-store"
-        return response
+    def with_tab(original: Any) -> Any:
+        def serve() -> Any:
+            if not index.is_file():
+                return original()
+            html = index.read_text(encoding="utf-8")
+            if "</head>" in html:
+                html = html.replace("</head>", TAB_TAGS + "</head>", 1)
+            else:
+                _logger.warning("mlflow-share: MLflow's page has no </head>; no Permissions tab.")
+            response = Response(html, mimetype="text/html")
+            response.headers.update(UI_HEADERS)
+            response.headers["Cache-Control"] = "no-store"
+            return response
 
-    flask_app.view_functions["serve"] = serve
+        return serve
+
+    replace_view(flask_app, "serve", with_tab)
     # MLflow also serves its build folder as static files: not the page itself, which only
     # sessions get (with the tab and the headers above).
     for endpoint in ("serve_static_file", "static"):
-        view = flask_app.view_functions.get(endpoint)
-        if view is not None:
-            flask_app.view_functions[endpoint] = _without_index(view)
+        replace_view(flask_app, endpoint, _without_index)
 
 
 def _without_index(view: Any) -> Any:

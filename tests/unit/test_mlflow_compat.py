@@ -34,3 +34,19 @@ def test_an_undeclared_private_name_is_refused() -> None:
 
 def test_prompt_sources_are_known_on_every_version() -> None:
     assert {"dummy-source", "prompt-template"} <= mlflow_compat.prompt_source_placeholders()
+
+
+def test_every_view_mlflow_share_replaces_is_there() -> None:
+    from mlflow.server import app
+
+    assert mlflow_compat.missing_views(app) == []
+
+
+def test_a_moved_view_fails_start_up_or_warns() -> None:
+    from flask import Flask
+
+    bare = Flask("bare")
+    with pytest.raises(RuntimeError, match="_graphql"):
+        mlflow_compat.replace_view(bare, "_graphql", lambda original: original)
+    mlflow_compat.replace_view(bare, "serve", lambda original: original)  # the UI: a warning
+    assert "serve" not in bare.view_functions
