@@ -92,6 +92,10 @@ _TRACE_MODEL_ID = "mlflow.modelId"
 LOGIN_PATH = "/share/login"
 
 
+class MissingParameter(InvalidInput):
+    """A request without the field that names its resource."""
+
+
 class SessionExpired(Unauthenticated):
     """A browser's session cookie that no longer opens a session (no Basic prompt)."""
 
@@ -260,7 +264,12 @@ class Interceptor:
         for name in _PATH_PARAMETERS:
             if path := params.optional(name):
                 check_path_length(path)
-        self.RESOLVERS[rule.resolver](self, principal, rule, params, decision)
+        try:
+            self.RESOLVERS[rule.resolver](self, principal, rule, params, decision)
+        except MissingParameter:
+            if rule.mlflow_refuses_missing:
+                return decision  # nothing named, nothing to decide: MLflow refuses it
+            raise
         data = parsed if parsed is not None else params.data()
         self._check_fields(principal, match.key, data, params)
         return decision
@@ -951,7 +960,7 @@ class _Params:
     def required(self, name: str) -> str:
         value = self.optional(name)
         if value is None:
-            raise InvalidInput(f"Missing value for required parameter {name!r}.")
+            raise MissingParameter(f"Missing value for required parameter {name!r}.")
         return value
 
     def first_of(self, names: tuple[str, ...]) -> str:
@@ -959,4 +968,4 @@ class _Params:
             value = self.optional(name)
             if value is not None:
                 return value
-        raise InvalidInput(f"Missing value for required parameter {names[0]!r}.")
+        raise MissingParameter(f"Missing value for required parameter {names[0]!r}.")

@@ -62,6 +62,9 @@ class Rule:
         source: ``auto`` reads parameters as MLflow's REST handlers do (query string for a GET
             with one, else the JSON body); ``query`` for hand-written routes reading ``args``.
         lineage: a read also allowed to teams that may read a model registered from the run.
+        mlflow_refuses_missing: the route's MLflow view refuses a request without its
+            resource field itself, in its own words; with none named there is nothing to
+            decide, so the request is MLflow's to answer.
     """
 
     resolver: Resolver
@@ -71,6 +74,7 @@ class Rule:
     search: bool = False
     source: str = "auto"
     lineage: bool = False
+    mlflow_refuses_missing: bool = False
 
 
 PUBLIC = Rule(Resolver.PUBLIC)
@@ -213,8 +217,10 @@ FLASK_RULES: Mapping[str, Rule] = {
     "serve_get_metric_history_bulk_interval": _r(Resolver.RUNS, "read", "run_ids", source="query"),
     "get_metric_history_bulk_interval_handler": _r(Resolver.RUNS, "read", "run_ids", source="query"),
     "serve_search_datasets": _EXPERIMENTS_READ,
-    "serve_create_promptlab_run": _EXPERIMENT_WRITE,
-    "serve_upload_artifact": _r(Resolver.RUN, "write", "run_uuid", source="query"),
+    "serve_create_promptlab_run": _r(Resolver.EXPERIMENT, "write", "experiment_id",
+                                     mlflow_refuses_missing=True),
+    "serve_upload_artifact": _r(Resolver.RUN, "write", "run_uuid", source="query",
+                                mlflow_refuses_missing=True),
     "serve_get_trace_artifact": _r(Resolver.TRACE, "read", "request_id", source="query"),
     "serve_get_logged_model_artifact": _LOGGED_MODEL_READ,
     "serve_get_ui_telemetry": AUTHENTICATED,

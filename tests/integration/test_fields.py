@@ -304,3 +304,12 @@ def test_missing_entities_get_mlflows_own_answer(share_server) -> None:  # type:
                        params={"experiment_id": "abc"})
     assert _error(experiment, 400) == ("Invalid experiment ID 'abc'. Experiment ID must be a "
                                        "valid integer.")
+
+
+def test_hand_written_routes_refuse_missing_fields_in_mlflows_words(share_server) -> None:  # type: ignore[no-untyped-def]
+    promptlab = _call(share_server, "bea", "POST", "/ajax-api/2.0/mlflow/runs/create-promptlab-run",
+                      json={})
+    assert _error(promptlab, 400) == "CreatePromptlabRun request must specify experiment_id."
+    upload = _call(share_server, "bea", "POST", "/ajax-api/2.0/mlflow/upload-artifact",
+                   params={"path": "f.txt"}, data=b"x")
+    assert _error(upload, 400) == "Request must specify run_uuid."
