@@ -19,9 +19,7 @@ _MLFLOW_REGISTRY_STORE_URI = "_MLFLOW_SERVER_REGISTRY_STORE"
 _MLFLOW_SGI_NAME = "_MLFLOW_SGI_NAME"
 
 HOME_ENV = "MLFLOW_SHARE_HOME"
-ADMIN_USERNAME_ENV = "MLFLOW_SHARE_ADMIN_USERNAME"
 ADMIN_PASSWORD_ENV = "MLFLOW_SHARE_ADMIN_PASSWORD"
-PASSWORD_CACHE_SECONDS_ENV = "MLFLOW_SHARE_PASSWORD_CACHE_SECONDS"
 
 # The audit log's append-only triggers and chain lock exist for these two.
 _SQL_SCHEMES = ("sqlite", "postgresql")
@@ -40,7 +38,7 @@ GATEWAY_ENV = "MLFLOW_SHARE_GATEWAY"  # "1": the server also serves the inferenc
 class Setting:
     """One ``MLFLOW_SHARE_*`` setting: where it is read, its type, default and meaning.
 
-    ``kind`` is ``int``, ``float``, ``bool`` (``1``/``0``, ``true``/``false``), ``text``,
+    ``kind`` is ``int``, ``float``, ``bool`` (``1`` or ``0``), ``text``,
     ``secret`` (text never shown), ``path`` or ``networks`` (comma-separated CIDRs).
     """
 
@@ -64,7 +62,8 @@ DECLARED: tuple[Setting, ...] = (
     Setting("password_cache_seconds", "int", 300, "how long a verified password stays "
             "verified in memory", 0),
     Setting("gateway", "bool", False, "the server also serves the inference gateway"),
-    Setting("db_pool_size", "int", 5, "connections each pool keeps open (PostgreSQL)", 1),
+    Setting("db_pool_size", "int", 5, "connections each pool keeps open (PostgreSQL; 0: no "
+            "limit)", 0),
     Setting("db_max_overflow", "int", 10, "connections a pool may open beyond its size", 0),
     Setting("gateway_max_body_bytes", "int", 16 * 1024 * 1024, "largest invocation body", 1),
     Setting("gateway_rate_per_team", "float", 500.0, "gateway calls per second per calling "
@@ -130,12 +129,10 @@ def _parse_one(setting: Setting, raw: str) -> Any:
         return raw
     if setting.kind == "path":
         return Path(raw).expanduser()
-    if setting.kind == "bool":
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("must be 1 or 0 (true or false)")
+    if setting.kind == "bool":  # as before: "1" switches on; anything but 1 or 0 is refused
+        if raw in ("1", "0"):
+            return raw == "1"
+        raise ValueError("must be 1 or 0")
     if setting.kind == "networks":
         networks = []
         for part in raw.split(","):

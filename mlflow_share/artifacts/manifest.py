@@ -25,7 +25,6 @@ from mlflow_share import config
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
-KEY_ENV = "MLFLOW_SHARE_MANIFEST_KEY"
 IDENTITY_TAG = "mlflow_share.identity"
 MANIFEST_TAG = "mlflow_share.manifest_sha256"
 RESERVED_TAG_PREFIX = "mlflow_share."

@@ -167,8 +167,7 @@ class Interceptor:
 
     def __init__(
         self, routes: RouteTable, policy: PolicyEngine, directory: Directory,
-        lookups: MlflowLookups, sessions: SessionStore | None = None,
-        contract: Contract | None = None,
+        lookups: MlflowLookups, sessions: SessionStore | None, contract: Contract,
     ) -> None:
         self.routes = routes
         self.policy = policy
@@ -275,8 +274,6 @@ class Interceptor:
         return decision
 
     def _parse(self, request: IncomingRequest, match: Match) -> dict[str, Any] | None:
-        if self.contract is None:
-            return None
         body = request.body or b""
         if body.count(b"[") + body.count(b"{") > 256:
             try:  # MLflow's handlers would fail on it with an HTML 500

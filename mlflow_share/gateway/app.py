@@ -72,13 +72,8 @@ from mlflow_share.policy.enforcer import PolicyEngine
 
 _logger = logging.getLogger(__name__)
 
-MAX_BODY_ENV = "MLFLOW_SHARE_GATEWAY_MAX_BODY_BYTES"
-RATE_ENV = "MLFLOW_SHARE_GATEWAY_RATE_PER_TEAM"  # requests per second per calling team
-CACHE_ENV = "MLFLOW_SHARE_GATEWAY_CACHE_BYTES"
-METRICS_TOKEN_ENV = "MLFLOW_SHARE_GATEWAY_METRICS_TOKEN"  # bearer token for Prometheus
 # The longest a change (grant, revocation, token, alias move, deleted version) takes to reach
 # the gateway's decisions: they are read again in the background at a third of this.
-FRESHNESS_ENV = "MLFLOW_SHARE_GATEWAY_FRESHNESS_SECONDS"
 # A call runs on the event loop when its body is small and the model's runs are short (a
 # thread hop costs ~0.1 ms more than a small model's run); anything else in a worker thread.
 INLINE_BODY_BYTES = 256 * 1024

@@ -22,7 +22,6 @@ from mlflow_share import config, db
 from mlflow_share.audit.log import AuditAppender, AuditContext, new_request_id
 
 _SAMPLES = 2000  # latencies kept per bucket for its quantiles
-FLUSH_ENV = "MLFLOW_SHARE_USAGE_FLUSH_SECONDS"
 _logger = logging.getLogger(__name__)
 
 

@@ -251,6 +251,8 @@ def install_ui_tab(flask_app: Flask) -> None:
         _logger.warning("mlflow-share: MLflow's UI has no static folder; no Permissions tab.")
         return
     index = Path(static_folder) / "index.html"
+    if index.is_file() and "</head>" not in index.read_text(encoding="utf-8"):
+        _logger.warning("mlflow-share: MLflow's page has no </head>; no Permissions tab.")
 
     def with_tab(original: Any) -> Any:
         def serve() -> Any:
@@ -259,8 +261,6 @@ def install_ui_tab(flask_app: Flask) -> None:
             html = index.read_text(encoding="utf-8")
             if "</head>" in html:
                 html = html.replace("</head>", TAB_TAGS + "</head>", 1)
-            else:
-                _logger.warning("mlflow-share: MLflow's page has no </head>; no Permissions tab.")
             response = Response(html, mimetype="text/html")
             response.headers.update(UI_HEADERS)
             response.headers["Cache-Control"] = "no-store"

@@ -27,8 +27,6 @@ from mlflow_share import config, db
 SESSION_COOKIE = "mlflow_share_session"
 OIDC_COOKIE = "mlflow_share_oidc"  # binds an OIDC login to the browser that started it
 CSRF_HEADER = "x-csrf-token"
-SESSION_HOURS_ENV = "MLFLOW_SHARE_SESSION_HOURS"
-INSECURE_COOKIES_ENV = "MLFLOW_SHARE_INSECURE_COOKIES"
 LOGIN_MINUTES = 10  # an OIDC login must come back within this
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

@@ -23,7 +23,7 @@ def test_defaults_when_nothing_is_set() -> None:
 
 @pytest.mark.parametrize("variable,raw,expected", [
     ("MLFLOW_SHARE_GATEWAY", "1", True),
-    ("MLFLOW_SHARE_GATEWAY", "false", False),
+    ("MLFLOW_SHARE_GATEWAY", "0", False),
     ("MLFLOW_SHARE_WEBHOOK_ATTEMPTS", "3", 3),
     ("MLFLOW_SHARE_GATEWAY_FRESHNESS_SECONDS", "0", 0.0),
     ("MLFLOW_SHARE_WEBHOOK_ALLOW", "127.0.0.1/8, ::1/128", ("127.0.0.0/8", "::1/128")),
@@ -38,7 +38,7 @@ def test_every_bad_value_is_named_in_one_error_and_secrets_are_not_echoed() -> N
     with pytest.raises(InvalidInput) as caught:
         config.parse_options({"MLFLOW_SHARE_WEBHOOK_ATTEMPTS": "x",
                               "MLFLOW_SHARE_GATEWAY_FRESHNESS_SECONDS": "nan",
-                              "MLFLOW_SHARE_DB_POOL_SIZE": "0",
+                              "MLFLOW_SHARE_DB_POOL_SIZE": "-1",
                               "MLFLOW_SHARE_GATEWAY": "maybe",
                               "MLFLOW_SHARE_WEBHOOK_ALLOW": "10.0.0.0/99"})
     message = caught.value.message
