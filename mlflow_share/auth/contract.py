@@ -117,6 +117,9 @@ class Contract:
         self._lock = threading.Lock()
 
     def _load(self) -> tuple[dict[str, Schema | None], dict[str, Any]]:
+        schemas, classes = self._schemas, self._classes
+        if schemas is not None and classes is not None:  # every request after the first
+            return schemas, classes
         with self._lock:
             if self._schemas is None or self._classes is None:
                 from mlflow.server import handlers

@@ -9,6 +9,7 @@ somewhere in a request. Where older versions lack a name, the fallback is writte
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -39,9 +40,14 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
 _PROMPT_SOURCES_316 = frozenset({"dummy-source", "prompt-template"})
 
 
+_DECLARED = frozenset((module, name) for module, name, _why in PRIVATE_NAMES)
+
+
+@functools.cache
 def private(module: str, name: str) -> Any:
-    """A private MLflow name listed in ``PRIVATE_NAMES``."""
-    if (module, name) not in {(m, n) for m, n, _ in PRIVATE_NAMES}:
+    """A private MLflow name listed in ``PRIVATE_NAMES`` (resolved once: some are called on
+    every request)."""
+    if (module, name) not in _DECLARED:
         raise KeyError(f"{module}.{name} is not declared in mlflow_compat.PRIVATE_NAMES")
     return getattr(importlib.import_module(module), name)
 

@@ -565,19 +565,9 @@ def strict_gateway(share_server: ShareServer, tmp_path_factory: pytest.TempPathF
 
 def _request_events(server: ShareServer, request_id: str) -> list[dict[str, Any]]:
     """The audit events of one request, read straight from the database."""
-    import sqlalchemy as sa
+    from tests.integration.test_audit import _events
 
-    engine = sa.create_engine(server.backend_uri)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT * FROM share_audit_events WHERE request_id = :r "
-                                        "ORDER BY seq"), {"r": request_id}).all()
-    finally:
-        engine.dispose()
-    events = [dict(row._mapping) for row in rows]
-    for event in events:
-        event["details"] = json.loads(event["details"])
-    return events
+    return _events(server, "request_id = :r", r=request_id)
 
 
 def _chain_verifies(server: ShareServer) -> None:

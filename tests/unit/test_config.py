@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -62,13 +63,18 @@ def test_no_module_reads_its_own_settings() -> None:
     assert found == []
 
 
-def test_config_command_lists_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_SHARE_ADMIN_PASSWORD", "not-to-be-shown")
+def _config_command(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> Any:
+    """``mlflow-share config`` in a process whose environment has ``variable=value``."""
+    monkeypatch.setenv(variable, value)
     config.options.cache_clear()
     try:
-        result = CliRunner().invoke(cli, ["config"])
+        return CliRunner().invoke(cli, ["config"])
     finally:
         config.options.cache_clear()
+
+
+def test_config_command_lists_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _config_command(monkeypatch, "MLFLOW_SHARE_ADMIN_PASSWORD", "not-to-be-shown")
     assert result.exit_code == 0, result.output
     for setting in config.DECLARED:
         assert setting.env in result.output
@@ -76,12 +82,7 @@ def test_config_command_lists_every_setting(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_bad_setting_stops_the_cli_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_SHARE_WEBHOOK_ATTEMPTS", "many")
-    config.options.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, ["config"])
-    finally:
-        config.options.cache_clear()
+    result = _config_command(monkeypatch, "MLFLOW_SHARE_WEBHOOK_ATTEMPTS", "many")
     assert result.exit_code == 1
     assert "MLFLOW_SHARE_WEBHOOK_ATTEMPTS must be an integer" in result.output
     assert "Traceback" not in result.output
