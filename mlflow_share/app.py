@@ -90,7 +90,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.artifacts.api import create_artifacts_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
-    from mlflow_share.audit.store import install_audited_stores
+    from mlflow_share.stores import install_audited_stores
     from mlflow_share.auth.authorizer import Authorizer
     from mlflow_share.auth.contract import Contract
     from mlflow_share.auth.graphql import make_graphql_view

@@ -27,3 +27,19 @@ SEARCH_SCOPE: contextvars.ContextVar[SearchScope | None] = contextvars.ContextVa
 CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "mlflow_share_principal", default=None
 )
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """What a caller of mlflow-share's alias API asked for beyond MLflow's own alias call:
+    the version it expects the alias to hold now (compare-and-set), why, and the approved
+    request the move carries out. The registry store's alias hook reads it."""
+
+    expected_version: int | None = None
+    reason: str | None = None
+    request_id: str | None = None
+
+
+ALIAS_MOVE: contextvars.ContextVar[AliasMove | None] = contextvars.ContextVar(
+    "mlflow_share_alias_move", default=None
+)

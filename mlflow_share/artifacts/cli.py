@@ -61,6 +61,7 @@ def _direct(model_uri: str, backend_store_uri: str | None,
     from mlflow_share.audit.store import strip_scheme
     from mlflow_share.client import parse_model_uri
     from mlflow_share.errors import MlflowShareError
+    from mlflow_share.mlflow_compat import tables as mt
 
     if not backend_store_uri or not artifacts_destination:
         raise click.UsageError("--backend-store-uri and --artifacts-destination go together.")
@@ -70,10 +71,10 @@ def _direct(model_uri: str, backend_store_uri: str | None,
     engine = db.get_engine(strip_scheme(backend_store_uri))
     name, version, alias = parse_model_uri(model_uri)
     if alias is not None:
+        a = mt.registered_model_aliases.c
         with engine.connect() as conn:
-            version = conn.execute(sa.text(
-                "SELECT version FROM registered_model_aliases WHERE name = :n AND alias = :a"),
-                {"n": name, "a": alias}).scalar()
+            version = conn.execute(sa.select(a.version).where(
+                a.name == name, a.alias == alias)).scalar()
         if version is None:
             raise click.ClickException(f"Registered model {name!r} has no alias {alias!r}.")
     repo = ChecksumArtifactRepository(artifacts_destination, ledger=Ledger(engine),

@@ -29,6 +29,7 @@ from mlflow_share import db
 from mlflow_share.artifacts import manifest as mf
 from mlflow_share.artifacts.repository import MODELS_DIR, ChecksumArtifactRepository
 from mlflow_share.errors import DataLoss, InvalidInput, NotFound
+from mlflow_share.mlflow_compat import tables as mt
 
 _logger = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ def source_folder(conn: sa.Connection, source: str, storage_location: str | None
             return uri[len(PROXY_SCHEME):].strip("/")
     if source.startswith("runs:/"):
         run_id, _, path = source[len("runs:/"):].partition("/")
-        artifact_uri = conn.execute(sa.text(
-            "SELECT artifact_uri FROM runs WHERE run_uuid = :r"), {"r": run_id}).scalar()
+        artifact_uri = conn.execute(sa.select(mt.runs.c.artifact_uri).where(
+            mt.runs.c.run_uuid == run_id)).scalar()
         if artifact_uri and str(artifact_uri).startswith(PROXY_SCHEME):
             base = str(artifact_uri)[len(PROXY_SCHEME):].strip("/")
             return "/".join(p for p in (base, path.strip("/")) if p)
@@ -83,8 +84,8 @@ def source_folder(conn: sa.Connection, source: str, storage_location: str | None
 def run_params(conn: sa.Connection, run_id: str | None) -> dict[str, str]:
     if not run_id:
         return {}
-    rows = conn.execute(sa.text("SELECT key, value FROM params WHERE run_uuid = :r"),
-                        {"r": run_id}).all()
+    p = mt.params.c
+    rows = conn.execute(sa.select(p.key, p.value).where(p.run_uuid == run_id)).all()
     return {str(k): str(v) for k, v in rows}
 
 
@@ -122,10 +123,11 @@ def finish(repo: ChecksumArtifactRepository, *, model_id: str, name: str, versio
               "manifest_sha256": registered.manifest_sha256, "identity": registered.identity,
               "signed": registered.signature is not None}
 
+    mv, mv_tags = mt.model_versions, mt.model_version_tags
+
     def write(conn: sa.Connection, seq: int) -> None:
-        key = {"n": name, "v": version}
-        workspace = conn.execute(sa.text(
-            "SELECT workspace FROM model_versions WHERE name = :n AND version = :v"), key).scalar()
+        this_version = (mv.c.name == name, mv.c.version == version)
+        workspace = conn.execute(sa.select(mv.c.workspace).where(*this_version)).scalar()
         conn.execute(db.model_manifests.insert().values(
             model_id=model_id, version=version, name=name,
             location=version_location(model_id, version),
@@ -134,28 +136,24 @@ def finish(repo: ChecksumArtifactRepository, *, model_id: str, name: str, versio
             signature=registered.signature, audit_seq=seq, created_at=db.now_ms()))
         for tag, value in ((mf.IDENTITY_TAG, registered.identity),
                            (mf.MANIFEST_TAG, registered.manifest_sha256)):
-            conn.execute(sa.text(
-                "DELETE FROM model_version_tags WHERE name = :n AND version = :v AND key = :k"),
-                {**key, "k": tag})
-            conn.execute(sa.text(
-                "INSERT INTO model_version_tags (workspace, name, version, key, value) "
-                "VALUES (:w, :n, :v, :k, :value)"), {**key, "w": workspace, "k": tag,
-                                                     "value": value})
-        conn.execute(sa.text(
-            "UPDATE model_versions SET status = 'READY', status_message = NULL, "
-            "last_updated_time = :t WHERE name = :n AND version = :v"),
-            {**key, "t": db.now_ms()})
+            conn.execute(mv_tags.delete().where(
+                mv_tags.c.name == name, mv_tags.c.version == version, mv_tags.c.key == tag))
+            conn.execute(mv_tags.insert().values(workspace=workspace, name=name, version=version,
+                                                 key=tag, value=value))
+        conn.execute(mv.update().where(*this_version).values(
+            status="READY", status_message=None, last_updated_time=db.now_ms()))
 
     repo.ledger.audited(change, write)
 
 
 def fail(repo: ChecksumArtifactRepository, *, name: str, version: int, reason: str) -> None:
     """Mark a version FAILED_REGISTRATION with the reason (audited)."""
+    mv = mt.model_versions
+
     def write(conn: sa.Connection, seq: int) -> None:
-        conn.execute(sa.text(
-            "UPDATE model_versions SET status = 'FAILED_REGISTRATION', status_message = :m, "
-            "last_updated_time = :t WHERE name = :n AND version = :v"),
-            {"m": reason[:500], "t": db.now_ms(), "n": name, "v": version})
+        conn.execute(mv.update().where(mv.c.name == name, mv.c.version == version).values(
+            status="FAILED_REGISTRATION", status_message=reason[:500],
+            last_updated_time=db.now_ms()))
 
     repo.ledger.audited({"op": "model_version.failed", "name": name, "version": version,
                          "reason": reason[:500]}, write)
@@ -195,9 +193,11 @@ class ManifestRecord:
 def find_manifest(engine: sa.Engine, name: str, version: str) -> ManifestRecord:
     """The manifest of version ``version`` of the model now called ``name`` (404 if none)."""
     with engine.connect() as conn:
-        location = conn.execute(sa.text(
-            "SELECT storage_location FROM model_versions WHERE name = :n AND version = :v"),
-            {"n": name, "v": int(version) if str(version).isdigit() else -1}).scalar()
+        mv = mt.model_versions.c
+        location = conn.execute(sa.select(mv.storage_location).where(
+            mv.name == name,
+            mv.version == mt.bigint(int(version) if str(version).isdigit() else -1))
+        ).scalar()
         t = db.model_manifests
         row = None
         if location and str(location).startswith(PROXY_SCHEME + MODELS_DIR + "/"):

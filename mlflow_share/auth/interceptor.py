@@ -496,7 +496,7 @@ class Interceptor:
     def _resolve_model(self, principal: Principal, rule: Rule, params: _Params,
                        decision: Decision) -> None:
         # Renames and deletions move or drop ownership inside MLflow's own transaction
-        # (mlflow_share.audit.store), so a grant can never outlive or miss its model.
+        # (mlflow_share.policy.write_hooks), so a grant can never outlive or miss its model.
         self._check_model(principal, params.required(rule.fields[0]), rule.action)
 
     def _resolve_model_version_files(self, principal: Principal, rule: Rule, params: _Params,

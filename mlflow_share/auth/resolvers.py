@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mlflow_share.errors import InvalidInput
+from mlflow_share.mlflow_compat import tables as mt
 
 _CACHE_SIZE = 100_000
 
@@ -75,62 +76,67 @@ class MlflowLookups:
         self._run_experiment = _LruCache(_CACHE_SIZE)
         self._logged_model_experiment = _LruCache(_CACHE_SIZE)
 
-    def _scalar(self, sql: str, **params: object) -> str | None:
+    def _scalar(self, query: sa.Select[Any]) -> str | None:
         with self.engine.connect() as conn:
-            value = conn.execute(sa.text(sql), params).scalar()
+            value = conn.execute(query).scalar()
         return None if value is None else str(value)
+
+    def _scalar_where(self, column: sa.Column[Any], key_column: sa.Column[Any],
+                      key: str) -> str | None:
+        """``column`` of the row whose ``key_column`` is ``key``."""
+        return self._scalar(sa.select(column).where(key_column == key))
 
     def experiment_of_run(self, run_id: str) -> str | None:
         return self._run_experiment.get_or_load(run_id, functools.partial(
-            self._scalar_key, "SELECT experiment_id FROM runs WHERE run_uuid = :key"))
+            self._scalar_where, mt.runs.c.experiment_id, mt.runs.c.run_uuid))
 
     def experiment_of_logged_model(self, model_id: str) -> str | None:
         return self._logged_model_experiment.get_or_load(model_id, functools.partial(
-            self._scalar_key, "SELECT experiment_id FROM logged_models WHERE model_id = :key"))
+            self._scalar_where, mt.logged_models.c.experiment_id, mt.logged_models.c.model_id))
 
     def trace_location(self, trace_id: str) -> TraceLocation | None:
+        ti, e, tt = mt.trace_info, mt.experiments, mt.trace_tags
         with self.engine.connect() as conn:
-            row = conn.execute(sa.text(
-                "SELECT ti.experiment_id, e.artifact_location, tt.value FROM trace_info ti "
-                "JOIN experiments e ON e.experiment_id = ti.experiment_id "
-                "LEFT JOIN trace_tags tt ON tt.request_id = ti.request_id "
-                "AND tt.key = 'mlflow.artifactLocation' WHERE ti.request_id = :id"),
-                {"id": trace_id}).first()
+            row = conn.execute(
+                sa.select(ti.c.experiment_id, e.c.artifact_location, tt.c.value)
+                .select_from(ti.join(e, e.c.experiment_id == ti.c.experiment_id).outerjoin(
+                    tt, sa.and_(tt.c.request_id == ti.c.request_id,
+                                tt.c.key == "mlflow.artifactLocation")))
+                .where(ti.c.request_id == trace_id)).first()
         if row is None:
             return None
         return TraceLocation(trace_id, str(row[0]), row[1], row[2])
 
     def assessment_exists(self, assessment_id: str) -> bool:
-        return self._scalar("SELECT assessment_id FROM assessments WHERE assessment_id = :id",
-                            id=assessment_id) is not None
+        a = mt.assessments.c
+        return self._scalar(sa.select(a.assessment_id).where(
+            a.assessment_id == assessment_id)) is not None
 
     def source_run_of_logged_model(self, model_id: str) -> str | None:
-        return self._scalar("SELECT source_run_id FROM logged_models WHERE model_id = :id",
-                            id=model_id)
-
-    def _scalar_key(self, sql: str, key: str) -> str | None:
-        return self._scalar(sql, key=key)
+        lm = mt.logged_models.c
+        return self._scalar(sa.select(lm.source_run_id).where(lm.model_id == model_id))
 
     def experiment_exists(self, experiment_id: str) -> bool:
         if not (experiment_id.isascii() and experiment_id.isdigit()) or len(experiment_id) > 18:
             return False
-        return self._scalar(
-            "SELECT experiment_id FROM experiments WHERE experiment_id = :id", id=int(experiment_id)
-        ) is not None
+        e = mt.experiments.c
+        return self._scalar(sa.select(e.experiment_id).where(
+            e.experiment_id == mt.bigint(int(experiment_id)))) is not None
 
     def experiment_by_name(self, name: str) -> str | None:
-        return self._scalar("SELECT experiment_id FROM experiments WHERE name = :name", name=name)
+        e = mt.experiments.c
+        return self._scalar(sa.select(e.experiment_id).where(e.name == name))
 
     def model_exists(self, name: str) -> bool:
-        return self._scalar("SELECT name FROM registered_models WHERE name = :name",
-                            name=name) is not None
+        rm = mt.registered_models.c
+        return self._scalar(sa.select(rm.name).where(rm.name == name)) is not None
 
     def models_of_run(self, run_id: str) -> list[tuple[str, int]]:
         """``(name, version)`` of the registered model versions registered from ``run_id``."""
+        mv = mt.model_versions.c
         with self.engine.connect() as conn:
-            rows: Any = conn.execute(sa.text(
-                "SELECT name, version FROM model_versions WHERE run_id = :run"), {"run": run_id}
-            ).all()
+            rows: Any = conn.execute(sa.select(mv.name, mv.version).where(
+                mv.run_id == run_id)).all()
         return sorted({(str(name), int(version)) for name, version in rows})
 
     def models_serving_location(self, segments: list[str]) -> list[tuple[str, int]]:
@@ -149,17 +155,16 @@ class MlflowLookups:
         else:
             owner_column, owner = "run_id", segments[1]
             base = f"mlflow-artifacts:/{experiment_id}/{owner}/artifacts"
+        mv = mt.model_versions.c
+        query = sa.select(mv.name, mv.version, mv.source, mv.storage_location)
         rows: Any
         with self.engine.connect() as conn:
             if owner_column == "run_id":
-                rows = conn.execute(sa.text(
-                    "SELECT name, version, source, storage_location FROM model_versions "
-                    "WHERE run_id = :o"), {"o": owner}).all()
+                rows = conn.execute(query.where(mv.run_id == owner)).all()
             else:
-                rows = conn.execute(sa.text(
-                    "SELECT name, version, source, storage_location FROM model_versions "
-                    "WHERE source = :s OR storage_location LIKE :p ESCAPE '\\'"
-                ), {"s": f"models:/{owner}", "p": _like_prefix(base)}).all()
+                rows = conn.execute(query.where(sa.or_(
+                    mv.source == f"models:/{owner}",
+                    mv.storage_location.like(_like_prefix(base), escape="\\")))).all()
         found: set[tuple[str, int]] = set()
         for name, version, source, storage_location in rows:
             for root in _artifact_roots(str(source or ""), str(storage_location or ""), base, owner):

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from mlflow_share import db
 from mlflow_share.audit.log import audited_write
 from mlflow_share.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from mlflow_share.mlflow_compat import tables as mt
 
 BRANCH_PREFIX = "branch-"
 _P = db.protected_aliases
@@ -185,18 +186,17 @@ def reject(engine: sa.Engine, request: dict[str, Any], by: str, reason: str | No
 
 
 def current_version(conn: sa.Connection, name: str, alias: str) -> int | None:
-    version = conn.execute(sa.text(
-        "SELECT version FROM registered_model_aliases WHERE name = :n AND alias = :a"),
-        {"n": name, "a": alias}).scalar()
+    a = mt.registered_model_aliases.c
+    version = conn.execute(sa.select(a.version).where(a.name == name, a.alias == alias)).scalar()
     return int(version) if version is not None else None
 
 
 def check_target(conn: sa.Connection, name: str, version: int) -> None:
     """A protected alias only points at a READY version that has a verified manifest and
     whose validation passed (a validated or published sharing package pins it)."""
-    row = conn.execute(sa.text(
-        "SELECT status, storage_location FROM model_versions WHERE name = :n AND version = :v"),
-        {"n": name, "v": version}).first()
+    mv = mt.model_versions.c
+    row = conn.execute(sa.select(mv.status, mv.storage_location).where(
+        mv.name == name, mv.version == mt.bigint(version))).first()
     if row is None:
         raise NotFound(f"Registered model {name!r} has no version {version}.")
     location = str(row.storage_location or "").removeprefix("mlflow-artifacts:/")

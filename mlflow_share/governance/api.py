@@ -27,6 +27,7 @@ from mlflow_share.audit.log import AUDIT_CONTEXT
 from mlflow_share.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from mlflow_share.governance import aliases
 from mlflow_share.policy.enforcer import PolicyEngine
+from mlflow_share.request_state import ALIAS_MOVE, AliasMove
 
 
 def _version(value: Any, key: str, *, required: bool = True) -> int | None:
@@ -69,10 +70,14 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
                                             "_get_model_registry_store")
 
         ctx = AUDIT_CONTEXT.get()
-        if ctx is not None:
+        if ctx is not None:  # the request's event says what was asked
             ctx.extra.update({"alias_expected": expected, "alias_reason": reason,
                               "alias_request": request_id})
-        _get_model_registry_store().set_registered_model_alias(name, alias, str(version))
+        token = ALIAS_MOVE.set(AliasMove(expected, reason, request_id))
+        try:
+            _get_model_registry_store().set_registered_model_alias(name, alias, str(version))
+        finally:
+            ALIAS_MOVE.reset(token)
 
     def guard(name: str, alias: str) -> str:
         model_id = allowed(name, "write")

@@ -21,45 +21,52 @@ from mlflow_share.artifacts import registration
 from mlflow_share.errors import InvalidInput, NotFound
 from mlflow_share.governance import packages
 from mlflow_share.governance import versions as semvers
+from mlflow_share.mlflow_compat import tables as mt
 
 PARENT_TAG = "parent_version"
 _COMMIT_TAGS = ("mlflow.source.git.commit",)
 
 
-def _pairs(conn: sa.Connection, sql: str, **params: Any) -> dict[str, Any]:
-    rows: Any = conn.execute(sa.text(sql), params).all()
+def _pairs(conn: sa.Connection, table: sa.Table, *where: sa.ColumnElement[bool]
+           ) -> dict[str, Any]:
+    """``key -> value`` of the rows of ``table`` (a tag or param table) that match."""
+    rows: Any = conn.execute(sa.select(table.c.key, table.c.value).where(*where)).all()
     return {str(key): value for key, value in rows}
 
 
 def _version_row(conn: sa.Connection, name: str, version: int) -> Any:
-    row = conn.execute(sa.text(
-        "SELECT name, version, run_id, source, status, creation_time, description "
-        "FROM model_versions WHERE name = :n AND version = :v "
-        "AND current_stage != 'Deleted_Internal'"), {"n": name, "v": version}).first()
+    mv = mt.model_versions.c
+    row = conn.execute(sa.select(
+        mv.name, mv.version, mv.run_id, mv.source, mv.status, mv.creation_time, mv.description
+    ).where(mv.name == name, mv.version == version,
+            mv.current_stage != "Deleted_Internal")).first()
     if row is None:
         raise NotFound(f"Registered model {name!r} has no version {version}.")
     return row
 
 
 def run_details(conn: sa.Connection, run_id: str) -> dict[str, Any]:
-    run = conn.execute(sa.text(
-        "SELECT r.run_uuid, r.name, r.experiment_id, r.status, r.start_time, e.name AS experiment "
-        "FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
-        "WHERE r.run_uuid = :r"), {"r": run_id}).first()
+    r, e = mt.runs.c, mt.experiments.c
+    run = conn.execute(sa.select(
+        r.run_uuid, r.name, r.experiment_id, r.status, r.start_time, e.name.label("experiment")
+    ).select_from(mt.runs.join(mt.experiments, e.experiment_id == r.experiment_id))
+        .where(r.run_uuid == run_id)).first()
     if run is None:
         return {"run_id": run_id, "missing": True}
-    params = _pairs(conn, "SELECT key, value FROM params WHERE run_uuid = :r", r=run_id)
+    params = _pairs(conn, mt.params, mt.params.c.run_uuid == run_id)
     metrics = packages.run_metrics(conn, run_id)
-    tags = _pairs(conn, "SELECT key, value FROM tags WHERE run_uuid = :r", r=run_id)
-    datasets = [{"name": r.name, "digest": r.digest, "source_type": r.dataset_source_type,
-                 "source": r.dataset_source, "context": r.context}
-                for r in conn.execute(sa.text(
-                    "SELECT d.name, d.digest, d.dataset_source_type, d.dataset_source, "
-                    "(SELECT t.value FROM input_tags t WHERE t.input_uuid = i.input_uuid "
-                    " AND t.name = 'mlflow.data.context') AS context "
-                    "FROM inputs i JOIN datasets d ON d.dataset_uuid = i.source_id "
-                    "WHERE i.destination_type = 'RUN' AND i.destination_id = :r "
-                    "AND i.source_type = 'DATASET' ORDER BY d.name"), {"r": run_id}).all()]
+    tags = _pairs(conn, mt.tags, mt.tags.c.run_uuid == run_id)
+    i, d, t = mt.inputs.c, mt.datasets.c, mt.input_tags.c
+    context = sa.select(t.value).where(
+        t.input_uuid == i.input_uuid, t.name == "mlflow.data.context"
+    ).scalar_subquery().label("context")
+    datasets = [{"name": ds.name, "digest": ds.digest, "source_type": ds.dataset_source_type,
+                 "source": ds.dataset_source, "context": ds.context}
+                for ds in conn.execute(sa.select(
+                    d.name, d.digest, d.dataset_source_type, d.dataset_source, context
+                ).select_from(mt.inputs.join(mt.datasets, d.dataset_uuid == i.source_id)).where(
+                    i.destination_type == "RUN", i.destination_id == run_id,
+                    i.source_type == "DATASET").order_by(d.name)).all()]
     return {"run_id": run_id, "run_name": run.name, "status": run.status,
             "start_time": run.start_time, "experiment_id": str(run.experiment_id),
             "experiment": run.experiment, "params": params, "metrics": metrics,
@@ -71,8 +78,8 @@ def run_details(conn: sa.Connection, run_id: str) -> dict[str, Any]:
 def experiment_of(conn: sa.Connection, run_id: str | None) -> str | None:
     if not run_id:
         return None
-    value = conn.execute(sa.text("SELECT experiment_id FROM runs WHERE run_uuid = :r"),
-                         {"r": run_id}).scalar()
+    value = conn.execute(sa.select(mt.runs.c.experiment_id).where(
+        mt.runs.c.run_uuid == run_id)).scalar()
     return str(value) if value is not None else None
 
 
@@ -80,8 +87,8 @@ def lineage(engine: sa.Engine, *, name: str, model_id: str, version: int,
             run_visible: Callable[[str | None], bool]) -> dict[str, Any]:
     with engine.connect() as conn:
         row = _version_row(conn, name, version)
-        tags = _pairs(conn, "SELECT key, value FROM model_version_tags WHERE name = :n "
-                      "AND version = :v", n=name, v=version)
+        tags = _pairs(conn, mt.model_version_tags, mt.model_version_tags.c.name == name,
+                      mt.model_version_tags.c.version == version)
         parent, basis = _parent(conn, name, version, tags.get(PARENT_TAG))
         experiment_id = experiment_of(conn, row.run_id)
         run: dict[str, Any] | None = None
@@ -111,9 +118,9 @@ def _parent(conn: sa.Connection, name: str, version: int, tagged: str | None
             ) -> tuple[str | None, str | None]:
     if tagged and tagged.isdigit():
         return tagged, f"tag {PARENT_TAG}"
-    before = conn.execute(sa.text(
-        "SELECT max(version) FROM model_versions WHERE name = :n AND version < :v"),
-        {"n": name, "v": version}).scalar()
+    mv = mt.model_versions.c
+    before = conn.execute(sa.select(sa.func.max(mv.version)).where(
+        mv.name == name, mv.version < version)).scalar()
     return (str(before), "previous version") if before is not None else (None, None)
 
 
@@ -214,6 +221,7 @@ def search(engine: sa.Engine, model_ids: list[str], run_visible: Callable[[str |
     if not model_ids:
         return []
     results = []
+    mv = mt.model_versions.c
     with engine.connect() as conn:
         rows: Any = conn.execute(sa.select(db.resources.c.resource_id, db.resources.c.name,
                                       db.resources.c.owner_team).where(
@@ -222,21 +230,21 @@ def search(engine: sa.Engine, model_ids: list[str], run_visible: Callable[[str |
         for model_id, name, owner in rows:
             if owner_team and owner != owner_team:
                 continue
-            tags = _pairs(conn, "SELECT key, value FROM registered_model_tags WHERE name = :n",
-                          n=name)
+            tags = _pairs(conn, mt.registered_model_tags,
+                          mt.registered_model_tags.c.name == name)
             if tag_key and (tag_key not in tags or (tag_value and tags[tag_key] != tag_value)):
                 continue
             published = packages.published_versions(conn, model_id)
             chosen = wanted.newest(published) if wanted else None
             if wanted and chosen is None:
                 continue
-            latest = conn.execute(sa.text(
-                "SELECT version, run_id FROM model_versions WHERE name = :n AND current_stage "
-                "!= 'Deleted_Internal' ORDER BY version DESC LIMIT 1"), {"n": name}).first()
+            latest = conn.execute(sa.select(mv.version, mv.run_id).where(
+                mv.name == name, mv.current_stage != "Deleted_Internal"
+            ).order_by(mv.version.desc()).limit(1)).first()
             version = published[chosen] if chosen else (latest.version if latest else None)
-            run_id = conn.execute(sa.text(
-                "SELECT run_id FROM model_versions WHERE name = :n AND version = :v"),
-                {"n": name, "v": version}).scalar() if version is not None else None
+            run_id = conn.execute(sa.select(mv.run_id).where(
+                mv.name == name, mv.version == version
+            )).scalar() if version is not None else None
             shared = packages.list_packages(engine, model_ids=[model_id], teams=[])
             if run_visible(experiment_of(conn, run_id)):
                 metrics = packages.run_metrics(conn, run_id)
@@ -251,8 +259,8 @@ def search(engine: sa.Engine, model_ids: list[str], run_visible: Callable[[str |
             validation = _validation_status([p["status"] for p in shared])
             if status and validation != status:
                 continue
-            description = conn.execute(sa.text(
-                "SELECT description FROM registered_models WHERE name = :n"), {"n": name}).scalar()
+            description = conn.execute(sa.select(mt.registered_models.c.description).where(
+                mt.registered_models.c.name == name)).scalar()
             newest = semvers.Range("*", ()).newest(published)
             results.append({"name": name, "owner_team": owner, "description": description,
                             "tags": tags, "version": str(version) if version else None,

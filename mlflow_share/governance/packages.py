@@ -26,6 +26,7 @@ from mlflow_share.directory import MODEL
 from mlflow_share.errors import Conflict, InvalidInput, NotFound
 from mlflow_share.governance import validation
 from mlflow_share.governance.aliases import current_version
+from mlflow_share.mlflow_compat import tables as mt
 from mlflow_share.policy.enforcer import validate_choice, validate_identifier
 
 SHARE_PERMISSIONS = ("read", "execute", "write")
@@ -33,7 +34,8 @@ SEMVER_TAG = "mlflow_share.semver"
 DETAIL_FIELDS = ("description", "intended_use", "limitations", "owner_contact")
 _P = db.packages
 _YEAR_10000_MS = 253_402_300_800_000
-_LIVE = "current_stage != 'Deleted_Internal'"  # MLflow soft-deletes model versions
+_MV = mt.model_versions.c
+_LIVE = _MV.current_stage != "Deleted_Internal"  # MLflow soft-deletes model versions
 
 
 @dataclass
@@ -106,9 +108,8 @@ def parse_draft(engine: sa.Engine, data: dict[str, Any], *, model: str, model_id
             if found is None:
                 raise NotFound(f"Registered model {model!r} has no alias {alias!r}.")
             pinned = [found]
-        existing: set[Any] = set(conn.execute(sa.text(
-            f"SELECT version FROM model_versions WHERE name = :n AND {_LIVE}"),
-            {"n": model}).scalars())
+        existing: set[Any] = set(conn.execute(sa.select(_MV.version).where(
+            _MV.name == model, _LIVE)).scalars())
         missing = [v for v in pinned if v not in existing]
         if missing:
             raise NotFound(f"Registered model {model!r} has no version(s) {missing}.")
@@ -120,9 +121,8 @@ def _metrics(conn: sa.Connection, model: str, versions: list[int]) -> dict[str, 
     """The latest metrics of each version's run, as they are now (a snapshot)."""
     snapshot: dict[str, Any] = {}
     for version in versions:
-        run_id = conn.execute(sa.text(
-            "SELECT run_id FROM model_versions WHERE name = :n AND version = :v"),
-            {"n": model, "v": version}).scalar()
+        run_id = conn.execute(sa.select(_MV.run_id).where(
+            _MV.name == model, _MV.version == version)).scalar()
         snapshot[str(version)] = {"run_id": run_id, "metrics": run_metrics(conn, run_id)}
     return snapshot
 
@@ -131,9 +131,9 @@ def run_metrics(conn: sa.Connection, run_id: str | None) -> dict[str, float]:
     """The latest value of each metric of a run."""
     if not run_id:
         return {}
-    rows: Any = conn.execute(sa.text(
-        "SELECT key, value FROM latest_metrics WHERE run_uuid = :r ORDER BY key"),
-        {"r": run_id}).all()
+    lm = mt.latest_metrics.c
+    rows: Any = conn.execute(sa.select(lm.key, lm.value).where(lm.run_uuid == run_id)
+                             .order_by(lm.key)).all()
     return {str(key): float(value) for key, value in rows}
 
 
@@ -282,10 +282,8 @@ def _name_version(conn: sa.Connection, package: dict[str, Any]) -> None:
     if not named:
         conn.execute(db.semvers.insert().values(model_id=package["model_id"], semver=semver,
                                                 version=version, package_id=package["id"]))
-        conn.execute(sa.text(
-            "INSERT INTO model_version_tags (key, value, name, version) "
-            "VALUES (:k, :s, :n, :v)"), {"k": SEMVER_TAG, "s": semver, "n": package["model"],
-                                         "v": version})
+        conn.execute(mt.model_version_tags.insert().values(
+            key=SEMVER_TAG, value=semver, name=package["model"], version=version))
 
 
 def revoke(engine: sa.Engine, package: dict[str, Any], by: str) -> dict[str, Any]:
@@ -335,10 +333,11 @@ def published_versions(conn: sa.Connection, model_id: str) -> dict[str, int]:
         _P.c.model_id == model_id, _P.c.status == "published",
         sa.or_(_P.c.expires_at.is_(None), _P.c.expires_at > now))).scalars().all()
     pinned = {int(v) for versions in rows for v in json.loads(versions)}
-    existing: set[Any] = set(conn.execute(sa.text(
-        f"SELECT v.version FROM model_versions v JOIN share_resources r ON r.name = v.name "
-        f"AND r.kind = 'registered_model' WHERE r.resource_id = :m AND v.{_LIVE}"),
-        {"m": model_id}).scalars())
+    r = db.resources.c
+    existing: set[Any] = set(conn.execute(sa.select(_MV.version).select_from(
+        mt.model_versions.join(db.resources, sa.and_(r.name == _MV.name,
+                                                     r.kind == "registered_model"))
+    ).where(r.resource_id == model_id, _LIVE)).scalars())
     live = pinned & {int(v) for v in existing}
     named: Any = conn.execute(sa.select(db.semvers.c.semver, db.semvers.c.version).where(
         db.semvers.c.model_id == model_id)).all()

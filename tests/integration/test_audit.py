@@ -608,7 +608,7 @@ def test_every_owner_team_of_a_request_sees_it(audited: ShareServer, unique: str
 
 
 def test_secrets_never_enter_the_log(tmp_path: Path) -> None:
-    from mlflow_share.audit.store import AuditingSqlAlchemyStore
+    from mlflow_share.stores import AuditingSqlAlchemyStore
 
     uri = f"sqlite:///{tmp_path / 'secrets.db'}"
     store = AuditingSqlAlchemyStore(uri, str(tmp_path / "artifacts"))

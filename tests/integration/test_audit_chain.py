@@ -256,7 +256,7 @@ def test_a_savepoint_inside_a_write_commits_with_the_rest(empty_chain: sa.Engine
     from mlflow.store.tracking.dbmodels.models import SqlExperimentTag
     from sqlalchemy.exc import IntegrityError
 
-    from mlflow_share.audit.store import build_tracking_store
+    from mlflow_share.stores import build_tracking_store
 
     uri = empty_chain.url.render_as_string(hide_password=False)
     store = build_tracking_store(f"audit+{uri}", str(tmp_path / "artifacts"))

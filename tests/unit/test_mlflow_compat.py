@@ -50,3 +50,38 @@ def test_a_moved_view_fails_start_up_or_warns() -> None:
         mlflow_compat.replace_view(bare, "_graphql", lambda original: original)
     mlflow_compat.replace_view(bare, "serve", lambda original: original)  # the UI: a warning
     assert "serve" not in bare.view_functions
+
+
+# -- MLflow's tables -----------------------------------------------------------------------------
+def test_every_mlflow_table_and_column_is_where_it_was() -> None:
+    from mlflow_share.mlflow_compat import tables
+
+    assert tables.missing() == []
+
+
+def test_no_sql_text_names_an_mlflow_table_outside_the_fence() -> None:
+    """MLflow's tables are queried as SQLAlchemy tables from ``mlflow_compat.tables``: no
+    string outside the fence reads or writes one as SQL."""
+    import ast
+
+    from mlflow_share.mlflow_compat import tables
+
+    names = "|".join(re.escape(name) for name in sorted(tables.DECLARED, key=len, reverse=True))
+    sql = re.compile(rf"\b(FROM|JOIN|INTO|UPDATE)\s+({names})\b", re.IGNORECASE)
+    package = Path(mlflow_share.__file__).parent
+    offenders = [f"{path.relative_to(package)}:{node.lineno}: {node.value[:80]!r}"
+                 for path in sorted(package.rglob("*.py")) if "mlflow_compat" not in path.parts
+                 for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                 and sql.search(node.value)]
+    assert offenders == []
+
+
+def test_a_table_whose_model_is_gone_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow_share.mlflow_compat import tables
+
+    monkeypatch.setitem(tables.DECLARED, "vanished", (
+        "mlflow.store.tracking.dbmodels.models", "SqlVanished", ("id",)))
+    with pytest.raises(RuntimeError, match="'vanished'.*SqlVanished"):
+        tables._load("vanished")
+    assert "vanished" in tables.missing()

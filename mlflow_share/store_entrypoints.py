@@ -10,12 +10,12 @@ from typing import Any
 
 
 def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
-    from mlflow_share.audit.store import build_tracking_store
+    from mlflow_share.stores import build_tracking_store
 
     return build_tracking_store(store_uri, artifact_uri)
 
 
 def registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
-    from mlflow_share.audit.store import build_registry_store
+    from mlflow_share.stores import build_registry_store
 
     return build_registry_store(store_uri)
