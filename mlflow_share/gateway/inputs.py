@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_share.errors import InvalidInput
-from mlflow_share.gateway.models import TensorSpec
+from mlflow_share.gateway.backend import TensorSpec
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 

@@ -1,222 +1,58 @@
-"""Loading shared model versions for the gateway: verified bytes, ONNX only, bounded cache.
+"""Loaded versions for the gateway: the bounded cache, and which version a name points at.
 
-A version is loaded from its registered copy through the checksum repository: every file of
-its manifest is read and checked (size and SHA-256, against the manifest and the digest
-ledger), the manifest itself against its digest and the version's identity, and only then is
-``model.onnx`` handed to onnxruntime, from memory, with the providers the gateway pins.
-Nothing from the model is imported or unpickled: a model whose MLmodel declares any flavor
-but ONNX (or a ``loader_module`` other than MLflow's ONNX loader) is refused, and so is an
-ONNX graph with external data (it could name files outside the model).
+The cache holds what the inference backend (``backend.InferenceBackend``; the gateway's is
+``onnx_backend.OnnxBackend``: verified bytes, ONNX only) loaded, by identity. Which version an
+alias or a number names, and its identity, is read from MLflow's registry tables (through the
+``mlflow_compat.tables`` fence) joined to the manifests mlflow-share recorded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
-import yaml
 
-from mlflow_share.artifacts import manifest as mf
+from mlflow_share import db
 from mlflow_share.artifacts import registration
-from mlflow_share.artifacts.repository import ChecksumArtifactRepository
-from mlflow_share.errors import DataLoss, InvalidInput, MlflowShareError, NotFound
+from mlflow_share.errors import DataLoss, MlflowShareError, NotFound
+from mlflow_share.gateway.backend import InferenceBackend, LoadedModel, TensorSpec
+from mlflow_share.gateway.onnx_backend import (
+    MODEL_FILE,
+    check_flavors,
+    load_version,
+    new_session,
+    parse_onnx,
+    read_files,
+    read_version,
+    specs,
+)
+from mlflow_share.mlflow_compat import tables as mt
 
-_logger = logging.getLogger(__name__)
-
-MODEL_FILE = "model.onnx"
-_ALLOWED_FLAVORS = {"onnx", "python_function"}
-_ONNX_LOADER = "mlflow.onnx"
-_NUMPY_TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(string)": np.object_,
-    "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: Any  # numpy type
-    shape: tuple[int | None, ...]  # None: any size (symbolic or unknown dimension)
-    onnx_type: str
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    version: int
-    model_id: str
-    identity: str
-    session: Any  # onnxruntime.InferenceSession
-    inputs: list[TensorSpec]
-    outputs: list[str]
-    size: int
-    run_seconds: float = float("inf")  # a moving average of session.run; inf until measured
-
-
-def specs(args: list[Any]) -> list[TensorSpec]:
-    specs = []
-    for arg in args:
-        dtype = _NUMPY_TYPES.get(arg.type)
-        if dtype is None:
-            raise InvalidInput(f"Input {arg.name!r} has an unsupported type {arg.type}.")
-        shape = tuple(d if isinstance(d, int) and d > 0 else None for d in (arg.shape or []))
-        specs.append(TensorSpec(arg.name, dtype, shape, arg.type))
-    return specs
-
-
-def check_flavors(mlmodel: bytes | None) -> None:
-    """Refuse a model that would need code of its own (pickles, custom loaders)."""
-    if mlmodel is None:
-        return
-    try:
-        spec = yaml.safe_load(mlmodel) or {}
-    except yaml.YAMLError:
-        raise InvalidInput("The model's MLmodel file is not valid YAML.") from None
-    flavors = spec.get("flavors") if isinstance(spec, dict) else None
-    if not isinstance(flavors, dict):
-        raise InvalidInput("The model's MLmodel file has no valid flavors.")
-    extra = sorted(set(flavors) - _ALLOWED_FLAVORS)
-    if extra:
-        raise InvalidInput(f"The gateway serves ONNX models only; this one has flavors {extra}.")
-    loader = (flavors.get("python_function") or {}).get("loader_module")
-    if loader not in (None, _ONNX_LOADER):
-        raise InvalidInput(f"The model declares loader_module {loader!r}: refused, the gateway "
-                           "never runs code shipped with a model.")
-
-
-def _tensors(graph: Any) -> Any:
-    """Every tensor a graph holds: initializers, sparse ones, attributes, subgraphs'."""
-    for tensor in graph.initializer:
-        yield tensor
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        yield from _attribute_tensors(node.attribute)
-
-
-def _attribute_tensors(attributes: Any) -> Any:
-    for attribute in attributes:
-        if attribute.HasField("t"):
-            yield attribute.t
-        yield from attribute.tensors
-        if attribute.HasField("sparse_tensor"):
-            yield attribute.sparse_tensor.values
-            yield attribute.sparse_tensor.indices
-        for sparse in attribute.sparse_tensors:
-            yield sparse.values
-            yield sparse.indices
-        if attribute.HasField("g"):
-            yield from _tensors(attribute.g)
-        for graph in attribute.graphs:
-            yield from _tensors(graph)
-
-
-def parse_onnx(model_bytes: bytes) -> Any:
-    """The model's protobuf; 400 if it is not one, or if any tensor lives in external data
-    (a file name the runtime would open on the gateway's host)."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(model_bytes)
-    except (DecodeError, RuntimeError, ValueError):
-        raise InvalidInput("model.onnx is not an ONNX model.") from None
-    tensors = list(_tensors(proto.graph))
-    for function in proto.functions:
-        for node in function.node:
-            tensors.extend(_attribute_tensors(node.attribute))
-    for tensor in tensors:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
-            raise InvalidInput("The ONNX graph references external data files: refused.")
-    return proto
-
-
-def read_files(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, version: int,
-               keep: tuple[str, ...]) -> tuple[registration.ManifestRecord, dict[str, bytes]]:
-    """Check every file of a version against its manifest; return the bytes of ``keep``."""
-    record = registration.find_manifest(engine, name, str(version))
-    if record.problems():
-        raise DataLoss(f"The manifest of {name!r} version {version} does not match its identity.")
-    files = mf.resources(record.statement)
-    root = repo.at_root()
-    kept: dict[str, bytes] = {}
-    for relative, (size, sha) in sorted(files.items()):
-        opened = root.open_verified(f"{record.location}/{relative}")
-        hasher, length, chunks = hashlib.sha256(), 0, []
-        for chunk in root.iter_verified(opened):
-            hasher.update(chunk)
-            length += len(chunk)
-            if relative in keep:
-                chunks.append(chunk)
-        if (length, hasher.hexdigest()) != (size, sha):
-            raise DataLoss(f"{name!r} version {version}: {relative} does not match the manifest "
-                           f"(expected SHA-256 {sha}, actual {hasher.hexdigest()}).")
-        if relative in keep:
-            kept[relative] = b"".join(chunks)
-    return record, kept
-
-
-def read_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
-                 version: int) -> tuple[registration.ManifestRecord, bytes, bytes | None]:
-    """The version's manifest, ``model.onnx`` and ``MLmodel`` bytes, every file checked."""
-    record, kept = read_files(engine, repo, name, version, (MODEL_FILE, "MLmodel"))
-    if MODEL_FILE not in kept:
-        raise InvalidInput(f"{name!r} version {version} has no {MODEL_FILE}.")
-    return record, kept[MODEL_FILE], kept.get("MLmodel")
-
-
-def new_session(model_bytes: bytes, name: str, version: int, *, intra_op_threads: int = 1
-                ) -> Any:
-    """An onnxruntime session on the CPU provider, or 400 saying the model does not load."""
-    import onnxruntime as ort
-
-    parse_onnx(model_bytes)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(model_bytes, sess_options=options,
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors are many and plain
-        raise InvalidInput(f"{name!r} version {version}: model.onnx does not load in "
-                           f"onnxruntime ({type(exc).__name__}).") from None
-
-
-def load_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, version: int,
-                 *, intra_op_threads: int = 1) -> LoadedModel:
-    record, model_bytes, mlmodel = read_version(engine, repo, name, version)
-    check_flavors(mlmodel)
-    session = new_session(model_bytes, name, version, intra_op_threads=intra_op_threads)
-    return LoadedModel(name, version, record.model_id, record.identity, session,
-                       specs(session.get_inputs()), [o.name for o in session.get_outputs()],
-                       len(model_bytes))
+# Kept importable from here, where they lived before the backend split (governance's
+# validation runs the same checks and sessions as the gateway).
+__all__ = [
+    "MODEL_FILE", "InferenceBackend", "LoadedModel", "ModelCache", "TensorSpec",
+    "check_flavors", "current_identity", "load_version", "new_session", "parse_onnx",
+    "read_files", "read_version", "resolve", "resolve_alias", "servable_aliases", "specs",
+]
 
 
 class ModelCache:
     """Loaded versions by identity, least recently used out beyond ``max_bytes``.
 
-    Keyed by the version's identity (manifest + run + params), so a model deleted and
-    recreated under the same name, or a version whose manifest changed, is never served from
-    an old entry. A failed load is remembered for ``retry_after`` seconds: callers get the
+    Loaded through ``backend`` and keyed by the version's identity (manifest + run + params),
+    so a model deleted and recreated under the same name, or a version whose manifest changed,
+    is never served from an old entry. A failed load is remembered for ``retry_after`` seconds: callers get the
     same refusal without the files being read again.
     """
 
-    def __init__(self, engine: sa.Engine, repo: ChecksumArtifactRepository, *,
-                 max_bytes: int = 1024**3, intra_op_threads: int = 1,
+    def __init__(self, backend: InferenceBackend, *, max_bytes: int = 1024**3,
                  retry_after: float = 30.0) -> None:
-        self.engine, self.repo = engine, repo
-        self.max_bytes, self.intra_op_threads = max_bytes, intra_op_threads
-        self.retry_after = retry_after
+        self.backend = backend
+        self.max_bytes, self.retry_after = max_bytes, retry_after
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._failed: dict[str, tuple[float, MlflowShareError]] = {}
         self._lock = threading.Lock()
@@ -239,8 +75,7 @@ class ModelCache:
                 if model is not None:
                     return model, False
             try:
-                model = load_version(self.engine, self.repo, name, version,
-                                     intra_op_threads=self.intra_op_threads)
+                model = self.backend.load(name, version)
                 if model.identity != identity:
                     raise DataLoss(f"{name!r} version {version} changed while it was loaded.")
             except MlflowShareError as exc:
@@ -271,16 +106,20 @@ class ModelCache:
             return model
 
 
-_SERVABLE = (
-    "SELECT v.version, m.identity FROM model_versions v "
-    "LEFT JOIN share_model_manifests m "
-    f"ON m.location = substr(v.storage_location, {len(registration.PROXY_SCHEME) + 1}) ")
+_versions, _aliases, _manifests = mt.model_versions, mt.registered_model_aliases, \
+    db.model_manifests
+# A version's manifest is the one recorded at its storage location (MLflow's proxied
+# ``mlflow-artifacts:/`` URI, the scheme cut off); a version without one has no identity.
+_SERVABLE = sa.select(_versions.c.version, _manifests.c.identity)
+_WITH_MANIFEST = _versions.outerjoin(_manifests, _manifests.c.location == sa.func.substr(
+    _versions.c.storage_location, sa.literal_column(str(len(registration.PROXY_SCHEME) + 1))))
 # MLflow deletes a version softly (stage Deleted_Internal, files kept): never served.
-_LIVE = "AND v.current_stage != 'Deleted_Internal'"
-_BY_ALIAS = sa.text(_SERVABLE + "JOIN registered_model_aliases a "
-                    "ON a.name = v.name AND a.version = v.version "
-                    f"WHERE a.name = :n AND a.alias = :a {_LIVE}")
-_BY_VERSION = sa.text(_SERVABLE + f"WHERE v.name = :n AND v.version = :v {_LIVE}")
+_LIVE = _versions.c.current_stage != "Deleted_Internal"
+_BY_ALIAS = _SERVABLE.select_from(_WITH_MANIFEST.join(_aliases, sa.and_(
+    _aliases.c.name == _versions.c.name, _aliases.c.version == _versions.c.version))).where(
+    _aliases.c.name == sa.bindparam("n"), _aliases.c.alias == sa.bindparam("a"), _LIVE)
+_BY_VERSION = _SERVABLE.select_from(_WITH_MANIFEST).where(
+    _versions.c.name == sa.bindparam("n"), _versions.c.version == sa.bindparam("v"), _LIVE)
 
 
 def _servable(engine: sa.Engine, query: Any, params: dict[str, Any], missing: str
@@ -308,12 +147,21 @@ def current_identity(engine: sa.Engine, name: str, version: int) -> str:
 
 
 def resolve_alias(engine: sa.Engine, name: str, alias: str) -> int:
+    """The version ``alias`` names, servable or not (a deployment may name it before its
+    version can load; 404 if there is no such alias)."""
     with engine.connect() as conn:
-        version = conn.execute(sa.text(
-            "SELECT version FROM registered_model_aliases WHERE name = :n AND alias = :a"),
-            {"n": name, "a": alias}).scalar()
+        version = conn.execute(sa.select(_aliases.c.version).where(
+            _aliases.c.name == name, _aliases.c.alias == alias)).scalar()
     if version is None:
         raise NotFound(f"Registered model {name!r} has no alias {alias!r}.")
     return int(version)
 
 
+def servable_aliases(engine: sa.Engine) -> list[tuple[str, str | None, int | None]]:
+    """``(model, alias, version)`` for every model with a recorded manifest, by model name;
+    ``(model, None, None)`` for one without aliases."""
+    query = sa.select(_manifests.c.name, _aliases.c.alias, _aliases.c.version).select_from(
+        _manifests.outerjoin(_aliases, _aliases.c.name == _manifests.c.name)).group_by(
+        _manifests.c.name, _aliases.c.alias, _aliases.c.version).order_by(_manifests.c.name)
+    with engine.connect() as conn:
+        return [(row[0], row[1], row[2]) for row in conn.execute(query).all()]
