@@ -83,7 +83,6 @@ def enable_tcp_nodelay() -> None:
 def create_app(flask_app: Any = None) -> Any:
     """Build the mlflow-share server app around MLflow's own Flask app."""
     from mlflow.server import app as mlflow_flask_app
-    from mlflow.server import handlers
 
     from mlflow_share.admin.api import create_blueprint
     from mlflow_share.artifacts import serving
@@ -96,6 +95,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.auth.graphql import make_graphql_view
     from mlflow_share.auth.interceptor import Interceptor
     from mlflow_share.auth.middleware import AuditGate, ShareASGIMiddleware, ShareWSGIMiddleware
+    from mlflow_share import mlflow_compat
     from mlflow_share.mlflow_compat import replace_view
     from mlflow_share.auth.resolvers import MlflowLookups
     from mlflow_share.gateway.api import create_usage_blueprint
@@ -112,11 +112,12 @@ def create_app(flask_app: Any = None) -> Any:
     settings = config.Settings.from_env()
     flask_app = flask_app or mlflow_flask_app
 
+    mlflow_compat.check()  # an MLflow whose internals moved: refuse to start, say what moved
     install_audited_stores()
     # Build MLflow's stores now: this runs MLflow's migrations, then creates mlflow-share's
     # tables and the audit triggers (audit.store.ensure_schema), before anything reads them.
-    handlers._get_tracking_store()
-    handlers._get_model_registry_store()
+    mlflow_compat.private("mlflow.server.handlers", "_get_tracking_store")()
+    mlflow_compat.private("mlflow.server.handlers", "_get_model_registry_store")()
 
     engine = db.get_engine(settings.backend_store_uri)
     directory = Directory(engine)

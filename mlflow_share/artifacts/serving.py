@@ -169,8 +169,13 @@ def install_fastapi(fastapi_app: Any) -> None:
     from fastapi.routing import APIRoute
     from mlflow.server import artifact_router as stock
 
+    from mlflow_share.mlflow_compat import private, splice_routes
+
+    get_repo = private("mlflow.server.artifact_router", "_get_artifact_repo")
+    proxied = private("mlflow.server.artifact_router", "_is_serving_proxied_artifacts")
+
     async def download_artifact(artifact_path: str, request: Request) -> Any:
-        repo = stock._get_artifact_repo() if stock._is_serving_proxied_artifacts() else None
+        repo = get_repo() if proxied() else None
         if not isinstance(repo, ChecksumArtifactRepository):
             return await stock.download_artifact(artifact_path)
         try:
@@ -185,7 +190,7 @@ def install_fastapi(fastapi_app: Any) -> None:
         return StreamingResponse(_cut_off_on_mismatch(repo, opened), headers=headers)
 
     async def upload_artifact(artifact_path: str, request: Request) -> Any:
-        repo = stock._get_artifact_repo() if stock._is_serving_proxied_artifacts() else None
+        repo = get_repo() if proxied() else None
         if not isinstance(repo, ChecksumArtifactRepository):
             return await stock.upload_artifact(artifact_path, request)
         try:
@@ -202,7 +207,7 @@ def install_fastapi(fastapi_app: Any) -> None:
         path = prefix + "/mlflow-artifacts/artifacts/{artifact_path:path}"
         routes.append(APIRoute(path, download_artifact, methods=["GET"], name="download_artifact"))
         routes.append(APIRoute(path, upload_artifact, methods=["PUT"], name="upload_artifact"))
-    fastapi_app.router.routes[0:0] = routes
+    splice_routes(fastapi_app, "artifacts", routes)
 
 
 # -- gunicorn / waitress (Flask) -----------------------------------------------------------------

@@ -346,19 +346,9 @@ def fastapi_to_werkzeug(path: str) -> str:
 
 def native_routes(fastapi_app: Any) -> list[tuple[str, frozenset[str], str]]:
     """(path, methods, name) of every route the FastAPI app serves itself (not the Flask mount)."""
-    found: list[tuple[str, frozenset[str], str]] = []
+    from mlflow_share.mlflow_compat import native_routes as routes_of
 
-    def walk(routes: Iterable[Any]) -> None:
-        for route in routes:
-            if hasattr(route, "effective_route_contexts"):  # FastAPI >= 0.16x included routers
-                for context in route.effective_route_contexts():
-                    found.append((context.path, frozenset(context.methods or ()), context.name))
-            elif hasattr(route, "methods") and hasattr(route, "path"):
-                found.append((route.path, frozenset(route.methods or ()), route.name))
-            # Mounts (the Flask app at "/") are covered by the Flask table.
-
-    walk(fastapi_app.routes)
-    return found
+    return routes_of(fastapi_app)
 
 
 @dataclass(frozen=True)

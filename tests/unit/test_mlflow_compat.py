@@ -4,6 +4,7 @@ outside ``mlflow_share/mlflow_compat`` imports a private MLflow name."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -85,3 +86,54 @@ def test_a_table_whose_model_is_gone_is_named(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(RuntimeError, match="'vanished'.*SqlVanished"):
         tables._load("vanished")
     assert "vanished" in tables.missing()
+
+
+def _private_attributes(path: Path) -> list[str]:
+    """``module._name`` where ``module`` was imported from MLflow (``handlers._get_x``)."""
+    tree = ast.parse(path.read_text())
+    mlflow_names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mlflow":
+            mlflow_names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            mlflow_names.update(alias.asname or alias.name.split(".")[0] for alias in node.names
+                                if alias.name.split(".")[0] == "mlflow")
+    return [f"{path.name}:{node.lineno} {node.value.id}.{node.attr}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id in mlflow_names and node.attr.startswith("_")
+            and not node.attr.startswith("__")]
+
+
+def test_no_private_mlflow_attribute_is_used_outside_the_fence() -> None:
+    package = Path(mlflow_share.__file__).parent
+    outside = [found for path in package.rglob("*.py") if "mlflow_compat" not in path.parts
+               for found in _private_attributes(path)]
+    assert outside == []
+
+
+def test_every_overridden_private_method_is_there() -> None:
+    assert [m for m in mlflow_compat.missing() if m.count(".") and "SqlAlchemyStore" in m
+            or "ArtifactRepository" in m] == []
+    mlflow_compat.check()  # what the server runs first
+
+
+def test_every_route_mlflow_share_takes_over_is_there() -> None:
+    from mlflow.server import app
+    from mlflow.server.fastapi_app import create_fastapi_app
+
+    assert mlflow_compat.missing_routes(create_fastapi_app(app)) == []
+
+
+def test_a_moved_route_fails_start_up() -> None:
+    from fastapi import FastAPI
+    from fastapi.routing import APIRoute
+
+    async def view() -> None:
+        return None
+
+    ours = [APIRoute(path, view, methods=[method])
+            for path, method in mlflow_compat.ROUTE_SPLICES["artifacts"][0]]
+    bare = FastAPI()
+    with pytest.raises(RuntimeError, match="mlflow-artifacts"):
+        mlflow_compat.splice_routes(bare, "artifacts", ours)
+    assert bare.router.routes[:len(ours)] != ours
