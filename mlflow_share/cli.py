@@ -130,13 +130,12 @@ def _prepare_database(uri: str) -> None:
 
     from mlflow_share import db
     from mlflow_share.app import announce_generated_admin, bootstrap_admin
-    from mlflow_share.audit.store import ensure_schema, strip_scheme
     from mlflow_share.directory import Directory
 
-    uri = strip_scheme(uri)
+    uri = db.strip_scheme(uri)
     TrackingStore(uri, "file:///nonexistent-unused")
     RegistryStore(uri)
-    ensure_schema(uri)
+    db.ensure_schema(uri)
     engine = db.get_engine(uri)
     generated = bootstrap_admin(Directory(engine))
     if generated is not None:

@@ -298,6 +298,110 @@ web_logins = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+# -- the audit log: append-only, enforced by the database itself ---------------------------
+# (what an event holds and how its hash is taken: ``mlflow_share.audit.models``)
+AUDIT_TABLE = "share_audit_events"
+GENESIS_HASH = "0" * 64
+
+audit_events = sa.Table(
+    AUDIT_TABLE,
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("principal", sa.String(160), nullable=False),
+    sa.Column("action", sa.String(128), nullable=False),
+    sa.Column("method", sa.String(8), nullable=True),
+    sa.Column("route", sa.String(512), nullable=True),
+    sa.Column("resource_kind", sa.String(32), nullable=True),
+    sa.Column("resource_id", sa.String(256), nullable=True),
+    sa.Column("resource_name", sa.String(256), nullable=True),
+    sa.Column("owner_team", sa.String(128), nullable=True),
+    sa.Column("decision", sa.String(8), nullable=False),
+    sa.Column("status", sa.Integer, nullable=True),
+    sa.Column("client", sa.String(64), nullable=True),
+    # Every owner team the request touched, as ",team-a,team-b," (team names have no commas):
+    # a maintainer sees an event if any of the team's resources was involved.
+    sa.Column("owner_teams", sa.String(1024), nullable=True),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("share_audit_ts_idx", "ts"),
+    sa.Index("share_audit_principal_idx", "principal", "seq"),
+    sa.Index("share_audit_owner_idx", "owner_team", "seq"),
+    sa.Index("share_audit_resource_idx", "resource_kind", "resource_id"),
+)
+
+
+_SQLITE_AUDIT_TRIGGERS = (
+    f"""CREATE TRIGGER IF NOT EXISTS share_audit_no_update BEFORE UPDATE ON {AUDIT_TABLE}
+    BEGIN SELECT RAISE(ABORT, 'mlflow-share audit events are append-only'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS share_audit_no_delete BEFORE DELETE ON {AUDIT_TABLE}
+    BEGIN SELECT RAISE(ABORT, 'mlflow-share audit events are append-only'); END""",
+    # A REPLACE deletes the old row without firing DELETE triggers (recursive_triggers is off):
+    # only the next sequence number, linked to the current head, may be inserted.
+    f"""CREATE TRIGGER IF NOT EXISTS share_audit_append_only BEFORE INSERT ON {AUDIT_TABLE}
+    WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM {AUDIT_TABLE})
+      OR NEW.prev_hash IS NOT COALESCE(
+           (SELECT hash FROM {AUDIT_TABLE} WHERE seq = NEW.seq - 1), '{GENESIS_HASH}')
+    BEGIN SELECT RAISE(ABORT, 'mlflow-share audit events are append-only'); END""",
+)
+
+_POSTGRES_AUDIT_TRIGGERS = (
+    f"""CREATE OR REPLACE FUNCTION share_audit_refuse() RETURNS trigger AS $$
+    BEGIN RAISE EXCEPTION 'mlflow-share audit events are append-only'; END
+    $$ LANGUAGE plpgsql SET search_path = {{schema}}, pg_temp""",
+    f"""CREATE OR REPLACE FUNCTION share_audit_check_append() RETURNS trigger AS $$
+    DECLARE head_seq BIGINT; head_hash TEXT;
+    BEGIN
+      SELECT seq, hash INTO head_seq, head_hash FROM {AUDIT_TABLE} ORDER BY seq DESC LIMIT 1;
+      IF NEW.seq IS DISTINCT FROM COALESCE(head_seq, 0) + 1
+         OR NEW.prev_hash IS DISTINCT FROM COALESCE(head_hash, '{GENESIS_HASH}') THEN
+        RAISE EXCEPTION 'mlflow-share audit events are append-only';
+      END IF;
+      RETURN NEW;
+    END $$ LANGUAGE plpgsql SET search_path = {{schema}}, pg_temp""",
+    f"DROP TRIGGER IF EXISTS share_audit_no_update ON {AUDIT_TABLE}",
+    f"""CREATE TRIGGER share_audit_no_update BEFORE UPDATE OR DELETE ON {AUDIT_TABLE}
+    FOR EACH ROW EXECUTE FUNCTION share_audit_refuse()""",
+    f"DROP TRIGGER IF EXISTS share_audit_no_truncate ON {AUDIT_TABLE}",
+    f"""CREATE TRIGGER share_audit_no_truncate BEFORE TRUNCATE ON {AUDIT_TABLE}
+    FOR EACH STATEMENT EXECUTE FUNCTION share_audit_refuse()""",
+    f"DROP TRIGGER IF EXISTS share_audit_append_only ON {AUDIT_TABLE}",
+    f"""CREATE TRIGGER share_audit_append_only BEFORE INSERT ON {AUDIT_TABLE}
+    FOR EACH ROW EXECUTE FUNCTION share_audit_check_append()""",
+    # ENABLE ALWAYS: the triggers fire even with session_replication_role = replica.
+    f"ALTER TABLE {AUDIT_TABLE} ENABLE ALWAYS TRIGGER share_audit_no_update",
+    f"ALTER TABLE {AUDIT_TABLE} ENABLE ALWAYS TRIGGER share_audit_no_truncate",
+    f"ALTER TABLE {AUDIT_TABLE} ENABLE ALWAYS TRIGGER share_audit_append_only",
+)
+
+_POSTGRES_AUDIT_TRIGGER_NAMES = ("share_audit_no_update", "share_audit_no_truncate",
+                           "share_audit_append_only")
+
+
+def install_audit_triggers(engine: Engine) -> None:
+    """Create the append-only triggers if they are missing (idempotent, any process)."""
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        if dialect == "sqlite":
+            for statement in _SQLITE_AUDIT_TRIGGERS:
+                conn.exec_driver_sql(statement)
+        elif dialect == "postgresql":
+            # Serialize concurrent workers; CREATE OR REPLACE on functions races otherwise.
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7219350001)")
+            present = {row[0] for row in conn.exec_driver_sql(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = %(t)s::regclass "
+                "AND tgenabled = 'A'", {"t": AUDIT_TABLE})}
+            if not set(_POSTGRES_AUDIT_TRIGGER_NAMES) <= present:
+                # pg_temp last: a session's temporary table cannot stand in for the real one.
+                schema = conn.exec_driver_sql("SELECT quote_ident(current_schema())").scalar()
+                for statement in _POSTGRES_AUDIT_TRIGGERS:
+                    conn.exec_driver_sql(statement.replace("{schema}", str(schema)))
+
+
 POLICY_VERSION = "policy_version"
 RESOURCE_VERSION = "resource_version"
 
@@ -412,3 +516,26 @@ def read_versions(conn: sa.Connection) -> tuple[int, int]:
     rows: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
         sa.select(state.c.key, state.c.value)).all())
     return int(rows.get(POLICY_VERSION, 0)), int(rows.get(RESOURCE_VERSION, 0))
+
+
+SCHEME_PREFIX = config.AUDIT_SCHEME_PREFIX  # ``audit+sqlite://``: audited stores (mlflow_share.stores)
+
+
+def strip_scheme(uri: str) -> str:
+    """The database URI behind an ``audit+`` store URI."""
+    return uri[len(SCHEME_PREFIX):] if uri.startswith(SCHEME_PREFIX) else uri
+
+
+_SCHEMA_READY: set[str] = set()
+
+
+def ensure_schema(db_uri: str) -> None:
+    """Create mlflow-share's tables and the audit triggers once per process, as MLflow's
+    stores create theirs: the server and code that opens an ``audit+`` URI find them there."""
+    if db_uri in _SCHEMA_READY:
+        return
+    engine = get_engine(db_uri)
+    enable_wal(engine)
+    create_schema(engine)
+    install_audit_triggers(engine)
+    _SCHEMA_READY.add(db_uri)

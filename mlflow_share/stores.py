@@ -29,7 +29,8 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingSt
 
 from mlflow_share import db
 from mlflow_share.artifacts import write_hooks as artifacts_hooks
-from mlflow_share.audit.store import SCHEME_PREFIX, audit_sessions, audited_writes, strip_scheme
+from mlflow_share.audit.store import audit_sessions, audited_writes
+from mlflow_share.db import SCHEME_PREFIX, strip_scheme
 from mlflow_share.directory import EXPERIMENT, MODEL
 from mlflow_share.governance import write_hooks as governance_hooks
 from mlflow_share.mlflow_compat import private

@@ -58,7 +58,6 @@ def _direct(model_uri: str, backend_store_uri: str | None,
     from mlflow_share.artifacts import registration
     from mlflow_share.artifacts.ledger import Ledger
     from mlflow_share.artifacts.repository import ChecksumArtifactRepository
-    from mlflow_share.audit.store import strip_scheme
     from mlflow_share.client import parse_model_uri
     from mlflow_share.errors import MlflowShareError
     from mlflow_share.mlflow_compat import tables as mt
@@ -68,7 +67,7 @@ def _direct(model_uri: str, backend_store_uri: str | None,
     if not artifacts_destination.startswith(("checksum+file://", "checksum+s3://")):
         raise click.UsageError("--artifacts-destination must be a checksum+file:// or "
                                "checksum+s3:// URI.")
-    engine = db.get_engine(strip_scheme(backend_store_uri))
+    engine = db.get_engine(db.strip_scheme(backend_store_uri))
     name, version, alias = parse_model_uri(model_uri)
     if alias is not None:
         a = mt.registered_model_aliases.c

@@ -53,17 +53,16 @@ class Ledger:
         """The ledger of the server this process belongs to (or of ``MLFLOW_TRACKING_URI``)."""
         from mlflow.server import BACKEND_STORE_URI_ENV_VAR
 
-        from mlflow_share.audit.store import ensure_schema, strip_scheme
 
         uri = os.environ.get(BACKEND_STORE_URI_ENV_VAR) or os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri or not strip_scheme(uri).startswith(("sqlite:", "postgresql")):
+        if not uri or not db.strip_scheme(uri).startswith(("sqlite:", "postgresql")):
             raise InvalidInput(
                 "A checksum+ artifact repository records digests in mlflow-share's database: "
                 "use it as `--artifacts-destination` of an mlflow-share server, or set "
                 "MLFLOW_TRACKING_URI to that database's URI."
             )
-        uri = strip_scheme(uri)
-        ensure_schema(uri)
+        uri = db.strip_scheme(uri)
+        db.ensure_schema(uri)
         return cls(db.get_engine(uri))
 
     # -- reading ----------------------------------------------------------------------------

@@ -25,9 +25,8 @@ _DB_OPTION = click.option(
 
 def _engine(uri: str) -> Any:
     from mlflow_share import db
-    from mlflow_share.audit.store import strip_scheme
 
-    return db.get_engine(strip_scheme(uri))
+    return db.get_engine(db.strip_scheme(uri))
 
 
 def _time(value: str | None) -> int | None:

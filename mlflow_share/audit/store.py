@@ -35,10 +35,8 @@ from mlflow_share.audit.log import (
     summarize,
     writer_lock,
 )
-from mlflow_share.audit.models import install_triggers
 from mlflow_share.mlflow_compat import tables as mt
 
-SCHEME_PREFIX = "audit+"
 _WRITES_KEY = "mlflow_share_writes"
 _MUTATING_PREFIXES = (
     "create_", "update_", "delete_", "set_", "log_", "rename_", "restore_", "transition_",
@@ -92,10 +90,6 @@ class _Change:
     def __init__(self, record: dict[str, Any]) -> None:
         self.record = record
         self.before: sa.Select[Any] | None = None  # read as the write transaction begins
-
-
-def strip_scheme(uri: str) -> str:
-    return uri[len(SCHEME_PREFIX):] if uri.startswith(SCHEME_PREFIX) else uri
 
 
 # -- before-values: what a change replaces, read just before it --------------------------
@@ -324,24 +318,9 @@ def _joined_session(conn: sa.Connection) -> Iterator[Any]:
         session.close()
 
 
-_SCHEMA_READY: set[str] = set()
-
-
-def ensure_schema(db_uri: str) -> None:
-    """Create mlflow-share's tables and the audit triggers once per process, as MLflow's
-    stores create theirs: the server and code that opens an ``audit+`` URI find them there."""
-    if db_uri in _SCHEMA_READY:
-        return
-    engine = db.get_engine(db_uri)
-    db.enable_wal(engine)
-    db.create_schema(engine)
-    install_triggers(engine)
-    _SCHEMA_READY.add(db_uri)
-
-
 def audit_sessions(store: Any) -> None:
     """Make each write transaction of ``store`` carry its audit event (see module docstring)."""
-    ensure_schema(store.db_uri)
+    db.ensure_schema(store.db_uri)
     _instrument_engine(store.engine)
     _listen_once()
     managed_session = store.ManagedSessionMaker

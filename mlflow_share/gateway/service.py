@@ -143,11 +143,10 @@ class Gateway:
         backend: it reads both itself (its service identity), with a pool of its own."""
         from mlflow_share.artifacts.ledger import Ledger
         from mlflow_share.artifacts.repository import ChecksumArtifactRepository
-        from mlflow_share.audit.store import ensure_schema, strip_scheme
         from mlflow_share.gateway.onnx_backend import OnnxBackend
 
-        uri = strip_scheme(backend_store_uri)
-        ensure_schema(uri)
+        uri = db.strip_scheme(backend_store_uri)
+        db.ensure_schema(uri)
         # Its own pool, no ping per checkout: a few short queries per call, retried by the
         # caller on a dead connection like any other request error.
         engine = db.get_engine(uri, purpose="gateway")

@@ -14,7 +14,7 @@ from mlflow_share.artifacts import manifest as mf
 from mlflow_share.artifacts.ledger import Ledger
 from mlflow_share.artifacts.repository import ChecksumArtifactRepository
 from mlflow_share.artifacts.serving import digest_header, parse_content_digest
-from mlflow_share.audit.store import ensure_schema
+from mlflow_share.db import ensure_schema
 from mlflow_share.errors import Conflict, DataLoss, InvalidInput
 
 
