@@ -22,7 +22,39 @@ PERMISSION = click.Choice(["read", "execute", "write", "manage"])
 ROLE = click.Choice(["viewer", "engineer", "maintainer"])
 
 
-@click.group()
+def _one_line(exc: BaseException) -> str:
+    """What went wrong, in the words of the layer that knows (never a traceback)."""
+    message = getattr(exc, "message", None)  # mlflow-share's and MLflow's errors
+    if isinstance(message, str) and message:
+        return message.strip().splitlines()[0]
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+    if orig is not None:
+        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        return f"The database refused: {first}"
+    if isinstance(exc, ModuleNotFoundError):
+        return (f"The Python package {exc.name!r} is not installed; a database or storage "
+                "driver this configuration needs is missing.")
+    if isinstance(exc, OSError):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class _Cli(click.Group):
+    """Any failure ends in one line on stderr and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.exceptions.Abort() from None
+        except Exception as exc:  # noqa: BLE001 - every error, said in one line
+            raise click.ClickException(_one_line(exc)) from None
+
+
+@click.group(cls=_Cli)
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="mlflow-share server URL.")
 @click.version_option(package_name="mlflow-share")
 @click.pass_context
@@ -54,9 +86,11 @@ def server(home: Path | None, backend_store_uri: str | None, artifacts_destinati
     """
     _checked_settings()  # before anything is created: a bad value stops here, in one line
     home = (home or config.default_home()).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    uri = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
+    uri = config.checked_backend_uri(backend_store_uri or f"sqlite:///{home / 'mlflow.db'}")
     destination = artifacts_destination or f"checksum+file://{home / 'artifacts'}"
+    if gateway:  # what every worker would refuse at start, refused once here
+        config.checked_gateway_destination(destination)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     _prepare_database(uri)
     command = [
         sys.executable, "-m", "mlflow", "server", "--app-name", "mlflow-share",
@@ -113,14 +147,34 @@ def gateway_command(home: Path | None, backend_store_uri: str | None,
 
     from mlflow_share.gateway.app import create_gateway_app
 
+    _checked_settings()
     home = (home or config.default_home()).expanduser().resolve()
-    uri = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
-    destination = artifacts_destination or f"checksum+file://{home / 'artifacts'}"
+    uri = config.checked_backend_uri(backend_store_uri or f"sqlite:///{home / 'mlflow.db'}")
+    destination = config.checked_gateway_destination(
+        artifacts_destination or f"checksum+file://{home / 'artifacts'}")
+    _require_server_database(uri)
     click.echo(f"mlflow-share gateway: serving http://{host}:{port}/v1/models", err=True)
     # No per-request access log: it costs more than a small model's inference. Calls are
     # counted in /metrics and the usage rows, denials and loads in the audit log.
     uvicorn.run(create_gateway_app(uri, destination), host=host, port=port, log_level="info",
                 access_log=False)
+
+
+def _require_server_database(uri: str) -> None:
+    """The gateway reads the server's database: refuse one the server never set up."""
+    import sqlalchemy as sa
+
+    from mlflow_share import db
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise click.ClickException(
+            f"No mlflow-share database at {uri}: start the server first (mlflow-share server) "
+            "or pass its --backend-store-uri.")
+    engine = db.get_engine(uri)
+    if not {"registered_models", db.AUDIT_TABLE} <= set(sa.inspect(engine).get_table_names()):
+        raise click.ClickException(
+            f"{uri} is not an mlflow-share server's database: start the server on it first "
+            "(mlflow-share server --backend-store-uri ...).")
 
 
 def _prepare_database(uri: str) -> None:

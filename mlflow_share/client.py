@@ -1,8 +1,9 @@
 """``ShareAdminClient``: a typed HTTP client for the ``/api/2.0/mlflow-share/`` admin API.
 
 Registered as the ``mlflow.app.client`` of the ``mlflow-share`` app, and used by the CLI.
-Credentials are read like the MLflow client reads them: ``MLFLOW_TRACKING_TOKEN``, or
-``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``. It depends on ``requests`` only
+Credentials are read like the MLflow client reads them, in its order:
+``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD`` when both are set, else
+``MLFLOW_TRACKING_TOKEN`` (so the CLI and a notebook act as the same caller). It depends on ``requests`` only
 (not on MLflow), so the CLI starts fast.
 """
 
@@ -23,6 +24,10 @@ class ShareClientError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class ShareUnreachable(ShareClientError):
+    """The server did not answer (down, wrong address, too slow)."""
 
 
 class ShareApiError(ShareClientError):
@@ -49,15 +54,24 @@ class ShareAdminClient:
         token = token or os.environ.get("MLFLOW_TRACKING_TOKEN")
         username = username or os.environ.get("MLFLOW_TRACKING_USERNAME")
         password = password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-        elif username and password:
+        if username and password:  # MLflow's rest_utils: basic auth first, then the token
             self.session.auth = (username, password)
+        elif token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
               params: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = self.session.request(method, f"{self.base}{API}{path}", json=body,
-                                        params=params, timeout=self.timeout)
+        try:
+            response = self.session.request(method, f"{self.base}{API}{path}", json=body,
+                                            params=params, timeout=self.timeout)
+        except requests.Timeout:
+            raise ShareUnreachable(
+                f"The mlflow-share server at {self.base} did not answer within "
+                f"{self.timeout:g} s.") from None
+        except requests.ConnectionError:
+            raise ShareUnreachable(
+                f"Cannot reach an mlflow-share server at {self.base}: start it "
+                "(mlflow-share server) or set --tracking-uri / MLFLOW_TRACKING_URI.") from None
         try:
             data = response.json()
         except ValueError:

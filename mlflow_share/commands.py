@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from mlflow_share.client import ShareAdminClient, ShareApiError, ShareClientError
+from mlflow_share.client import ShareAdminClient, ShareApiError, ShareClientError, ShareUnreachable
 
 
 def admin_client(ctx: click.Context) -> ShareAdminClient:
@@ -17,11 +17,19 @@ def admin_client(ctx: click.Context) -> ShareAdminClient:
         raise click.UsageError(exc.message) from None
 
 
+def click_error(exc: ShareClientError) -> click.ClickException:
+    """A client error as the CLI says it: the server's answer or an unreachable server
+    (exit 1), or a request the client refused to send (a usage error, exit 2)."""
+    if isinstance(exc, ShareApiError):
+        return click.ClickException(f"{exc.remote_error_code} ({exc.status}): {exc.message}")
+    if isinstance(exc, ShareUnreachable):
+        return click.ClickException(exc.message)
+    return click.UsageError(exc.message)
+
+
 def call_server(call: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a client call, turning its errors into click errors (exit 1 or 2)."""
     try:
         return call(*args, **kwargs)
-    except ShareApiError as exc:
-        raise click.ClickException(f"{exc.remote_error_code} ({exc.status}): {exc.message}") from None
     except ShareClientError as exc:
-        raise click.UsageError(exc.message) from None
+        raise click_error(exc) from None

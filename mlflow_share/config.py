@@ -31,6 +31,7 @@ def default_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".mlflow-share").expanduser()
 
 
+MIN_PASSWORD_LENGTH = 12  # every password: users', and the first admin's from the environment
 GATEWAY_ENV = "MLFLOW_SHARE_GATEWAY"  # "1": the server also serves the inference gateway
 
 
@@ -39,7 +40,8 @@ class Setting:
     """One ``MLFLOW_SHARE_*`` setting: where it is read, its type, default and meaning.
 
     ``kind`` is ``int``, ``float``, ``bool`` (``1`` or ``0``), ``text``,
-    ``secret`` (text never shown), ``path`` or ``networks`` (comma-separated CIDRs).
+    ``secret`` (text never shown), ``password`` (a secret of at least
+    ``MIN_PASSWORD_LENGTH`` characters), ``path`` or ``networks`` (comma-separated CIDRs).
     """
 
     attribute: str
@@ -57,7 +59,7 @@ class Setting:
 DECLARED: tuple[Setting, ...] = (
     Setting("home", "path", None, "the embedded default's folder (default ~/.mlflow-share)"),
     Setting("admin_username", "text", "admin", "the first org admin's name"),
-    Setting("admin_password", "secret", "", "the first org admin's password (else one is "
+    Setting("admin_password", "password", "", "the first org admin's password (else one is "
             "generated and shown once)"),
     Setting("password_cache_seconds", "int", 300, "how long a verified password stays "
             "verified in memory", 0),
@@ -111,7 +113,7 @@ class Options:
         out = []
         for setting in DECLARED:
             value = self._values[setting.attribute]
-            if setting.kind == "secret":
+            if setting.kind in ("secret", "password"):
                 text = "(set)" if value else "(not set)"
             elif setting.kind == "networks":
                 text = ",".join(value) or "(none)"
@@ -126,6 +128,10 @@ def _parse_one(setting: Setting, raw: str) -> Any:
     import math
 
     if setting.kind in ("text", "secret"):
+        return raw
+    if setting.kind == "password":
+        if len(raw) < MIN_PASSWORD_LENGTH:
+            raise ValueError(f"must be at least {MIN_PASSWORD_LENGTH} characters long")
         return raw
     if setting.kind == "path":
         return Path(raw).expanduser()
@@ -174,7 +180,7 @@ def parse_options(environ: Mapping[str, str]) -> Options:
         try:
             values[setting.attribute] = _parse_one(setting, raw)
         except ValueError as exc:
-            shown = "(hidden)" if setting.kind == "secret" else repr(raw[:100])
+            shown = "(hidden)" if setting.kind in ("secret", "password") else repr(raw[:100])
             errors.append(f"{setting.env} {exc}, got {shown}")
     if errors:
         raise InvalidInput("Invalid mlflow-share settings: " + "; ".join(errors) + ".")
@@ -185,6 +191,42 @@ def parse_options(environ: Mapping[str, str]) -> Options:
 def options() -> Options:
     """This process's settings, parsed from its environment the first time they are asked."""
     return parse_options(os.environ)
+
+
+def checked_backend_uri(uri: str) -> str:
+    """The SQL URI behind a backend store URI (``audit+`` names the audited stores
+    explicitly; the server audits either way).
+
+    Raises:
+        InvalidInput: not a database mlflow-share runs on (SQLite, PostgreSQL).
+    """
+    from mlflow_share.errors import InvalidInput
+
+    uri = uri[len(AUDIT_SCHEME_PREFIX):] if uri.startswith(AUDIT_SCHEME_PREFIX) else uri
+    if not uri:
+        raise InvalidInput(
+            "mlflow-share needs a SQL backend store: pass --backend-store-uri "
+            "(for example sqlite:///mlflow.db) to `mlflow server`, or use `mlflow-share server`."
+        )
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if "://" in uri else "file"
+    if scheme not in _SQL_SCHEMES:
+        raise InvalidInput(
+            f"mlflow-share needs a SQL backend store ({', '.join(_SQL_SCHEMES)}); "
+            f"got a {scheme} store."
+        )
+    return uri
+
+
+def checked_gateway_destination(destination: str) -> str:
+    """Raises InvalidInput unless the gateway can serve from ``destination``."""
+    from mlflow_share.errors import InvalidInput
+
+    if not destination.startswith("checksum+"):
+        raise InvalidInput(
+            "The gateway serves verified versions only: give a checksum+ artifact root "
+            f"(for example --artifacts-destination checksum+file://{destination or '/srv/artifacts'}"
+            "), or run the server with --no-gateway.")
+    return destination
 
 
 @dataclass(frozen=True)
@@ -207,20 +249,7 @@ class Settings:
         # Imported here: the CLI reads this module's names and must not load all of MLflow.
         from mlflow_share.errors import InvalidInput
 
-        uri = os.environ.get(_MLFLOW_BACKEND_STORE_URI, "")
-        # `audit+sqlite://...` names the audited stores explicitly; the server audits either way.
-        uri = uri[len(AUDIT_SCHEME_PREFIX):] if uri.startswith(AUDIT_SCHEME_PREFIX) else uri
-        if not uri:
-            raise InvalidInput(
-                "mlflow-share needs a SQL backend store: pass --backend-store-uri "
-                "(for example sqlite:///mlflow.db) to `mlflow server`, or use `mlflow-share server`."
-            )
-        scheme = uri.split(":", 1)[0].split("+", 1)[0]
-        if scheme not in _SQL_SCHEMES:
-            raise InvalidInput(
-                f"mlflow-share needs a SQL backend store ({', '.join(_SQL_SCHEMES)}); "
-                f"got a {scheme or 'file'!s} store."
-            )
+        uri = checked_backend_uri(os.environ.get(_MLFLOW_BACKEND_STORE_URI, ""))
         registry = os.environ.get(_MLFLOW_REGISTRY_STORE_URI)
         if registry and registry.startswith(AUDIT_SCHEME_PREFIX):
             registry = registry[len(AUDIT_SCHEME_PREFIX):]

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from mlflow_share import db
+from mlflow_share.config import MIN_PASSWORD_LENGTH
 from mlflow_share.audit.log import audited_write
 from mlflow_share.auth.identity import hash_password, new_token
 from mlflow_share.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -66,8 +67,8 @@ class Directory:
             raise InvalidInput("A service account has no password; create a token for it.")
         if not service_account and not password:
             raise InvalidInput(f"User {name!r} needs a password.")
-        if password is not None and len(password) < 12:
-            raise InvalidInput("Passwords must be at least 12 characters long.")
+        if password is not None and len(password) < MIN_PASSWORD_LENGTH:
+            raise InvalidInput(f"Passwords must be at least {MIN_PASSWORD_LENGTH} characters long.")
         change = {"op": "create_user", "name": name, "admin": admin,
                   "service_account": service_account}
         with self._write(change) as conn:
@@ -170,8 +171,8 @@ class Directory:
             return then(conn)
 
     def set_password(self, name: str, password: str) -> None:
-        if len(password) < 12:
-            raise InvalidInput("Passwords must be at least 12 characters long.")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise InvalidInput(f"Passwords must be at least {MIN_PASSWORD_LENGTH} characters long.")
         with self._write({"op": "set_password", "name": name}) as conn:
             updated = conn.execute(
                 db.users.update().where(db.users.c.name == name, ~db.users.c.is_service_account)

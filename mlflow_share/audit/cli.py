@@ -14,9 +14,10 @@ from typing import Any
 
 import click
 
-from mlflow_share.client import ShareApiError, ShareClientError
+from mlflow_share.client import ShareClientError
 from mlflow_share.commands import admin_client as _client
 from mlflow_share.commands import call_server as _server_call
+from mlflow_share.commands import click_error
 
 _DB_OPTION = click.option(
     "--backend-store-uri", default=None,
@@ -119,10 +120,8 @@ def export(ctx: click.Context, backend_store_uri: str | None, since: str | None,
         for event in events:
             handle.write(json.dumps(event, sort_keys=True, ensure_ascii=False) + "\n")
             count += 1
-    except ShareApiError as exc:
-        raise click.ClickException(f"{exc.remote_error_code} ({exc.status}): {exc.message}") from None
     except ShareClientError as exc:
-        raise click.UsageError(exc.message) from None
+        raise click_error(exc) from None
     finally:
         if output:
             handle.close()

@@ -1,13 +1,14 @@
 """``mlflow deployments ... -t mlflow-share``: named deployments on the mlflow-share gateway.
 
-    export MLFLOW_SHARE_GATEWAY_URI=http://127.0.0.1:5001   # and MLFLOW_TRACKING_TOKEN
+    export MLFLOW_TRACKING_URI=http://127.0.0.1:5000   # the server mounts the gateway
+    # (a standalone `mlflow-share gateway`: export MLFLOW_SHARE_GATEWAY_URI=http://HOST:5001)
     mlflow deployments create -t mlflow-share --name churn -m models:/churn@champion
     mlflow deployments predict -t mlflow-share --name churn --input-path rows.json
     mlflow deployments list|get|update|delete -t mlflow-share ...
     mlflow deployments run-local -t mlflow-share --name churn -m models:/churn@champion
 
 The gateway decides every call (``execute`` on the model); credentials are the stock client's
-(``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``). ``run-local``
+(``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, else ``MLFLOW_TRACKING_TOKEN``, in that order). ``run-local``
 downloads the version checked against its manifest and serves its ONNX graph on this machine
 (needs ``onnxruntime``; the model's own code is never run).
 """
@@ -18,6 +19,7 @@ import json
 import os
 from typing import Any
 
+import click
 import requests
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
@@ -25,18 +27,42 @@ from mlflow.exceptions import MlflowException
 GATEWAY_ENV = "MLFLOW_SHARE_GATEWAY_URI"
 
 
+class GatewayError(MlflowException, click.ClickException):
+    """An MlflowException for Python callers that the ``mlflow deployments`` CLI (click)
+    prints as one line and exit status 1, instead of a traceback."""
+
+    def __init__(self, message: str) -> None:
+        MlflowException.__init__(self, message)
+        self.message = message
+
+
 def _auth() -> dict[str, str]:
+    """The stock client's credentials, in its order (mlflow.utils.rest_utils)."""
     import base64
 
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
     user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
                       os.environ.get("MLFLOW_TRACKING_PASSWORD"))
     if user and password:
         return {"Authorization": "Basic " + base64.b64encode(
             f"{user}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
     return {}
+
+
+def _gateway_base(target_uri: str) -> str:
+    """``mlflow-share:/URL``, else ``$MLFLOW_SHARE_GATEWAY_URI``, else the tracking server
+    (``mlflow-share server`` serves the gateway itself)."""
+    _, _, rest = target_uri.partition(":/")
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    base = rest or os.environ.get(GATEWAY_ENV) or (
+        tracking if tracking.startswith(("http://", "https://")) else "")
+    if not base:
+        raise GatewayError(
+            "No mlflow-share gateway to talk to: set MLFLOW_TRACKING_URI to the mlflow-share "
+            f"server (it serves the gateway), or {GATEWAY_ENV} to a standalone gateway.")
+    return base.rstrip("/")
 
 
 def _inputs(inputs: Any) -> dict[str, Any]:
@@ -56,22 +82,27 @@ def _inputs(inputs: Any) -> dict[str, Any]:
 
 
 class MlflowShareDeploymentClient(BaseDeploymentClient):
-    """Deployments on the gateway at ``$MLFLOW_SHARE_GATEWAY_URI`` (or ``mlflow-share:/URL``)."""
+    """Deployments on the gateway of ``_gateway_base`` (the server's own by default)."""
 
     def __init__(self, target_uri: str) -> None:
         super().__init__(target_uri)
-        _, _, rest = target_uri.partition(":/")
-        self.base = (rest or os.environ.get(GATEWAY_ENV) or "http://127.0.0.1:5001").rstrip("/")
+        self.base = _gateway_base(target_uri)
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = requests.request(method, self.base + path, json=body, headers=_auth(),
-                                    timeout=60)
+        try:
+            response = requests.request(method, self.base + path, json=body, headers=_auth(),
+                                        timeout=60)
+        except requests.RequestException:
+            raise GatewayError(
+                f"Cannot reach the mlflow-share gateway at {self.base}: is the server "
+                f"running? (MLFLOW_TRACKING_URI, or {GATEWAY_ENV} for a standalone "
+                "gateway)") from None
         try:
             data = response.json()
         except ValueError:
             data = {}
         if response.status_code >= 400:
-            raise MlflowException(f"{data.get('error_code', response.status_code)}: "
+            raise GatewayError(f"{data.get('error_code', response.status_code)}: "
                                   f"{data.get('message', response.text[:300])}")
         return data
 
@@ -79,7 +110,7 @@ class MlflowShareDeploymentClient(BaseDeploymentClient):
                           config: dict[str, Any] | None = None,
                           endpoint: str | None = None) -> dict[str, Any]:
         if flavor not in (None, "onnx"):
-            raise MlflowException("The mlflow-share gateway serves ONNX models only.")
+            raise GatewayError("The mlflow-share gateway serves ONNX models only.")
         return dict(self._call("POST", "/v1/deployments", {"name": name, "model_uri": model_uri}))
 
     def update_deployment(self, name: str, model_uri: str | None = None,
