@@ -17,6 +17,7 @@ import click
 from mlflow_share import config
 from mlflow_share.commands import admin_client as _client
 from mlflow_share.commands import call_server as _run
+from mlflow_share.commands import iso_time, json_option, show
 
 PERMISSION = click.Choice(["read", "execute", "write", "manage"])
 ROLE = click.Choice(["viewer", "engineer", "maintainer"])
@@ -199,11 +200,13 @@ def _prepare_database(uri: str) -> None:
 
 # -- identity -----------------------------------------------------------------------------
 @cli.command()
+@json_option
 @click.pass_context
-def whoami(ctx: click.Context) -> None:
+def whoami(ctx: click.Context, as_json: bool) -> None:
     """Show the authenticated caller, its teams and roles."""
     me = _run(_client(ctx).whoami)
-    click.echo(f"{me['user']} admin={me['is_admin']} teams={me['teams']}")
+    show([me], [("user", "user"), ("org admin", "is_admin"), ("teams", "teams")],
+         as_json=as_json)
 
 
 @cli.group()
@@ -215,16 +218,20 @@ def team() -> None:
 @click.argument("name")
 @click.pass_context
 def team_create(ctx: click.Context, name: str) -> None:
+    """Create team NAME (org admins)."""
     _run(_client(ctx).create_team, name)
     click.echo(f"Created team {name}")
 
 
 @team.command("list")
+@json_option
 @click.pass_context
-def team_list(ctx: click.Context) -> None:
-    for entry in _run(_client(ctx).list_teams):
-        members = ", ".join(f"{m['user']}:{m['role']}" for m in entry["members"])
-        click.echo(f"{entry['name']}\t{members}")
+def team_list(ctx: click.Context, as_json: bool) -> None:
+    """Teams and their members with their roles."""
+    show(_run(_client(ctx).list_teams), [
+        ("team", "name"),
+        ("members", lambda t: [f"{m['user']} ({m['role']})" for m in t["members"]])],
+        as_json=as_json, empty="No teams.")
 
 
 @team.command("add-member")
@@ -233,6 +240,7 @@ def team_list(ctx: click.Context) -> None:
 @click.option("--role", type=ROLE, required=True)
 @click.pass_context
 def team_add_member(ctx: click.Context, team_name: str, user: str, role: str) -> None:
+    """Make USER a member of TEAM with ROLE (or change the role)."""
     _run(_client(ctx).add_member, team_name, user, role)
     click.echo(f"{user} is now {role} of {team_name}")
 
@@ -242,6 +250,7 @@ def team_add_member(ctx: click.Context, team_name: str, user: str, role: str) ->
 @click.argument("user")
 @click.pass_context
 def team_remove_member(ctx: click.Context, team_name: str, user: str) -> None:
+    """Remove USER from TEAM."""
     _run(_client(ctx).remove_member, team_name, user)
     click.echo(f"Removed {user} from {team_name}")
 
@@ -259,6 +268,7 @@ def user() -> None:
 @click.pass_context
 def user_create(ctx: click.Context, name: str, password_stdin: bool, service_account: bool,
                 admin: bool) -> None:
+    """Create user NAME (asks for the password) or a service account (tokens only)."""
     password = None
     if service_account:
         if password_stdin:
@@ -272,11 +282,13 @@ def user_create(ctx: click.Context, name: str, password_stdin: bool, service_acc
 
 
 @user.command("list")
+@json_option
 @click.pass_context
-def user_list(ctx: click.Context) -> None:
-    for entry in _run(_client(ctx).list_users):
-        flags = [f for f in ("admin", "service_account") if entry[f"is_{f}"]]
-        click.echo(f"{entry['name']}\t{','.join(flags)}")
+def user_list(ctx: click.Context, as_json: bool) -> None:
+    """Users and service accounts."""
+    show(_run(_client(ctx).list_users), [
+        ("user", "name"), ("org admin", "is_admin"), ("service account", "is_service_account")],
+        as_json=as_json, empty="No users.")
 
 
 @cli.group()
@@ -294,24 +306,40 @@ def token_create(ctx: click.Context, user_name: str, expires_in: float | None,
                  description: str | None) -> None:
     """Create a token for USER; the token is printed alone on the last line, once."""
     issued = _run(_client(ctx).create_token, user_name, expires_in, description)
-    click.echo(f"token_id={issued['token_id']} user={issued['user']} "
-               f"expires_at={issued['expires_at']}", err=True)
+    click.echo(f"Token {issued['token_id']} for {issued['user']}, expires "
+               f"{iso_time(issued['expires_at']) if issued['expires_at'] else 'never'}:",
+               err=True)
     click.echo(issued["token"])
 
 
+def _token_state(entry: dict[str, Any]) -> str:
+    import time
+
+    if entry.get("revoked_at"):
+        return "revoked"
+    if entry.get("expires_at") and entry["expires_at"] <= time.time() * 1000:
+        return "expired"
+    return "active"
+
+
 @token.command("list")
-@click.option("--user", "user_name", default=None)
+@click.option("--user", "user_name", default=None, help="Only this user's tokens.")
+@json_option
 @click.pass_context
-def token_list(ctx: click.Context, user_name: str | None) -> None:
-    for entry in _run(_client(ctx).list_tokens, user_name):
-        state = "revoked" if entry["revoked_at"] else "active"
-        click.echo(f"{entry['token_id']}\t{entry['user']}\t{state}\texpires={entry['expires_at']}")
+def token_list(ctx: click.Context, user_name: str | None, as_json: bool) -> None:
+    """API tokens (their ids, never their values): yours, or everyone's for org admins."""
+    rows = [{**entry, "state": _token_state(entry)}
+            for entry in _run(_client(ctx).list_tokens, user_name)]
+    show(rows, [("token id", "token_id"), ("user", "user"), ("state", "state"),
+                ("expires", lambda t: iso_time(t["expires_at"]) if t["expires_at"] else "never"),
+                ("description", "description")], as_json=as_json, empty="No tokens.")
 
 
 @token.command("revoke")
 @click.argument("token_id")
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke the token with id TOKEN_ID (from `token list`; not the token itself)."""
     _run(_client(ctx).revoke_token, token_id)
     click.echo(f"Revoked token {token_id}")
 
@@ -351,13 +379,17 @@ def revoke(ctx: click.Context, team_name: str, permission: str, model: str | Non
 
 @cli.command("grants")
 @_target_options
+@json_option
 @click.pass_context
-def grants_list(ctx: click.Context, model: str | None, experiment_id: str | None) -> None:
+def grants_list(ctx: click.Context, model: str | None, experiment_id: str | None,
+                as_json: bool) -> None:
     """List grants (all of them for admins, or those of one resource)."""
     result = _run(_client(ctx).list_grants, model=model, experiment_id=experiment_id)
-    for entry in result["grants"]:
-        click.echo(f"{entry['kind']}\t{entry['name'] or entry['resource_id']}\t{entry['team']}\t"
-                   f"{entry['permission']}\tby {entry['granted_by']}")
+    show(result["grants"], [
+        ("kind", "kind"), ("resource", lambda g: g["name"] or g["resource_id"]),
+        ("team", "team"), ("permission", "permission"), ("granted by", "granted_by"),
+        ("granted", lambda g: iso_time(g.get("granted_at")))], as_json=as_json,
+        empty="No grants.")
 
 
 # -- policy as code -----------------------------------------------------------------------
@@ -370,6 +402,7 @@ def policy() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.pass_context
 def policy_export(ctx: click.Context, output: Path | None) -> None:
+    """Write every team, member, owner and grant as YAML (to review, diff and import)."""
     text = _run(_client(ctx).export_policy)
     if output is None:
         click.echo(text, nl=False)
@@ -383,6 +416,7 @@ def policy_export(ctx: click.Context, output: Path | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Show the difference, change nothing.")
 @click.pass_context
 def policy_import(ctx: click.Context, file: Path, dry_run: bool) -> None:
+    """Make the policy what FILE says (one audited transaction); --dry-run shows the changes."""
     result = _run(_client(ctx).import_policy, file.read_text(), dry_run=dry_run)
     for change in result["changes"]:
         click.echo(change)
@@ -445,6 +479,7 @@ def alias_approve(ctx: click.Context, request_id: str) -> None:
 @click.option("--reason", default=None)
 @click.pass_context
 def alias_reject(ctx: click.Context, request_id: str, reason: str | None) -> None:
+    """Reject a requested move."""
     _run(_client(ctx).reject_alias_move, request_id, reason)
     click.echo(f"request {request_id}: rejected")
 
@@ -452,13 +487,14 @@ def alias_reject(ctx: click.Context, request_id: str, reason: str | None) -> Non
 @alias.command("requests")
 @click.argument("model")
 @click.option("--status", default=None, help="pending, approved or rejected.")
+@json_option
 @click.pass_context
-def alias_requests(ctx: click.Context, model: str, status: str | None) -> None:
+def alias_requests(ctx: click.Context, model: str, status: str | None, as_json: bool) -> None:
     """Requested moves of MODEL's protected aliases and their decisions."""
-    for found in _run(_client(ctx).alias_requests, model, status):
-        click.echo(f"{found['id']}  {found['alias']}: {found['from_version']} -> "
-                   f"{found['to_version']}  {found['status']}  by {found['requested_by']}"
-                   + (f", decided by {found['decided_by']}" if found["decided_by"] else ""))
+    show(_run(_client(ctx).alias_requests, model, status), [
+        ("id", "id"), ("alias", "alias"), ("from", "from_version"), ("to", "to_version"),
+        ("status", "status"), ("requested by", "requested_by"), ("decided by", "decided_by"),
+        ("reason", "reason")], as_json=as_json, empty="No requests.")
 
 
 @alias.command("move")
@@ -490,16 +526,16 @@ def alias_rollback(ctx: click.Context, model: str, alias_name: str, to_version: 
 
 @alias.command("history")
 @click.argument("model")
-@click.option("--alias", "alias_name", default=None)
+@click.option("--alias", "alias_name", default=None, help="Only this alias.")
+@json_option
 @click.pass_context
-def alias_history(ctx: click.Context, model: str, alias_name: str | None) -> None:
+def alias_history(ctx: click.Context, model: str, alias_name: str | None,
+                  as_json: bool) -> None:
     """Who moved which alias of MODEL, when, from, to and why."""
-    from datetime import datetime, timezone
-
-    for row in _run(_client(ctx).alias_history, model, alias_name):
-        when = datetime.fromtimestamp(row["at"] / 1000, timezone.utc).isoformat(timespec="seconds")
-        click.echo(f"{when}  {row['alias']}: {row['from_version']} -> {row['to_version']}  "
-                   f"by {row['principal']}" + (f"  ({row['reason']})" if row["reason"] else ""))
+    show(_run(_client(ctx).alias_history, model, alias_name), [
+        ("when", lambda r: iso_time(r["at"])), ("alias", "alias"), ("from", "from_version"),
+        ("to", "to_version"), ("by", "principal"), ("reason", "reason")],
+        as_json=as_json, empty="No moves.")
 
 
 def _add_subcommands() -> None:

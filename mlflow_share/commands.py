@@ -33,3 +33,53 @@ def call_server(call: Any, *args: Any, **kwargs: Any) -> Any:
         return call(*args, **kwargs)
     except ShareClientError as exc:
         raise click_error(exc) from None
+
+
+# -- output for people, and for scripts --------------------------------------------------------
+def iso_time(ms: Any) -> str:
+    """Epoch milliseconds as ISO 8601 UTC (``-`` when there is none)."""
+    from datetime import datetime, timezone
+
+    if ms in (None, ""):
+        return "-"
+    return datetime.fromtimestamp(int(ms) / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{key}:{item}" for key, item in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(item) for item in value) or "-"
+    return str(value).replace("\n", " ")
+
+
+Column = tuple[str, Any]  # (header, key of the row or a function of the row)
+
+
+def show(rows: list[dict[str, Any]], columns: list[Column], *, as_json: bool,
+         empty: str = "Nothing to show.") -> None:
+    """``rows`` as aligned columns under their headers, or as one JSON array (``--json``)."""
+    import json
+
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+        return
+    if not rows:
+        click.echo(empty, err=True)
+        return
+    table = [[header.upper() for header, _ in columns]] + [
+        [_cell(get(row) if callable(get) else row.get(get)) for _, get in columns]
+        for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def json_option(fn: Any) -> Any:
+    """``--json``: the listing as JSON, for scripts."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON (for scripts) instead of columns.")(fn)

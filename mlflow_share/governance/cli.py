@@ -10,6 +10,7 @@ import click
 
 from mlflow_share.commands import admin_client as _client
 from mlflow_share.commands import call_server as _run
+from mlflow_share.commands import json_option, show
 
 
 def _team(value: str) -> tuple[str, str]:
@@ -122,15 +123,18 @@ def share_show(ctx: click.Context, package_id: str, as_json: bool) -> None:
 
 
 @share.command("list")
-@click.option("--model", default=None)
-@click.option("--status", default=None)
+@click.option("--model", default=None, help="Only this registered model's packages.")
+@click.option("--status", default=None, help="draft, validated, rejected, published, revoked.")
+@json_option
 @click.pass_context
-def share_list(ctx: click.Context, model: str | None, status: str | None) -> None:
+def share_list(ctx: click.Context, model: str | None, status: str | None,
+               as_json: bool) -> None:
     """Packages you may see (yours, and published ones shared with your teams)."""
-    for package in _run(_client(ctx).list_packages, model, status):
-        click.echo(f"{package['id']}  {package['model']}  v{','.join(package['versions'])}  "
-                   f"{package.get('semver') or '-'}  {package['status']}  "
-                   + ",".join(f"{t['team']}:{t['permission']}" for t in package["teams"]))
+    show(_run(_client(ctx).list_packages, model, status), [
+        ("package", "id"), ("model", "model"), ("versions", "versions"),
+        ("semver", lambda p: p.get("semver")), ("status", "status"),
+        ("teams", lambda p: [f"{t['team']} ({t['permission']})" for t in p["teams"]])],
+        as_json=as_json, empty="No packages.")
 
 
 @click.group()
@@ -140,10 +144,12 @@ def semver() -> None:
 
 @semver.command("list")
 @click.argument("model")
+@json_option
 @click.pass_context
-def semver_list(ctx: click.Context, model: str) -> None:
-    for entry in _run(_client(ctx).list_semvers, model):
-        click.echo(f"{entry['semver']}  version {entry['version']}")
+def semver_list(ctx: click.Context, model: str, as_json: bool) -> None:
+    """MODEL's published semantic versions and the model versions they name."""
+    show(_run(_client(ctx).list_semvers, model), [("semver", "semver"), ("version", "version")],
+         as_json=as_json, empty="No published semantic versions.")
 
 
 @semver.command("resolve")
@@ -230,15 +236,17 @@ def diff(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
 @click.option("--semver", "semver_range", default=None, help="e.g. ^1.2")
 @click.option("--metric", default=None, help="e.g. accuracy>=0.9")
 @click.option("--status", default=None, help="published, validated, rejected or none.")
+@json_option
 @click.pass_context
 def search(ctx: click.Context, owner_team: str | None, tag: str | None,
-           semver_range: str | None, metric: str | None, status: str | None) -> None:
+           semver_range: str | None, metric: str | None, status: str | None,
+           as_json: bool) -> None:
     """Find the models you may see."""
-    for model in _run(_client(ctx).search_models, owner_team=owner_team, tag=tag,
-                      semver=semver_range, metric=metric, status=status):
-        click.echo(f"{model['name']}  owner {model['owner_team']}  "
-                   f"v{model['version'] or '-'}  {model['semver'] or '-'}  "
-                   f"{model['validation_status']}")
+    show(_run(_client(ctx).search_models, owner_team=owner_team, tag=tag,
+              semver=semver_range, metric=metric, status=status), [
+        ("model", "name"), ("owner team", "owner_team"), ("version", "version"),
+        ("semver", "semver"), ("validation", "validation_status")],
+        as_json=as_json, empty="No models match.")
 
 
 @click.command()

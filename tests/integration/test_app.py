@@ -196,6 +196,44 @@ def test_cli_administers_the_server(share_server, unique) -> None:  # type: igno
     assert refused.returncode == 1 and "PERMISSION_DENIED (403)" in refused.stderr
 
 
+def test_cli_listings_read_as_tables_and_as_json(share_server, unique) -> None:  # type: ignore[no-untyped-def]
+    """Aligned columns under headers for people, --json for scripts, ISO times, and a token
+    past its expiry listed as expired."""
+    import json
+    import time
+
+    user = f"lister-{unique}"
+    assert _cli(share_server, "user", "create", user, "--service-account",
+                admin=True).returncode == 0
+    teams = _cli(share_server, "team", "list", admin=True).stdout.splitlines()
+    assert teams[0].split() == ["TEAM", "MEMBERS"]
+    assert "{" not in "".join(teams) and "None" not in "".join(teams)
+    member_column = teams[0].index("MEMBERS")
+    assert all(line[member_column - 2:member_column] == "  " for line in teams[1:])
+    me = _cli(share_server, "whoami", token=share_server.tokens["alice"]).stdout.splitlines()
+    assert me[0].split() == ["USER", "ORG", "ADMIN", "TEAMS"]
+    assert me[1].split()[:2] == ["alice", "no"] and "team-a:maintainer" in me[1]
+    assert json.loads(_cli(share_server, "whoami", "--json",
+                           token=share_server.tokens["alice"]).stdout)[0]["user"] == "alice"
+    users = json.loads(_cli(share_server, "user", "list", "--json", admin=True).stdout)
+    assert {"name": user, "is_admin": False, "is_service_account": True}.items() <= \
+        next(u for u in users if u["name"] == user).items()
+
+    issued = _cli(share_server, "token", "create", user, "--expires-in", "0.00002", admin=True)
+    token_id = issued.stderr.split()[1]
+    deadline = time.monotonic() + 60
+    while True:  # the token lives about 1.7 s
+        listed = _cli(share_server, "token", "list", "--user", user, admin=True).stdout
+        row = next(line for line in listed.splitlines() if line.startswith(token_id))
+        if "expired" in row.split() or time.monotonic() > deadline:
+            break
+    assert listed.splitlines()[0].split()[:4] == ["TOKEN", "ID", "USER", "STATE"]
+    assert row.split()[2] == "expired" and row.split()[3].endswith("+00:00")
+    as_json = json.loads(_cli(share_server, "token", "list", "--user", user, "--json",
+                              admin=True).stdout)
+    assert [(t["token_id"], t["state"]) for t in as_json] == [(token_id, "expired")]
+
+
 def test_policy_export_and_import_as_code(share_server, tmp_path: Path, unique) -> None:  # type: ignore[no-untyped-def]
     import yaml
 

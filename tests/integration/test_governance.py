@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,11 +93,17 @@ def test_protected_alias_moves_only_by_maintainers_and_rolls_back(share_server: 
     history = _cli(share_server, "ava", "alias", "history", name, "--alias", "production")
     assert history.returncode == 0, history.stderr  # readers may see the history
     lines = history.stdout.strip().splitlines()
-    assert [line.split("  ")[1] for line in lines] == [
-        "production: None -> 1", "production: 1 -> 2", "production: 2 -> 3",
-        "production: 3 -> 2"]
-    assert "by aaron" in lines[0] and "by alice" in lines[-1]
+    assert lines[0].split() == ["WHEN", "ALIAS", "FROM", "TO", "BY", "REASON"]
+    assert [line.split()[1:4] for line in lines[1:]] == [
+        ["production", "-", "1"], ["production", "1", "2"], ["production", "2", "3"],
+        ["production", "3", "2"]]
+    assert lines[1].split()[0].endswith("+00:00")  # ISO 8601 times, not epoch milliseconds
+    assert "aaron" in lines[1] and "alice" in lines[-1]
     assert "v3 drifts on the March data" in lines[-1]
+    as_json = json.loads(_cli(share_server, "ava", "alias", "history", name, "--alias",
+                              "production", "--json").stdout)
+    assert [(m["from_version"], m["to_version"]) for m in as_json] == [
+        (None, 1), (1, 2), (2, 3), (3, 2)]
 
 
 def test_concurrent_moves_one_wins_the_other_gets_409(share_server: ShareServer,
@@ -195,13 +202,16 @@ def test_a_move_can_require_a_second_maintainer(share_server: ShareServer, uniqu
     rejected = _cli(share_server, second, "alias", "reject",
                     second_ask.stdout.strip().splitlines()[-1], "--reason", "not yet")
     assert rejected.returncode == 0, rejected.stderr
-    listed = _cli(share_server, "ava", "alias", "requests", name)
-    lines = listed.stdout.strip().splitlines()
-    assert [line.split("  ")[2] for line in lines] == ["approved", "rejected"]
-    assert f"decided by {second}" in lines[0]
-    history = _cli(share_server, "ava", "alias", "history", name, "--alias", "production")
-    assert history.stdout.strip().splitlines()[-1].split("  ")[1] == "production: 1 -> 2"
-    assert f"by {second}" in history.stdout.strip().splitlines()[-1]
+    listed = json.loads(_cli(share_server, "ava", "alias", "requests", name, "--json").stdout)
+    assert [r["status"] for r in listed] == ["approved", "rejected"]
+    assert listed[0]["decided_by"] == second
+    table = _cli(share_server, "ava", "alias", "requests", name).stdout.strip().splitlines()
+    assert table[0].split()[:5] == ["ID", "ALIAS", "FROM", "TO", "STATUS"]
+    assert [line.split()[4] for line in table[1:]] == ["approved", "rejected"]
+    history = json.loads(_cli(share_server, "ava", "alias", "history", name, "--alias",
+                              "production", "--json").stdout)
+    assert (history[-1]["from_version"], history[-1]["to_version"]) == (1, 2)
+    assert history[-1]["principal"] == second
 
 
 def test_a_protected_alias_only_points_at_validated_versions(share_server: ShareServer,
