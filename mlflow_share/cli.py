@@ -72,12 +72,14 @@ def cli(ctx: click.Context, tracking_uri: str | None) -> None:
 @click.option("--backend-store-uri", default=None, help="SQL URI (default: SQLite in --home).")
 @click.option("--artifacts-destination", default=None,
               help="Artifact root (default: checksum+file://<home>/artifacts).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--workers", default=2, show_default=True, type=int,
+              help="Worker processes (each checks every request itself).")
 @click.option("--gateway/--no-gateway", default=True, show_default=True,
               help="Also serve the inference gateway under /v1/models (uvicorn only).")
-@click.argument("mlflow_server_args", nargs=-1, type=click.UNPROCESSED)
+@click.argument("mlflow_server_args", nargs=-1, type=click.UNPROCESSED,
+                metavar="[MLFLOW SERVER OPTIONS]...")
 def server(home: Path | None, backend_store_uri: str | None, artifacts_destination: str | None,
            host: str, port: int, workers: int, gateway: bool,
            mlflow_server_args: tuple[str, ...]) -> None:
@@ -139,8 +141,8 @@ def config_command(as_json: bool) -> None:
 @click.option("--backend-store-uri", default=None, help="The server's SQL URI.")
 @click.option("--artifacts-destination", default=None,
               help="The server's checksum+ artifact root (default: checksum+file://<home>/artifacts).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5001, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5001, show_default=True, type=int, help="Port to listen on.")
 def gateway_command(home: Path | None, backend_store_uri: str | None,
                     artifacts_destination: str | None, host: str, port: int) -> None:
     """Serve shared ONNX model versions to the teams allowed to execute them."""
@@ -237,7 +239,7 @@ def team_list(ctx: click.Context, as_json: bool) -> None:
 @team.command("add-member")
 @click.argument("team_name", metavar="TEAM")
 @click.argument("user")
-@click.option("--role", type=ROLE, required=True)
+@click.option("--role", type=ROLE, required=True, help="The member's role in the team.")
 @click.pass_context
 def team_add_member(ctx: click.Context, team_name: str, user: str, role: str) -> None:
     """Make USER a member of TEAM with ROLE (or change the role)."""
@@ -300,7 +302,7 @@ def token() -> None:
 @click.argument("user_name", metavar="USER")
 @click.option("--expires-in", "expires_in", type=click.FloatRange(min=0, min_open=True),
               default=None, help="Lifetime in days (default: no expiry).")
-@click.option("--description", default=None)
+@click.option("--description", default=None, help="What the token is for (shown in lists).")
 @click.pass_context
 def token_create(ctx: click.Context, user_name: str, expires_in: float | None,
                  description: str | None) -> None:
@@ -336,10 +338,10 @@ def token_list(ctx: click.Context, user_name: str | None, as_json: bool) -> None
 
 
 @token.command("revoke")
-@click.argument("token_id")
+@click.argument("token_id", metavar="ID")
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: str) -> None:
-    """Revoke the token with id TOKEN_ID (from `token list`; not the token itself)."""
+    """Revoke the token whose id is ID (the first column of `token list`; not the token)."""
     _run(_client(ctx).revoke_token, token_id)
     click.echo(f"Revoked token {token_id}")
 
@@ -399,7 +401,8 @@ def policy() -> None:
 
 
 @policy.command("export")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file (default: standard output).")
 @click.pass_context
 def policy_export(ctx: click.Context, output: Path | None) -> None:
     """Write every team, member, owner and grant as YAML (to review, diff and import)."""
@@ -454,7 +457,7 @@ def alias_protect(ctx: click.Context, model: str, alias_name: str, off: bool,
 @click.argument("model")
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("version")
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, help="Why: shown to the approver, kept in the history.")
 @click.pass_context
 def alias_request(ctx: click.Context, model: str, alias_name: str, version: str,
                   reason: str) -> None:
@@ -476,7 +479,7 @@ def alias_approve(ctx: click.Context, request_id: str) -> None:
 
 @alias.command("reject")
 @click.argument("request_id", metavar="ID")
-@click.option("--reason", default=None)
+@click.option("--reason", default=None, help="Why, for the requester and the audit log.")
 @click.pass_context
 def alias_reject(ctx: click.Context, request_id: str, reason: str | None) -> None:
     """Reject a requested move."""
@@ -502,7 +505,7 @@ def alias_requests(ctx: click.Context, model: str, status: str | None, as_json: 
 @click.argument("alias_name", metavar="ALIAS")
 @click.argument("version")
 @click.option("--expect", default=None, help="Fail (409) unless ALIAS still points here.")
-@click.option("--reason", default=None)
+@click.option("--reason", default=None, help="Why: kept in the alias history and audit log.")
 @click.pass_context
 def alias_move(ctx: click.Context, model: str, alias_name: str, version: str,
                expect: str | None, reason: str | None) -> None:

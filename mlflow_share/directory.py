@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from mlflow_share import db
 from mlflow_share.config import MIN_PASSWORD_LENGTH
 from mlflow_share.audit.log import audited_write
-from mlflow_share.auth.identity import hash_password, new_token
+from mlflow_share.auth.identity import TOKEN_PREFIX, hash_password, new_token
 from mlflow_share.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from mlflow_share.policy.enforcer import (
     ADMIN_ROLE,
@@ -292,7 +292,11 @@ class Directory:
             if owner is not None:
                 query = query.where(db.tokens.c.user_name == owner)
             if not conn.execute(query.values(revoked_at=db.now_ms())).rowcount:
-                raise NotFound(f"Token {token_id!r} does not exist or is already revoked.")
+                if token_id.startswith(TOKEN_PREFIX):  # the secret itself: never echo it back
+                    raise InvalidInput("That is a token, not its id: revoke takes the token "
+                                       "id that `mlflow-share token list` shows.")
+                raise NotFound(f"No active token has the id {token_id!r} (see `mlflow-share "
+                               "token list`; a revoked token stays revoked).")
             db.bump(conn, db.POLICY_VERSION)
 
     def list_tokens(self, user: str | None = None) -> list[dict[str, Any]]:

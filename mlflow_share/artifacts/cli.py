@@ -18,7 +18,7 @@ from mlflow_share.commands import admin_client, call_server
 
 
 @click.command()
-@click.argument("model_uri")
+@click.argument("model_uri", metavar="models:/NAME/VERSION")
 @click.option("--backend-store-uri", default=None,
               help="Check directly on this database (with --artifacts-destination).")
 @click.option("--artifacts-destination", default=None,

@@ -165,9 +165,11 @@ def checkpoint(ctx: click.Context, backend_store_uri: str | None, key_path: Path
 
 @audit.command()
 @click.option("--private", "private_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the private key (keep it on the signing host).")
 @click.option("--public", "public_path", required=True,
-              type=click.Path(dir_okay=False, path_type=Path))
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the public key (give it to verifiers).")
 def keygen(private_path: Path, public_path: Path) -> None:
     """Create an Ed25519 key pair for checkpoints (the private file is mode 0600)."""
     from mlflow_share.audit.verify import generate_key

@@ -54,13 +54,15 @@ def share() -> None:
 @click.option("--version", "versions", multiple=True, help="A version to pin (repeatable).")
 @click.option("--alias", default=None, help="Pin the version this alias names now.")
 @click.option("--team", "teams", multiple=True, required=True, type=_team,
+              metavar="TEAM:PERMISSION",
               help="TEAM:read, TEAM:execute or TEAM:write (repeatable).")
 @click.option("--semver", default=None, help="Semantic version X.Y.Z of the pinned version.")
-@click.option("--description", default=None)
-@click.option("--intended-use", default=None)
-@click.option("--limitations", default=None)
+@click.option("--description", default=None, help="What the model does (model card).")
+@click.option("--intended-use", default=None, help="What it is for (model card).")
+@click.option("--limitations", default=None, help="Where it must not be used (model card).")
 @click.option("--contact", "owner_contact", default=None, help="Default: you.")
-@click.option("--expires-in-days", type=float, default=None)
+@click.option("--expires-in-days", type=float, default=None,
+              help="The package's grants end after this many days (default: never).")
 @click.pass_context
 def share_create(ctx: click.Context, model: str, versions: tuple[str, ...], alias: str | None,
                  teams: tuple[tuple[str, str], ...], semver: str | None,
@@ -111,7 +113,7 @@ def share_validate(ctx: click.Context, package_id: str) -> None:
 
 @share.command("show")
 @click.argument("package_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 @click.pass_context
 def share_show(ctx: click.Context, package_id: str, as_json: bool) -> None:
     """A package with its metadata, teams and validation report."""
@@ -164,7 +166,7 @@ def semver_resolve(ctx: click.Context, model: str, version_range: str) -> None:
 
 @click.command()
 @click.argument("model_uri", metavar="models:/NAME/VERSION")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 @click.pass_context
 def lineage(ctx: click.Context, model_uri: str, as_json: bool) -> None:
     """Where a version comes from and who uses it."""
@@ -203,7 +205,7 @@ def lineage(ctx: click.Context, model_uri: str, as_json: bool) -> None:
 @click.command()
 @click.argument("a", metavar="models:/NAME/A")
 @click.argument("b", metavar="models:/NAME/B")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 @click.pass_context
 def diff(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
     """Changed params, metrics and manifest entries between two versions."""
@@ -231,7 +233,7 @@ def diff(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--owner-team", default=None)
+@click.option("--owner-team", default=None, help="Only models this team owns.")
 @click.option("--tag", default=None, help="KEY or KEY=VALUE of a registered-model tag.")
 @click.option("--semver", "semver_range", default=None, help="e.g. ^1.2")
 @click.option("--metric", default=None, help="e.g. accuracy>=0.9")

@@ -174,6 +174,8 @@ def test_cli_administers_the_server(share_server, unique) -> None:  # type: igno
     issued = _cli(share_server, "token", "create", user, "--expires-in", "1", admin=True)
     token = issued.stdout.strip().splitlines()[-1]
     assert token.startswith("msh_")
+    wrong = _cli(share_server, "token", "revoke", token, admin=True)  # the token, not its id
+    assert wrong.returncode == 1 and "not its id" in wrong.stderr and token not in wrong.stderr
     me = requests.get(share_server.url + "/api/2.0/mlflow-share/whoami",
                       headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
     assert me["teams"] == {team: "maintainer"}

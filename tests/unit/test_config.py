@@ -86,3 +86,27 @@ def test_a_bad_setting_stops_the_cli_in_one_line(monkeypatch: pytest.MonkeyPatch
     assert result.exit_code == 1
     assert "MLFLOW_SHARE_WEBHOOK_ATTEMPTS must be an integer" in result.output
     assert "Traceback" not in result.output
+
+
+def test_every_command_and_option_says_what_it_is_for() -> None:
+    """`--help` everywhere: every command and option has help, and no metavar shows a Python
+    name (``_TEAM``, ``TOKEN_ID``)."""
+    import click
+
+    def walk(command: click.Command, path: str) -> Any:
+        yield path, command
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from walk(sub, f"{path} {name}")
+
+    missing = []
+    for path, command in walk(cli, "mlflow-share"):
+        if not command.help:
+            missing.append(path)
+        context = click.Context(command)
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help:
+                missing.append(f"{path} {param.opts[0]}")
+            if "_" in param.make_metavar(context):
+                missing.append(f"{path} {param.make_metavar(context)}")
+    assert missing == []
