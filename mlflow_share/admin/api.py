@@ -2,10 +2,17 @@
 
 The interceptor has authenticated the caller before a view runs; each view decides who may
 do what (org admins everything, team maintainers their team's grants, users their tokens).
+
+Views are module-level functions of the services they use (``AdminServices``, given first),
+so each can be read, and called in a test, without building the blueprint;
+``create_blueprint`` only binds them to their URLs (``ROUTES``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial, update_wrapper
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -31,171 +38,220 @@ from mlflow_share.policy import io as policy_io
 from mlflow_share.policy.enforcer import PolicyEngine
 
 
-def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
-    api = json_errors(Blueprint("mlflow_share_api", __name__, url_prefix=PREFIX))
+@dataclass(frozen=True)
+class AdminServices:
+    """What the admin views work with: the policy engine answers who owns what and decides
+    (through ``Authorizer``), the directory stores teams, users, tokens and grants."""
 
-    def resource_of(data: dict[str, Any]) -> tuple[str, str, str]:
-        """(kind, resource_id, label) from ``model`` (a name) or ``experiment_id``."""
-        model, experiment_id = data.get("model"), data.get("experiment_id")
-        if (model is None) == (experiment_id is None):
-            raise InvalidInput("Name exactly one of 'model' or 'experiment_id'.")
-        if model is not None:
-            if not isinstance(model, str):
-                raise InvalidInput("'model' must be a registered model name.")
-            model_id = policy.model_id(model)
-            if model_id is None:
-                raise NotFound(f"Registered model {model!r} has no owner team in mlflow-share.")
-            note_resource(MODEL, model_id, model, policy.owner_of(MODEL, model_id))
-            return MODEL, model_id, f"registered model {model!r}"
-        experiment_id = str(experiment_id)
-        owner = policy.owner_of(EXPERIMENT, experiment_id)
-        if owner is None:
-            raise NotFound(f"Experiment {experiment_id!r} has no owner team in mlflow-share.")
-        note_resource(EXPERIMENT, experiment_id, None, owner)
-        return EXPERIMENT, experiment_id, f"experiment {experiment_id!r}"
+    policy: PolicyEngine
+    directory: Directory
 
-    def require_manage(principal: Principal, kind: str, resource_id: str, label: str) -> None:
-        Authorizer(policy).check(principal, kind, resource_id, policy.owner_of(kind, resource_id),
-                                 "manage", label)
 
-    @api.get("/whoami")
-    def whoami() -> Response:
-        principal = current_principal()
-        return jsonify({"user": principal.name, "is_admin": principal.is_admin,
-                        "teams": principal.teams, "authenticated_by": principal.via})
+# -- helpers -----------------------------------------------------------------------------------
+def _resource_of(policy: PolicyEngine, data: dict[str, Any]) -> tuple[str, str, str]:
+    """(kind, resource_id, label) from ``model`` (a name) or ``experiment_id``."""
+    model, experiment_id = data.get("model"), data.get("experiment_id")
+    if (model is None) == (experiment_id is None):
+        raise InvalidInput("Name exactly one of 'model' or 'experiment_id'.")
+    if model is not None:
+        if not isinstance(model, str):
+            raise InvalidInput("'model' must be a registered model name.")
+        model_id = policy.model_id(model)
+        if model_id is None:
+            raise NotFound(f"Registered model {model!r} has no owner team in mlflow-share.")
+        note_resource(MODEL, model_id, model, policy.owner_of(MODEL, model_id))
+        return MODEL, model_id, f"registered model {model!r}"
+    experiment_id = str(experiment_id)
+    owner = policy.owner_of(EXPERIMENT, experiment_id)
+    if owner is None:
+        raise NotFound(f"Experiment {experiment_id!r} has no owner team in mlflow-share.")
+    note_resource(EXPERIMENT, experiment_id, None, owner)
+    return EXPERIMENT, experiment_id, f"experiment {experiment_id!r}"
 
-    @api.post("/teams")
-    def create_team() -> Response:
-        require_admin(current_principal())
-        name = string_field(json_body(), "name")
-        assert name is not None
-        directory.create_team(name)
-        return jsonify({"team": {"name": name}})
 
-    @api.get("/teams")
-    def list_teams() -> Response:
-        principal = current_principal()
-        teams = directory.list_teams()
-        if not principal.is_admin:
-            teams = [t for t in teams if t["name"] in principal.teams]
-        return jsonify({"teams": teams})
+def _require_manage(policy: PolicyEngine, principal: Principal, kind: str, resource_id: str,
+                    label: str) -> None:
+    Authorizer(policy).check(principal, kind, resource_id, policy.owner_of(kind, resource_id),
+                             "manage", label)
 
-    @api.post("/teams/members")
-    def add_member() -> Response:
-        principal = current_principal()
-        data = json_body()
-        team, user, role = (string_field(data, k) for k in ("team", "user", "role"))
-        assert team and user and role
-        if not principal.is_admin and principal.teams.get(team) != "maintainer":
-            raise PermissionDenied(f"Only org admins and maintainers of {team!r} manage its members.")
-        directory.add_member(team, user, role)
-        return jsonify({"member": {"team": team, "user": user, "role": role}})
 
-    @api.delete("/teams/members")
-    def remove_member() -> Response:
-        principal = current_principal()
-        data = json_body()
-        team, user = string_field(data, "team"), string_field(data, "user")
-        assert team and user
-        if not principal.is_admin and principal.teams.get(team) != "maintainer":
-            raise PermissionDenied(f"Only org admins and maintainers of {team!r} manage its members.")
-        directory.remove_member(team, user)
-        return jsonify({})
+def _require_team_maintainer(principal: Principal, team: str) -> None:
+    if not principal.is_admin and principal.teams.get(team) != "maintainer":
+        raise PermissionDenied(f"Only org admins and maintainers of {team!r} manage its members.")
 
-    @api.post("/users")
-    def create_user() -> Response:
-        require_admin(current_principal())
-        data = json_body()
-        name = string_field(data, "name")
-        assert name is not None
-        service_account = bool(data.get("service_account", False))
-        password = string_field(data, "password", required=False)
-        directory.create_user(name, password, service_account=service_account,
-                              admin=bool(data.get("admin", False)))
-        return jsonify({"user": {"name": name, "service_account": service_account}})
 
-    @api.get("/users")
-    def list_users() -> Response:
-        require_admin(current_principal())
-        return jsonify({"users": directory.list_users()})
+# -- identity, teams, users --------------------------------------------------------------------
+def whoami(services: AdminServices) -> Response:
+    principal = current_principal()
+    return jsonify({"user": principal.name, "is_admin": principal.is_admin,
+                    "teams": principal.teams, "authenticated_by": principal.via})
 
-    @api.post("/tokens")
-    def create_token() -> Response:
-        principal = current_principal()
-        data = json_body()
-        user = string_field(data, "user", required=False) or principal.name
-        if user != principal.name and not principal.is_admin:
-            raise PermissionDenied("Only org administrators create tokens for other users.")
-        expires = data.get("expires_in_days")
-        if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
-            raise InvalidInput("'expires_in_days' must be a number.")
-        issued = directory.create_token(user, expires, string_field(data, "description", required=False))
-        return jsonify({"token": issued.token, "token_id": issued.token_id, "user": issued.user,
-                        "expires_at": issued.expires_at})
 
-    @api.get("/tokens")
-    def list_tokens() -> Response:
-        principal = current_principal()
-        user = request.args.get("user")
-        if principal.is_admin:
-            return jsonify({"tokens": directory.list_tokens(user)})
-        return jsonify({"tokens": directory.list_tokens(principal.name)})
+def create_team(services: AdminServices) -> Response:
+    require_admin(current_principal())
+    name = string_field(json_body(), "name")
+    assert name is not None
+    services.directory.create_team(name)
+    return jsonify({"team": {"name": name}})
 
-    @api.delete("/tokens")
-    def revoke_token() -> Response:
-        principal = current_principal()
-        token_id = string_field(json_body(), "token_id")
-        assert token_id is not None
-        directory.revoke_token(token_id, owner=None if principal.is_admin else principal.name)
-        return jsonify({})
 
-    @api.post("/grants")
-    def grant() -> Response:
-        principal = current_principal()
-        data = json_body()
-        kind, resource_id, label = resource_of(data)
-        require_manage(principal, kind, resource_id, label)
-        team, permission = string_field(data, "team"), string_field(data, "permission")
-        assert team and permission
-        created = directory.grant(kind, resource_id, team, permission, principal.name)
-        return jsonify({"grant": {"team": team, "permission": permission, "created": created}})
+def list_teams(services: AdminServices) -> Response:
+    principal = current_principal()
+    teams = services.directory.list_teams()
+    if not principal.is_admin:
+        teams = [t for t in teams if t["name"] in principal.teams]
+    return jsonify({"teams": teams})
 
-    @api.delete("/grants")
-    def revoke() -> Response:
-        principal = current_principal()
-        data = json_body()
-        kind, resource_id, label = resource_of(data)
-        require_manage(principal, kind, resource_id, label)
-        team, permission = string_field(data, "team"), string_field(data, "permission")
-        assert team and permission
-        removed = directory.revoke(kind, resource_id, team, permission)
-        return jsonify({"revoked": removed})
 
-    @api.get("/grants")
-    def list_grants() -> Response:
-        principal = current_principal()
-        if request.args.get("model") is None and request.args.get("experiment_id") is None:
-            require_admin(principal)
-            return jsonify({"grants": directory.list_grants()})
-        kind, resource_id, label = resource_of(dict(request.args))
-        owner = policy.owner_of(kind, resource_id)
-        Authorizer(policy).check(principal, kind, resource_id, owner, "read", label)
-        return jsonify({"owner_team": owner, "grants": directory.list_grants(kind, resource_id)})
+def add_member(services: AdminServices) -> Response:
+    principal = current_principal()
+    data = json_body()
+    team, user, role = (string_field(data, k) for k in ("team", "user", "role"))
+    assert team and user and role
+    _require_team_maintainer(principal, team)
+    services.directory.add_member(team, user, role)
+    return jsonify({"member": {"team": team, "user": user, "role": role}})
 
-    @api.get("/policy")
-    def export_policy() -> Response:
-        require_admin(current_principal())
-        return jsonify({"policy": policy_io.export_policy(directory)})
 
-    @api.post("/policy")
-    def import_policy() -> Response:
-        principal = current_principal()
+def remove_member(services: AdminServices) -> Response:
+    principal = current_principal()
+    data = json_body()
+    team, user = string_field(data, "team"), string_field(data, "user")
+    assert team and user
+    _require_team_maintainer(principal, team)
+    services.directory.remove_member(team, user)
+    return jsonify({})
+
+
+def create_user(services: AdminServices) -> Response:
+    require_admin(current_principal())
+    data = json_body()
+    name = string_field(data, "name")
+    assert name is not None
+    service_account = bool(data.get("service_account", False))
+    password = string_field(data, "password", required=False)
+    services.directory.create_user(name, password, service_account=service_account,
+                                   admin=bool(data.get("admin", False)))
+    return jsonify({"user": {"name": name, "service_account": service_account}})
+
+
+def list_users(services: AdminServices) -> Response:
+    require_admin(current_principal())
+    return jsonify({"users": services.directory.list_users()})
+
+
+# -- tokens ------------------------------------------------------------------------------------
+def create_token(services: AdminServices) -> Response:
+    principal = current_principal()
+    data = json_body()
+    user = string_field(data, "user", required=False) or principal.name
+    if user != principal.name and not principal.is_admin:
+        raise PermissionDenied("Only org administrators create tokens for other users.")
+    expires = data.get("expires_in_days")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
+        raise InvalidInput("'expires_in_days' must be a number.")
+    issued = services.directory.create_token(user, expires,
+                                             string_field(data, "description", required=False))
+    return jsonify({"token": issued.token, "token_id": issued.token_id, "user": issued.user,
+                    "expires_at": issued.expires_at})
+
+
+def list_tokens(services: AdminServices) -> Response:
+    principal = current_principal()
+    user = request.args.get("user")
+    if principal.is_admin:
+        return jsonify({"tokens": services.directory.list_tokens(user)})
+    return jsonify({"tokens": services.directory.list_tokens(principal.name)})
+
+
+def revoke_token(services: AdminServices) -> Response:
+    principal = current_principal()
+    token_id = string_field(json_body(), "token_id")
+    assert token_id is not None
+    services.directory.revoke_token(token_id, owner=None if principal.is_admin else principal.name)
+    return jsonify({})
+
+
+# -- grants and policy -------------------------------------------------------------------------
+def grant(services: AdminServices) -> Response:
+    principal = current_principal()
+    data = json_body()
+    kind, resource_id, label = _resource_of(services.policy, data)
+    _require_manage(services.policy, principal, kind, resource_id, label)
+    team, permission = string_field(data, "team"), string_field(data, "permission")
+    assert team and permission
+    created = services.directory.grant(kind, resource_id, team, permission, principal.name)
+    return jsonify({"grant": {"team": team, "permission": permission, "created": created}})
+
+
+def revoke(services: AdminServices) -> Response:
+    principal = current_principal()
+    data = json_body()
+    kind, resource_id, label = _resource_of(services.policy, data)
+    _require_manage(services.policy, principal, kind, resource_id, label)
+    team, permission = string_field(data, "team"), string_field(data, "permission")
+    assert team and permission
+    removed = services.directory.revoke(kind, resource_id, team, permission)
+    return jsonify({"revoked": removed})
+
+
+def list_grants(services: AdminServices) -> Response:
+    principal = current_principal()
+    if request.args.get("model") is None and request.args.get("experiment_id") is None:
         require_admin(principal)
-        data = json_body()
-        text = string_field(data, "policy")
-        assert text is not None
-        changes = policy_io.import_policy(directory, text, by=principal.name,
-                                          dry_run=bool(data.get("dry_run", False)))
-        return jsonify({"changes": changes, "applied": not data.get("dry_run", False)})
+        return jsonify({"grants": services.directory.list_grants()})
+    kind, resource_id, label = _resource_of(services.policy, dict(request.args))
+    owner = services.policy.owner_of(kind, resource_id)
+    Authorizer(services.policy).check(principal, kind, resource_id, owner, "read", label)
+    return jsonify({"owner_team": owner,
+                    "grants": services.directory.list_grants(kind, resource_id)})
 
+
+def export_policy(services: AdminServices) -> Response:
+    require_admin(current_principal())
+    return jsonify({"policy": policy_io.export_policy(services.directory)})
+
+
+def import_policy(services: AdminServices) -> Response:
+    principal = current_principal()
+    require_admin(principal)
+    data = json_body()
+    text = string_field(data, "policy")
+    assert text is not None
+    changes = policy_io.import_policy(services.directory, text, by=principal.name,
+                                      dry_run=bool(data.get("dry_run", False)))
+    return jsonify({"changes": changes, "applied": not data.get("dry_run", False)})
+
+
+# (rule, endpoint, view, methods): the endpoint is what the policy (``mlflow_share_api.whoami``
+# in policy/routes.py) and the audit log name (``flask:mlflow_share_api.<endpoint>``), as they
+# did when the views were closures.
+Route = tuple[str, str, Callable[[AdminServices], Response], tuple[str, ...]]
+ROUTES: tuple[Route, ...] = (
+    ("/whoami", "whoami", whoami, ("GET",)),
+    ("/teams", "create_team", create_team, ("POST",)),
+    ("/teams", "list_teams", list_teams, ("GET",)),
+    ("/teams/members", "add_member", add_member, ("POST",)),
+    ("/teams/members", "remove_member", remove_member, ("DELETE",)),
+    ("/users", "create_user", create_user, ("POST",)),
+    ("/users", "list_users", list_users, ("GET",)),
+    ("/tokens", "create_token", create_token, ("POST",)),
+    ("/tokens", "list_tokens", list_tokens, ("GET",)),
+    ("/tokens", "revoke_token", revoke_token, ("DELETE",)),
+    ("/grants", "grant", grant, ("POST",)),
+    ("/grants", "revoke", revoke, ("DELETE",)),
+    ("/grants", "list_grants", list_grants, ("GET",)),
+    ("/policy", "export_policy", export_policy, ("GET",)),
+    ("/policy", "import_policy", import_policy, ("POST",)),
+)
+
+
+def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
+    """The admin API: every view of ``ROUTES``, bound to ``policy`` and ``directory``."""
+    api = json_errors(Blueprint("mlflow_share_api", __name__, url_prefix=PREFIX))
+    services = AdminServices(policy, directory)
+    for rule, endpoint, view, methods in ROUTES:
+        # Bound to the services; named as the view (tracebacks, guards that read views).
+        view_func = update_wrapper(partial(view, services), view)
+        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
     return api
