@@ -17,7 +17,7 @@ import click
 from mlflow_share import config
 from mlflow_share.commands import admin_client as _client
 from mlflow_share.commands import call_server as _run
-from mlflow_share.commands import iso_time, json_option, show
+from mlflow_share.commands import confirm, iso_time, json_option, show, yes_option
 
 PERMISSION = click.Choice(["read", "execute", "write", "manage"])
 ROLE = click.Choice(["viewer", "engineer", "maintainer"])
@@ -250,9 +250,11 @@ def team_add_member(ctx: click.Context, team_name: str, user: str, role: str) ->
 @team.command("remove-member")
 @click.argument("team_name", metavar="TEAM")
 @click.argument("user")
+@yes_option
 @click.pass_context
-def team_remove_member(ctx: click.Context, team_name: str, user: str) -> None:
+def team_remove_member(ctx: click.Context, team_name: str, user: str, yes: bool) -> None:
     """Remove USER from TEAM."""
+    confirm(f"Remove {user} from {team_name}?", yes)
     _run(_client(ctx).remove_member, team_name, user)
     click.echo(f"Removed {user} from {team_name}")
 
@@ -289,8 +291,53 @@ def user_create(ctx: click.Context, name: str, password_stdin: bool, service_acc
 def user_list(ctx: click.Context, as_json: bool) -> None:
     """Users and service accounts."""
     show(_run(_client(ctx).list_users), [
-        ("user", "name"), ("org admin", "is_admin"), ("service account", "is_service_account")],
+        ("user", "name"), ("org admin", "is_admin"), ("service account", "is_service_account"),
+        ("state", lambda u: "disabled" if u.get("disabled_at") else "active"),
+        ("since", lambda u: iso_time(u.get("disabled_at") or u.get("created_at")))],
         as_json=as_json, empty="No users.")
+
+
+@user.command("disable")
+@click.argument("name")
+@yes_option
+@click.pass_context
+def user_disable(ctx: click.Context, name: str, yes: bool) -> None:
+    """Stop NAME at once: their password, tokens and browser sessions no longer work."""
+    confirm(f"Disable {name} (their tokens and sessions stop now)?", yes)
+    _run(_client(ctx).disable_user, name)
+    click.echo(f"Disabled {name}")
+
+
+@user.command("enable")
+@click.argument("name")
+@click.pass_context
+def user_enable(ctx: click.Context, name: str) -> None:
+    """Let a disabled user in again (their tokens work again; they log in again)."""
+    _run(_client(ctx).enable_user, name)
+    click.echo(f"Enabled {name}")
+
+
+@user.command("delete")
+@click.argument("name")
+@yes_option
+@click.pass_context
+def user_delete(ctx: click.Context, name: str, yes: bool) -> None:
+    """Delete NAME with their tokens, sessions and memberships (the audit log keeps the rest)."""
+    confirm(f"Delete user {name}, their tokens and memberships?", yes)
+    _run(_client(ctx).delete_user, name)
+    click.echo(f"Deleted {name}")
+
+
+@user.command("reset-password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_context
+def user_reset_password(ctx: click.Context, name: str, password_stdin: bool) -> None:
+    """Set NAME's password (their browser sessions end)."""
+    password = (sys.stdin.readline().rstrip("\r\n") if password_stdin else
+                click.prompt("New password", hide_input=True, confirmation_prompt=True))
+    _run(_client(ctx).reset_password, name, password)
+    click.echo(f"Password of {name} reset")
 
 
 @cli.group()
@@ -339,9 +386,11 @@ def token_list(ctx: click.Context, user_name: str | None, as_json: bool) -> None
 
 @token.command("revoke")
 @click.argument("token_id", metavar="ID")
+@yes_option
 @click.pass_context
-def token_revoke(ctx: click.Context, token_id: str) -> None:
+def token_revoke(ctx: click.Context, token_id: str, yes: bool) -> None:
     """Revoke the token whose id is ID (the first column of `token list`; not the token)."""
+    confirm(f"Revoke token {token_id}? Whatever uses it stops working.", yes)
     _run(_client(ctx).revoke_token, token_id)
     click.echo(f"Revoked token {token_id}")
 
@@ -370,10 +419,12 @@ def grant(ctx: click.Context, team_name: str, permission: str, model: str | None
 @click.argument("team_name", metavar="TEAM")
 @click.argument("permission", type=PERMISSION)
 @_target_options
+@yes_option
 @click.pass_context
 def revoke(ctx: click.Context, team_name: str, permission: str, model: str | None,
-           experiment_id: str | None) -> None:
+           experiment_id: str | None, yes: bool) -> None:
     """Revoke a permission granted with `grant`."""
+    confirm(f"Revoke {permission} from {team_name}?", yes)
     result = _run(_client(ctx).revoke, team_name, permission, model=model,
                   experiment_id=experiment_id)
     click.echo(f"{'Revoked' if result['revoked'] else 'Not granted'}: {permission} from {team_name}")

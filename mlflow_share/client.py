@@ -106,6 +106,18 @@ class ShareAdminClient:
     def list_users(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/users")["users"])
 
+    def disable_user(self, name: str) -> None:
+        self._call("POST", "/users/disable", {"name": name})
+
+    def enable_user(self, name: str) -> None:
+        self._call("POST", "/users/enable", {"name": name})
+
+    def delete_user(self, name: str) -> None:
+        self._call("DELETE", "/users", {"name": name})
+
+    def reset_password(self, name: str, password: str) -> None:
+        self._call("POST", "/users/password", {"name": name, "password": password})
+
     def create_token(self, user: str | None = None, expires_in_days: float | None = None,
                      description: str | None = None) -> dict[str, Any]:
         return self._call("POST", "/tokens", {"user": user, "expires_in_days": expires_in_days,

@@ -83,3 +83,16 @@ def json_option(fn: Any) -> Any:
     """``--json``: the listing as JSON, for scripts."""
     return click.option("--json", "as_json", is_flag=True,
                         help="Print JSON (for scripts) instead of columns.")(fn)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before a destructive action when a person is at the terminal (``--yes`` skips it;
+    a script, with no terminal on standard input, is not asked)."""
+    import sys
+
+    if not yes and sys.stdin.isatty():
+        click.confirm(question, abort=True)
+
+
+def yes_option(fn: Any) -> Any:
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(fn)

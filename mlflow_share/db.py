@@ -29,6 +29,8 @@ users = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     # An SSO user's identity at the provider ("<issuer> <sub>"), bound at provisioning.
     sa.Column("sso_subject", sa.String(512), nullable=True),
+    # Set while the user is disabled: no password, token or session of theirs authenticates.
+    sa.Column("disabled_at", sa.BigInteger, nullable=True),
 )
 
 tokens = sa.Table(

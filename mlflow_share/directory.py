@@ -189,9 +189,63 @@ class Directory:
             rows = conn.execute(sa.select(db.users).order_by(db.users.c.name)).all()
         return [
             {"name": r.name, "is_admin": bool(r.is_admin),
-             "is_service_account": bool(r.is_service_account), "created_at": r.created_at}
+             "is_service_account": bool(r.is_service_account), "created_at": r.created_at,
+             "disabled_at": r.disabled_at}
             for r in rows
         ]
+
+    def set_disabled(self, name: str, disabled: bool, *, by: str) -> None:
+        """Disable a user (their passwords, tokens and browser sessions stop authenticating
+        on every worker at its next request; their sessions end) or enable them again."""
+        if disabled and name == by:
+            raise InvalidInput("You cannot disable yourself.")
+        op = "disable_user" if disabled else "enable_user"
+        with self._write({"op": op, "name": name}) as conn:
+            self._require(conn, db.users, name, "User")
+            if disabled:
+                self._keep_an_admin(conn, name)
+            conn.execute(db.users.update().where(db.users.c.name == name)
+                         .values(disabled_at=db.now_ms() if disabled else None))
+            conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == name))
+            db.bump(conn, db.POLICY_VERSION)
+
+    def delete_user(self, name: str, *, by: str) -> None:
+        """Delete a user with their tokens, sessions and memberships (the audit log keeps
+        what they did). A team's last maintainer must be replaced first."""
+        if name == by:
+            raise InvalidInput("You cannot delete yourself.")
+        with self._write({"op": "delete_user", "name": name}) as conn:
+            self._require(conn, db.users, name, "User")
+            self._keep_an_admin(conn, name)
+            led: list[str] = list(conn.execute(sa.select(db.casbin_rules.c.v2).where(
+                db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == name,
+                db.casbin_rules.c.v1 == "maintainer")).scalars().all())
+            for team in led:
+                self._keep_a_maintainer(conn, team, name)
+            conn.execute(db.casbin_rules.delete().where(
+                db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == name))
+            conn.execute(db.tokens.delete().where(db.tokens.c.user_name == name))
+            conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == name))
+            conn.execute(db.users.delete().where(db.users.c.name == name))
+            db.bump(conn, db.POLICY_VERSION)
+
+    @staticmethod
+    def _keep_an_admin(conn: sa.Connection, leaving: str) -> None:
+        admins: set[str] = set(conn.execute(sa.select(db.users.c.name).where(
+            db.users.c.is_admin, db.users.c.disabled_at.is_(None))).scalars().all())
+        if admins == {leaving}:
+            raise Conflict(f"{leaving!r} is the last active org admin: make another admin first.")
+
+    @staticmethod
+    def _keep_a_maintainer(conn: sa.Connection, team: str, leaving: str) -> None:
+        """A team always keeps a maintainer once it has one: someone must be able to manage
+        its members and grants."""
+        r = db.casbin_rules.c
+        maintainers: set[str] = set(conn.execute(sa.select(r.v0).where(
+            r.ptype == "g", r.v2 == team, r.v1 == "maintainer")).scalars().all())
+        if maintainers == {leaving}:
+            raise Conflict(f"{leaving!r} is the last maintainer of team {team!r}: make "
+                           "another member maintainer first.")
 
     def has_admin(self) -> bool:
         with self.engine.connect() as conn:
@@ -235,6 +289,8 @@ class Directory:
             change["before"] = conn.execute(sa.select(db.casbin_rules.c.v1).where(
                 db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == user,
                 db.casbin_rules.c.v2 == team)).scalar()
+            if change["before"] == "maintainer" and role != "maintainer":
+                self._keep_a_maintainer(conn, team, user)
             # One role per user and team: replace any previous one.
             conn.execute(db.casbin_rules.delete().where(
                 db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == user,
@@ -245,6 +301,7 @@ class Directory:
 
     def remove_member(self, team: str, user: str) -> None:
         with self._write({"op": "remove_member", "team": team, "user": user}) as conn:
+            self._keep_a_maintainer(conn, team, user)
             removed = conn.execute(db.casbin_rules.delete().where(
                 db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == user,
                 db.casbin_rules.c.v2 == team,
@@ -344,6 +401,11 @@ class Directory:
                   "permission": permission}
         with self._write(change) as conn:
             self._require(conn, db.teams, team, "Team")
+            owner = conn.execute(sa.select(db.resources.c.owner_team).where(
+                db.resources.c.kind == kind, db.resources.c.resource_id == resource_id)).scalar()
+            if owner == team:
+                raise InvalidInput(f"Team {team!r} owns this {kind.replace('_', ' ')}: its "
+                                   "members' roles already decide what they may do.")
             try:
                 with conn.begin_nested():
                     conn.execute(db.grants.insert().values(

@@ -140,6 +140,45 @@ def list_users(services: AdminServices) -> Response:
     return jsonify({"users": services.directory.list_users()})
 
 
+def _user_named(data: dict[str, Any]) -> str:
+    name = string_field(data, "name")
+    assert name is not None
+    return name
+
+
+def disable_user(services: AdminServices) -> Response:
+    principal = current_principal()
+    require_admin(principal)
+    name = _user_named(json_body())
+    services.directory.set_disabled(name, True, by=principal.name)
+    return jsonify({"user": {"name": name, "disabled": True}})
+
+
+def enable_user(services: AdminServices) -> Response:
+    principal = current_principal()
+    require_admin(principal)
+    name = _user_named(json_body())
+    services.directory.set_disabled(name, False, by=principal.name)
+    return jsonify({"user": {"name": name, "disabled": False}})
+
+
+def delete_user(services: AdminServices) -> Response:
+    principal = current_principal()
+    require_admin(principal)
+    services.directory.delete_user(_user_named(json_body()), by=principal.name)
+    return jsonify({})
+
+
+def reset_password(services: AdminServices) -> Response:
+    """An org admin sets a user's password (their browser sessions end)."""
+    require_admin(current_principal())
+    data = json_body()
+    password = string_field(data, "password")
+    assert password is not None
+    services.directory.set_password(_user_named(data), password)
+    return jsonify({})
+
+
 # -- tokens ------------------------------------------------------------------------------------
 def create_token(services: AdminServices) -> Response:
     principal = current_principal()
@@ -235,6 +274,10 @@ ROUTES: tuple[Route, ...] = (
     ("/teams/members", "remove_member", remove_member, ("DELETE",)),
     ("/users", "create_user", create_user, ("POST",)),
     ("/users", "list_users", list_users, ("GET",)),
+    ("/users", "delete_user", delete_user, ("DELETE",)),
+    ("/users/disable", "disable_user", disable_user, ("POST",)),
+    ("/users/enable", "enable_user", enable_user, ("POST",)),
+    ("/users/password", "reset_password", reset_password, ("POST",)),
     ("/tokens", "create_token", create_token, ("POST",)),
     ("/tokens", "list_tokens", list_tokens, ("GET",)),
     ("/tokens", "revoke_token", revoke_token, ("DELETE",)),

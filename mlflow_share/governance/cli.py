@@ -10,7 +10,7 @@ import click
 
 from mlflow_share.commands import admin_client as _client
 from mlflow_share.commands import call_server as _run
-from mlflow_share.commands import json_option, show
+from mlflow_share.commands import confirm, json_option, show, yes_option
 
 
 def _team(value: str) -> tuple[str, str]:
@@ -92,10 +92,12 @@ def share_publish(ctx: click.Context, package_id: str) -> None:
 
 
 @share.command("revoke")
+@yes_option
 @click.argument("package_id", metavar="ID")
 @click.pass_context
-def share_revoke(ctx: click.Context, package_id: str) -> None:
+def share_revoke(ctx: click.Context, package_id: str, yes: bool) -> None:
     """Revoke a package: its teams lose the permissions it gave at once."""
+    confirm(f"Revoke package {package_id}? Its teams lose access now.", yes)
     package = _run(_client(ctx).revoke_package, package_id)
     click.echo(f"package {package['id']}: revoked")
 

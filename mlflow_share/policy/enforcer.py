@@ -174,9 +174,9 @@ class PolicyEngine:
             else:
                 memberships.setdefault(user, {})[domain] = role
         with self.engine.connect() as conn:
-            users = {
+            users = {  # a disabled user is no user: passwords, tokens, sessions stop at once
                 row.name: (row.password_hash, bool(row.is_service_account))
-                for row in conn.execute(sa.select(db.users))
+                for row in conn.execute(sa.select(db.users).where(db.users.c.disabled_at.is_(None)))
             }
             tokens = {
                 row.token_hash: (row.user_name, row.expires_at)

@@ -313,3 +313,59 @@ def test_server_command_embedded_default_and_generated_admin(tmp_path: Path) -> 
 
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_administration_completes(share_server, unique) -> None:  # type: ignore[no-untyped-def]
+    """Disable and enable a user (tokens, passwords and sessions stop at once), reset a
+    password, delete a user; a team keeps a maintainer; a team is never granted its own
+    model; the last org admin stays."""
+    import json
+
+    whoami = share_server.url + "/api/2.0/mlflow-share/whoami"
+    user, team = f"adm-{unique}", f"adm-team-{unique}"
+    assert _cli(share_server, "team", "create", team, admin=True).returncode == 0
+    assert _cli(share_server, "user", "create", user, "--password-stdin", admin=True,
+                stdin=USER_PASSWORD + "\n").returncode == 0
+    token = _cli(share_server, "token", "create", user, admin=True).stdout.strip().splitlines()[-1]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert requests.get(whoami, headers=bearer, timeout=30).status_code == 200
+
+    assert _cli(share_server, "user", "disable", user, admin=True).returncode == 0
+    assert requests.get(whoami, headers=bearer, timeout=30).status_code == 401
+    assert requests.get(whoami, auth=(user, USER_PASSWORD), timeout=30).status_code == 401
+    listed = json.loads(_cli(share_server, "user", "list", "--json", admin=True).stdout)
+    assert next(u for u in listed if u["name"] == user)["disabled_at"] is not None
+    assert _cli(share_server, "user", "enable", user, admin=True).returncode == 0
+    assert requests.get(whoami, headers=bearer, timeout=30).status_code == 200
+
+    new_password = "a-new-password-" + unique
+    assert _cli(share_server, "user", "reset-password", user, "--password-stdin", admin=True,
+                stdin=new_password + "\n").returncode == 0
+    assert requests.get(whoami, auth=(user, USER_PASSWORD), timeout=30).status_code == 401
+    assert requests.get(whoami, auth=(user, new_password), timeout=30).status_code == 200
+
+    # The team's only maintainer can neither leave nor step down.
+    assert _cli(share_server, "team", "add-member", team, user, "--role", "maintainer",
+                admin=True).returncode == 0
+    for args in (("team", "remove-member", team, user),
+                 ("team", "add-member", team, user, "--role", "viewer"),
+                 ("user", "delete", user)):
+        refused = _cli(share_server, *args, admin=True)
+        assert refused.returncode == 1 and "last maintainer" in refused.stderr, args
+    assert _cli(share_server, "team", "add-member", team, "carl", "--role", "maintainer",
+                admin=True).returncode == 0
+    assert _cli(share_server, "user", "delete", user, admin=True).returncode == 0
+    assert requests.get(whoami, headers=bearer, timeout=30).status_code == 401
+    assert user not in [u["name"] for u in json.loads(
+        _cli(share_server, "user", "list", "--json", admin=True).stdout)]
+
+    # A team is not granted what it owns; the last org admin cannot be disabled.
+    requests.post(share_server.url + "/api/2.0/mlflow/registered-models/create",
+                  headers={"Authorization": f"Bearer {share_server.tokens['alice']}"},
+                  json={"name": f"own-{unique}"}, timeout=30).raise_for_status()
+    own = _cli(share_server, "grant", "team-a", "read", "--model", f"own-{unique}",
+               token=share_server.tokens["alice"])
+    assert own.returncode == 1 and "owns" in own.stderr
+    last = share_server.api("POST", "/api/2.0/mlflow-share/users/disable",
+                            auth=share_server.admin_auth(), json={"name": "admin"})
+    assert last.status_code == 400 and "yourself" in last.json()["message"]
