@@ -140,6 +140,9 @@ gateway_usage = sa.Table(
     sa.Column("p50_ms", sa.Float, nullable=True),
     sa.Column("p99_ms", sa.Float, nullable=True),
     sa.Column("p95_ms", sa.Float, nullable=True),
+    # The successful calls' latencies (HdrHistogram, microseconds, base64): flushes and
+    # processes add theirs, and any set of rows gives percentiles over exactly its calls.
+    sa.Column("latency_histogram", sa.Text, nullable=True),
 )
 
 # Named deployments on the gateway (`mlflow deployments -t mlflow-share`): a name bound to a

@@ -320,10 +320,10 @@ class Gateway:
         return len(body) <= INLINE_BODY_BYTES and model.run_seconds < INLINE_RUN_SECONDS
 
     def observe(self, labels: Labels, status: int, seconds: float) -> None:
-        """Count a finished call in the metrics, and in the usage table once it names a
-        model (written every few seconds by the usage writer)."""
+        """Count a finished call in the metrics, and in the usage table once it reached a
+        version (written every few seconds by the usage writer)."""
         self.metrics.observe(labels.model, labels.version, labels.team, status, seconds)
-        if labels.model != "-":
+        if labels.version != "-":  # a version's usage: calls that reached it, nothing else
             self.usage.record(labels.model, labels.version, labels.team, status, seconds)
 
     def database_ok(self) -> bool:

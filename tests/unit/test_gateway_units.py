@@ -348,6 +348,46 @@ def test_listing_and_counting_name_only_models_the_caller_may_run(world: World) 
     assert "gateway.usage" in recorder.actions()
 
 
+def test_usage_percentiles_are_over_exactly_the_calls_they_summarise(world: World) -> None:
+    """Known latencies, written by two processes in several flushes: the percentiles of any
+    set of rows are those of its calls (within HdrHistogram's two significant digits), never the
+    average or worst of per-minute percentiles; calls that never reached a version are not a
+    version's."""
+    from mlflow_share.gateway.usage import Usage, summarize
+
+    name = "timed"
+    first, second = Usage(world.engine, Recorder(), every=3600), \
+        Usage(world.engine, Recorder(), every=3600)
+    for ms in range(1, 91):  # 1..90 ms on version 1, split over two writers and flushes
+        (first if ms % 2 else second).record(name, "1", "team-a", 200, ms / 1000)
+        if ms == 45:
+            first.flush(everything=True)
+    for ms in (1000, 1000):  # two slow calls on version 2
+        second.record(name, "2", "team-b", 200, ms / 1000)
+    second.record(name, "2", "team-b", 400, 0.0005)  # an error: counted, not timed
+    gateway, _backend, _recorder = world.gateway()
+    gateway.observe(Labels("team-a", name, "-"), 429, 0.0001)  # refused before a version
+    gateway.usage.close()
+    first.close()
+    second.close()
+
+    [everything] = summarize(world.engine, name)
+    assert (everything["requests"], everything["errors"]) == (93, 1)
+    exact = sorted([float(ms) for ms in range(1, 91)] + [1000.0, 1000.0])
+    for q in (50, 95, 99):  # nearest rank over the 92 timed calls
+        expected = exact[math.ceil(q / 100 * len(exact)) - 1]
+        assert everything[f"p{q}_ms"] == pytest.approx(expected, rel=0.015), q
+    assert everything["mean_ms"] == pytest.approx(sum(exact) / len(exact), rel=1e-6)
+    by_version = {row["version"]: row for row in summarize(world.engine, name, by=("version",))}
+    assert set(by_version) == {"1", "2"}  # no "-" version for the refused call
+    assert by_version["1"]["p50_ms"] == pytest.approx(45, rel=0.015)
+    assert by_version["1"]["p99_ms"] == pytest.approx(90, rel=0.015)
+    assert by_version["2"]["p50_ms"] == pytest.approx(1000, rel=0.015)
+    assert (by_version["2"]["requests"], by_version["2"]["errors"]) == (3, 1)
+    per_minute = usage_rows(world.engine, name)
+    assert "latency_histogram" not in per_minute[0]
+
+
 def test_the_onnx_backend_is_an_inference_backend(world: World, tmp_path: Path) -> None:
     import onnxruntime
     from onnx import TensorProto, helper
