@@ -7,6 +7,7 @@ address and credentials taken from the same options and variables the MLflow cli
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -430,19 +431,82 @@ def revoke(ctx: click.Context, team_name: str, permission: str, model: str | Non
     click.echo(f"{'Revoked' if result['revoked'] else 'Not granted'}: {permission} from {team_name}")
 
 
+ACCESS_COLUMNS = [
+    ("team", "team"), ("may", "actions"), ("through", lambda r: {
+        "owner": "owns it", "grant": f"{r['permission']} grant",
+        "package": f"package {r['package_id']} ({r['permission']})"}[r["via"]]),
+    ("versions", lambda r: r["versions"] or "all"),
+    ("until", lambda r: iso_time(r["expires_at"]) if r["expires_at"] else "-"),
+    ("by", "granted_by")]
+
+
+def _show_access(found: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(found, indent=2, sort_keys=True))
+        return
+    show(found["teams"], ACCESS_COLUMNS, as_json=False, empty="No team has access.")
+    click.echo(f"Org admins may do everything: {', '.join(found['admins']) or '-'}")
+
+
 @cli.command("grants")
 @_target_options
 @json_option
 @click.pass_context
 def grants_list(ctx: click.Context, model: str | None, experiment_id: str | None,
                 as_json: bool) -> None:
-    """List grants (all of them for admins, or those of one resource)."""
+    """Who has access to a model or experiment, and through what (its owner team, grants and
+    published sharing packages); without one, every direct grant (org admins)."""
+    if model is not None or experiment_id is not None:
+        _show_access(_run(_client(ctx).effective_access, model, experiment_id), as_json)
+        return
     result = _run(_client(ctx).list_grants, model=model, experiment_id=experiment_id)
     show(result["grants"], [
         ("kind", "kind"), ("resource", lambda g: g["name"] or g["resource_id"]),
         ("team", "team"), ("permission", "permission"), ("granted by", "granted_by"),
         ("granted", lambda g: iso_time(g.get("granted_at")))], as_json=as_json,
         empty="No grants.")
+
+
+@cli.group()
+def access() -> None:
+    """Effective access: who may do what on a model, and why a user may or may not."""
+
+
+@access.command("show")
+@click.argument("model", required=False)
+@click.option("--experiment-id", default=None, help="An experiment instead of a model.")
+@click.option("--version", default=None, help="Only what reaches this version's files.")
+@json_option
+@click.pass_context
+def access_show(ctx: click.Context, model: str | None, experiment_id: str | None,
+                version: str | None, as_json: bool) -> None:
+    """Every team that may act on MODEL, what it may do and through what."""
+    _show_access(_run(_client(ctx).effective_access, model, experiment_id, version), as_json)
+
+
+@access.command("explain")
+@click.argument("user_name", metavar="USER")
+@click.argument("model", required=False)
+@click.option("--experiment-id", default=None, help="An experiment instead of a model.")
+@click.option("--action", type=click.Choice(["read", "execute", "write", "manage"]),
+              default="read", show_default=True, help="The action to explain.")
+@click.option("--version", default=None, help="The version whose files are reached.")
+@json_option
+@click.pass_context
+def access_explain(ctx: click.Context, user_name: str, model: str | None,
+                   experiment_id: str | None, action: str, version: str | None,
+                   as_json: bool) -> None:
+    """Why USER may or may not ACTION on MODEL (exit 0 if allowed, 3 if not)."""
+    found = _run(_client(ctx).explain_access, user_name, action, model, experiment_id, version)
+    if as_json:
+        click.echo(json.dumps(found, indent=2, sort_keys=True))
+    else:
+        target = model or f"experiment {experiment_id}"
+        click.echo(f"{user_name} {'MAY' if found['allowed'] else 'may NOT'} {action} {target}"
+                   + (f" version {version}" if version else "") + ".")
+        for reason in found["reasons"]:
+            click.echo(f"  - {reason}")
+    ctx.exit(0 if found["allowed"] else 3)
 
 
 # -- policy as code -----------------------------------------------------------------------

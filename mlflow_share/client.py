@@ -150,6 +150,21 @@ class ShareAdminClient:
         params = {} if model is None and experiment_id is None else self._target(model, experiment_id)
         return self._call("GET", "/grants", params=params)
 
+    def effective_access(self, model: str | None = None, experiment_id: str | None = None,
+                         version: str | None = None) -> dict[str, Any]:
+        params = {**self._target(model, experiment_id)}
+        if version is not None:
+            params["version"] = version
+        return self._call("GET", "/access", params=params)
+
+    def explain_access(self, user: str, action: str, model: str | None = None,
+                       experiment_id: str | None = None,
+                       version: str | None = None) -> dict[str, Any]:
+        params = {**self._target(model, experiment_id), "user": user, "action": action}
+        if version is not None:
+            params["version"] = version
+        return self._call("GET", "/access/explain", params=params)
+
     def export_policy(self) -> str:
         return str(self._call("GET", "/policy")["policy"])
 

@@ -34,6 +34,7 @@ from mlflow_share.http import (
     require_admin,
     string_field,
 )
+from mlflow_share.policy import access
 from mlflow_share.policy import io as policy_io
 from mlflow_share.policy.enforcer import PolicyEngine
 
@@ -246,6 +247,43 @@ def list_grants(services: AdminServices) -> Response:
                     "grants": services.directory.list_grants(kind, resource_id)})
 
 
+def _version_arg() -> int | None:
+    raw = request.args.get("version")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 10):
+        raise InvalidInput("'version' must be a model version number.")
+    return int(raw)
+
+
+def effective(services: AdminServices) -> Response:
+    """Who may do what on a model (a version) or experiment, and through what: for whoever
+    may read it."""
+    principal = current_principal()
+    kind, resource_id, label = _resource_of(services.policy, dict(request.args))
+    owner = services.policy.owner_of(kind, resource_id)
+    Authorizer(services.policy).check(principal, kind, resource_id, owner, "read", label)
+    found = access.effective_access(services.policy, kind, resource_id, _version_arg())
+    return jsonify({**found.to_dict(), "name": request.args.get("model")})
+
+
+def explain_access(services: AdminServices) -> Response:
+    """Why ``user`` may or may not ``action`` it: for org admins, the resource's managers and
+    the user themselves."""
+    principal = current_principal()
+    args = dict(request.args)
+    user = string_field(args, "user")
+    action = string_field(args, "action", required=False) or "read"
+    assert user is not None
+    if action not in access.ACTIONS:
+        raise InvalidInput(f"'action' must be one of {', '.join(access.ACTIONS)}.")
+    kind, resource_id, label = _resource_of(services.policy, args)
+    if user != principal.name:
+        _require_manage(services.policy, principal, kind, resource_id, label)
+    return jsonify(access.explain(services.policy, user, kind, resource_id, action,
+                                  _version_arg()))
+
+
 def export_policy(services: AdminServices) -> Response:
     require_admin(current_principal())
     return jsonify({"policy": policy_io.export_policy(services.directory)})
@@ -284,6 +322,8 @@ ROUTES: tuple[Route, ...] = (
     ("/grants", "grant", grant, ("POST",)),
     ("/grants", "revoke", revoke, ("DELETE",)),
     ("/grants", "list_grants", list_grants, ("GET",)),
+    ("/access", "effective_access", effective, ("GET",)),
+    ("/access/explain", "explain_access", explain_access, ("GET",)),
     ("/policy", "export_policy", export_policy, ("GET",)),
     ("/policy", "import_policy", import_policy, ("POST",)),
 )

@@ -528,3 +528,74 @@ def test_webhooks_are_signed_and_private_addresses_refused(share_server: ShareSe
             ("alias.moved", "production", int(version), int(second))]
     finally:
         receiver.shutdown()
+
+
+def test_effective_access_is_one_answer_with_its_routes(share_server: ShareServer,
+                                                        unique: str) -> None:
+    """After a package is published: the JSON API, `mlflow-share grants` and `access
+    explain` name the same routes (owner, direct grant, package with its id, versions and
+    expiry), and explain agrees with what the server then does."""
+    name = f"eff-{unique}"
+    first = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    second = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    package = _create(share_server, name, first)  # team-b: execute, version 1 only
+    alice = share_server.tokens["alice"]
+    assert share_server.api("POST", f"{SHARE}/packages/{package['id']}/publish",
+                            token=alice).ok
+    assert share_server.api("POST", f"{SHARE}/grants", token=alice, json={
+        "model": name, "team": "team-c", "permission": "read"}).ok
+
+    found = share_server.api("GET", f"{SHARE}/access", token=share_server.tokens["carl"],
+                             params={"model": name}).json()
+    routes = {(t["team"], t["via"]): t for t in found["teams"]}
+    assert set(routes) == {("team-a", "owner"), ("team-b", "package"), ("team-c", "grant")}
+    assert routes[("team-b", "package")]["package_id"] == package["id"]
+    assert routes[("team-b", "package")]["versions"] == [int(first)]
+    assert routes[("team-b", "package")]["actions"] == ["execute"]
+    assert routes[("team-c", "grant")]["actions"] == ["read"]
+    assert "admin" in found["admins"]
+    # For version 2 the package does not count.
+    later = share_server.api("GET", f"{SHARE}/access", token=alice,
+                             params={"model": name, "version": second}).json()
+    assert ("team-b", "package") not in {(t["team"], t["via"]) for t in later["teams"]}
+
+    listed = _cli(share_server, "alice", "grants", "--model", name)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["TEAM", "MAY", "THROUGH"]
+    assert any(line.startswith("team-b") and f"package {package['id']}" in line
+               for line in lines)
+    assert json.loads(_cli(share_server, "alice", "grants", "--model", name, "--json")
+                      .stdout)["teams"] == found["teams"]
+
+    cases = [("bea", "execute", first, True), ("bea", "execute", second, False),
+             ("bea", "write", first, False), ("carl", "read", None, True),
+             ("carl", "execute", None, False), ("bert", "execute", first, True),
+             ("ava", "manage", None, False), ("alice", "manage", None, True)]
+    for user, action, version, allowed in cases:
+        args = ["access", "explain", user, name, "--action", action, "--json"]
+        if version is not None:
+            args += ["--version", version]
+        done = _cli(share_server, "alice", *args)
+        answer = json.loads(done.stdout)
+        assert (answer["allowed"], done.returncode) == (allowed, 0 if allowed else 3), \
+            (user, action, version, answer)
+        assert answer["reasons"], answer
+    why = _cli(share_server, "alice", "access", "explain", "bea", name, "--action", "write")
+    assert why.returncode == 3 and "may NOT write" in why.stdout and package["id"] in why.stdout
+    # The explanation matches what the server does.
+    for user in ("bea", "carl"):
+        said = json.loads(_cli(share_server, "alice", "access", "explain", user, name,
+                               "--json").stdout)["allowed"]
+        done = share_server.api("GET", f"{API}/registered-models/get",
+                                token=share_server.tokens[user], params={"name": name})
+        assert done.ok == said, (user, said, done.status_code)
+    assert share_server.api("PATCH", f"{API}/registered-models/update",
+                            token=share_server.tokens["carl"],
+                            json={"name": name, "description": "no"}).status_code == 403
+    bea = share_server.tokens["bea"]
+    # Only managers of the model and the user themselves may ask why.
+    assert share_server.api("GET", f"{SHARE}/access/explain", token=bea, params={
+        "model": name, "user": "carl", "action": "read"}).status_code == 403
+    assert share_server.api("GET", f"{SHARE}/access/explain", token=bea, params={
+        "model": name, "user": "bea", "action": "read"}).status_code == 200
