@@ -115,7 +115,7 @@ def create_app(flask_app: Any = None) -> Any:
     mlflow_compat.check()  # an MLflow whose internals moved: refuse to start, say what moved
     install_audited_stores()
     # Build MLflow's stores now: this runs MLflow's migrations, then creates mlflow-share's
-    # tables and the audit triggers (audit.store.ensure_schema), before anything reads them.
+    # tables and the audit triggers (db.ensure_schema), before anything reads them.
     mlflow_compat.private("mlflow.server.handlers", "_get_tracking_store")()
     mlflow_compat.private("mlflow.server.handlers", "_get_model_registry_store")()
 

@@ -16,6 +16,9 @@ decided on an old policy.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial, update_wrapper
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
@@ -24,6 +27,14 @@ from mlflow_share import db
 from mlflow_share.http import PREFIX
 from mlflow_share.audit.log import AuditAppender
 from mlflow_share.policy.enforcer import PolicyEngine
+
+
+@dataclass(frozen=True)
+class HealthServices:
+    """What is checked: the policy (its engine reaches the database) and the audit appender."""
+
+    policy: PolicyEngine
+    appender: AuditAppender
 
 
 def checks(policy: PolicyEngine, appender: AuditAppender) -> dict[str, str]:
@@ -59,15 +70,26 @@ def _artifacts() -> str:
     return "ok" if os.path.isdir(root) and os.access(root, os.W_OK) else "not writable"
 
 
+def ready(services: HealthServices) -> Response:
+    found = checks(services.policy, services.appender)
+    healthy = all(value == "ok" for value in found.values())
+    response = jsonify({"status": "ready" if healthy else "degraded", "checks": found})
+    response.status_code = 200 if healthy else 503
+    return response
+
+
+# (rule, endpoint, view, methods): ``mlflow_share_health.ready`` is public in the policy.
+Route = tuple[str, str, Callable[[HealthServices], Response], tuple[str, ...]]
+ROUTES: tuple[Route, ...] = (
+    ("/ready", "ready", ready, ("GET",)),
+)
+
+
 def create_health_blueprint(policy: PolicyEngine, appender: AuditAppender) -> Blueprint:
     api = Blueprint("mlflow_share_health", __name__, url_prefix=PREFIX)
-
-    @api.get("/ready")
-    def ready() -> Response:
-        found = checks(policy, appender)
-        healthy = all(value == "ok" for value in found.values())
-        response = jsonify({"status": "ready" if healthy else "degraded", "checks": found})
-        response.status_code = 200 if healthy else 503
-        return response
-
+    services = HealthServices(policy, appender)
+    for rule, endpoint, view, methods in ROUTES:
+        # Bound to the services; named as the view (tracebacks, guards that read views).
+        view_func = update_wrapper(partial(view, services), view)
+        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
     return api

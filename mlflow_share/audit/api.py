@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial, update_wrapper
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
 from mlflow_share.http import current_principal, json_errors
@@ -23,6 +26,16 @@ from mlflow_share.policy.enforcer import PolicyEngine
 PREFIX = "/api/2.0/mlflow-share/audit"
 MAX_RESULTS = 1000
 _MAX_INT = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class AuditServices:
+    """What the views work with: the database holding the chain. The policy is not read
+    today (the caller's teams come with the principal); it is kept so the factory's
+    signature, and what a view may need next, stay as they were."""
+
+    policy: PolicyEngine
+    engine: Engine
 
 
 def _int_arg(name: str, default: int | None = None, minimum: int = 0) -> int | None:
@@ -68,36 +81,50 @@ def event_filter_from_args(principal: Principal) -> EventFilter:
     )
 
 
+def events(services: AuditServices) -> Response:
+    """A page of the events the caller may see, in chain order or newest first; the page
+    token is the last sequence number shown."""
+    event_filter = event_filter_from_args(current_principal())
+    limit = _int_arg("max_results", 100, minimum=1) or 100
+    if limit > MAX_RESULTS:
+        raise InvalidInput(f"max_results must be at most {MAX_RESULTS}.")
+    order = request.args.get("order") or "asc"
+    if order not in ("asc", "desc"):
+        raise InvalidInput("'order' is 'asc' (chain order, the default) or 'desc' "
+                           "(newest first).")
+    rows = search_events(services.engine, event_filter, after_seq=_page_token(
+        request.args.get("page_token")), limit=limit + 1, newest_first=order == "desc")
+    body: dict[str, Any] = {"events": rows[:limit]}
+    if len(rows) > limit:
+        body["next_page_token"] = base64.urlsafe_b64encode(
+            str(rows[limit - 1]["seq"]).encode()).decode()
+    return jsonify(body)
+
+
+def verify(services: AuditServices) -> Response:
+    if not current_principal().is_admin:
+        raise PermissionDenied("Only org administrators may verify the audit log.")
+    checkpoint_seq = _int_arg("checkpoint_seq", minimum=1)
+    # One process: forking a multi-threaded server worker is not safe.
+    result = verify_chain(services.engine, processes=1).to_dict()
+    if checkpoint_seq is not None:
+        result["checkpoint_hash"] = hash_at(services.engine, checkpoint_seq)
+    return jsonify(result)
+
+
+# (rule, endpoint, view, methods): the endpoint is what the policy and the audit log name.
+Route = tuple[str, str, Callable[[AuditServices], Response], tuple[str, ...]]
+ROUTES: tuple[Route, ...] = (
+    ("/events", "events", events, ("GET",)),
+    ("/verify", "verify", verify, ("GET",)),
+)
+
+
 def create_audit_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     api = json_errors(Blueprint("mlflow_share_audit", __name__, url_prefix=PREFIX))
-
-    @api.get("/events")
-    def events() -> Any:
-        event_filter = event_filter_from_args(current_principal())
-        limit = _int_arg("max_results", 100, minimum=1) or 100
-        if limit > MAX_RESULTS:
-            raise InvalidInput(f"max_results must be at most {MAX_RESULTS}.")
-        order = request.args.get("order") or "asc"
-        if order not in ("asc", "desc"):
-            raise InvalidInput("'order' is 'asc' (chain order, the default) or 'desc' "
-                               "(newest first).")
-        rows = search_events(engine, event_filter, after_seq=_page_token(
-            request.args.get("page_token")), limit=limit + 1, newest_first=order == "desc")
-        body: dict[str, Any] = {"events": rows[:limit]}
-        if len(rows) > limit:
-            body["next_page_token"] = base64.urlsafe_b64encode(
-                str(rows[limit - 1]["seq"]).encode()).decode()
-        return jsonify(body)
-
-    @api.get("/verify")
-    def verify() -> Any:
-        if not current_principal().is_admin:
-            raise PermissionDenied("Only org administrators may verify the audit log.")
-        checkpoint_seq = _int_arg("checkpoint_seq", minimum=1)
-        # One process: forking a multi-threaded server worker is not safe.
-        result = verify_chain(engine, processes=1).to_dict()
-        if checkpoint_seq is not None:
-            result["checkpoint_hash"] = hash_at(engine, checkpoint_seq)
-        return jsonify(result)
-
+    services = AuditServices(policy, engine)
+    for rule, endpoint, view, methods in ROUTES:
+        # Bound to the services; named as the view (tracebacks, guards that read views).
+        view_func = update_wrapper(partial(view, services), view)
+        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
     return api

@@ -6,6 +6,10 @@ gateway wrote them; for whoever may read the registered model (its owners first 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial, update_wrapper
+
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
@@ -15,18 +19,38 @@ from mlflow_share.gateway.usage import usage_rows
 from mlflow_share.policy.enforcer import PolicyEngine
 
 
+@dataclass(frozen=True)
+class UsageServices:
+    """What the view works with: the policy deciding reads, the database the gateway writes
+    its usage rows to."""
+
+    policy: PolicyEngine
+    engine: Engine
+
+
+def usage(services: UsageServices) -> Response:
+    name, since = request.args.get("model"), request.args.get("since")
+    if not name:
+        raise InvalidInput("Give the registered model's name as 'model'.")
+    if since is not None and not (since.isascii() and since.isdigit() and len(since) < 16):
+        raise InvalidInput("'since' is milliseconds since the epoch.")
+    require_model(services.policy, name, "read")
+    return jsonify({"model": name, "usage": usage_rows(services.engine, name,
+                                                       int(since) if since else None)})
+
+
+# (rule, endpoint, view, methods): the endpoint is what the policy and the audit log name.
+Route = tuple[str, str, Callable[[UsageServices], Response], tuple[str, ...]]
+ROUTES: tuple[Route, ...] = (
+    ("/usage", "usage", usage, ("GET",)),
+)
+
+
 def create_usage_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     api = json_errors(Blueprint("mlflow_share_usage", __name__, url_prefix=PREFIX))
-
-    @api.get("/usage")
-    def usage() -> Response:
-        name, since = request.args.get("model"), request.args.get("since")
-        if not name:
-            raise InvalidInput("Give the registered model's name as 'model'.")
-        if since is not None and not (since.isascii() and since.isdigit() and len(since) < 16):
-            raise InvalidInput("'since' is milliseconds since the epoch.")
-        require_model(policy, name, "read")
-        return jsonify({"model": name, "usage": usage_rows(engine, name,
-                                                           int(since) if since else None)})
-
+    services = UsageServices(policy, engine)
+    for rule, endpoint, view, methods in ROUTES:
+        # Bound to the services; named as the view (tracebacks, guards that read views).
+        view_func = update_wrapper(partial(view, services), view)
+        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
     return api

@@ -13,6 +13,9 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial, update_wrapper
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -104,138 +107,216 @@ def _with_session(response: Any, session_id: str, max_age: int) -> Response:
     return response
 
 
+@dataclass(frozen=True)
+class WebServices:
+    """What the pages work with: the policy (passwords), the directory (logins), the session
+    store, and the SSO client when single sign-on is configured."""
+
+    policy: PolicyEngine
+    directory: Directory
+    sessions: SessionStore
+    oidc: OidcClient | None
+
+
+def login_page(sso: bool, error: str | None = None, status: int = 200) -> Response:
+    """The login form, with a fresh login-CSRF token in the form and in a cookie."""
+    token = secrets.token_urlsafe(32)
+    html = render_template_string(_LOGIN_PAGE, error=error, sso=sso, csrf=token,
+                                  next=safe_next(request.values.get("next")))
+    response = Response(html, status=status, mimetype="text/html")
+    response.headers.add("Set-Cookie", cookie_header(LOGIN_CSRF_COOKIE, token, max_age=900))
+    return response
+
+
+def start_session(sessions: SessionStore, user: str, via: str, login: Any,
+                  next_path: str) -> Any:
+    """Log ``user`` in through ``login`` (the directory's, which runs ``opened`` in its
+    transaction) and go to ``next_path`` with the new session's cookie."""
+    def opened(conn: Any) -> tuple[str, Any]:
+        # Inside the login's transaction, once its checks passed: the event names the user.
+        note_principal(user)
+        return sessions.create(conn, user, via)
+
+    session_id, _ = login(opened)
+    return _with_session(redirect(safe_next(next_path), 303), session_id,
+                         sessions.lifetime_ms // 1000)
+
+
+def _note_claimed(username: str) -> None:
+    """Name the user a refused or SSO login claimed in the request's audit event."""
+    audit = AUDIT_CONTEXT.get()
+    if audit is not None:
+        audit.extra["claimed"] = username[:128]
+
+
+def _sso(services: WebServices) -> OidcClient:
+    if services.oidc is None:
+        raise InvalidInput("Single sign-on is not configured on this server.")
+    return services.oidc
+
+
+def _callback_uri() -> str:
+    """Where the identity provider sends the browser back (the same in both legs)."""
+    return request.url_root.rstrip("/") + "/share/oidc/callback"
+
+
+def login_form(services: WebServices) -> Response:
+    return login_page(services.oidc is not None)
+
+
+def login_submit(services: WebServices) -> Any:
+    # Login CSRF: the form's token must match the cookie set with the form.
+    supplied = request.form.get("csrf_token", "")
+    expected = read_cookie(request.headers.get("Cookie"), LOGIN_CSRF_COOKIE) or ""
+    if not supplied or not hmac.compare_digest(supplied.encode(), expected.encode()):
+        raise PermissionDenied("The login form expired or came from another site: "
+                               "load the login page and try again.")
+    username = request.form.get("username", "")[:128]
+    password = request.form.get("password", "")
+    services.policy.refresh()  # a password changed through another worker counts here too
+    principal = services.policy.authenticate(Credentials("basic", username, password), 0) \
+        if username and password else None
+    if principal is None:
+        _note_claimed(username)
+        return login_page(services.oidc is not None, "Wrong user name or password.", 401)
+    return start_session(services.sessions, principal.name, "password",
+                         lambda then: services.directory.password_login(principal.name, then),
+                         request.form.get("next", "/"))
+
+
+def sso_start(services: WebServices) -> Any:
+    url, state, nonce, verifier = _sso(services).authorization_url(_callback_uri())
+    binding = secrets.token_urlsafe(32)
+    services.sessions.begin_login(state, nonce, verifier, safe_next(request.args.get("next")),
+                                  binding)
+    response = redirect(url, 302)
+    response.headers["Set-Cookie"] = cookie_header(
+        OIDC_COOKIE, binding, max_age=LOGIN_MINUTES * 60, path="/share/oidc")
+    return response
+
+
+def _claims(oidc: OidcClient, code: str, verifier: str, nonce: str) -> dict[str, Any]:
+    """The ID token's checked claims for ``code``: a refused token keeps its own message, any
+    other failure of the provider is a refusal (logged, its details not shown)."""
+    try:
+        return oidc.complete(_callback_uri(), code, verifier, nonce)
+    except MlflowException:  # a refused ID token: its own message
+        raise
+    except Exception as exc:  # noqa: BLE001 - the provider's error, as a refusal
+        _logger.warning("OIDC code exchange failed: %s", exc)
+        raise PermissionDenied("The identity provider did not complete the login.") from None
+
+
+def sso_callback(services: WebServices) -> Any:
+    oidc = _sso(services)
+    if request.args.get("error"):
+        raise PermissionDenied(f"The identity provider refused the login: "
+                               f"{request.args.get('error', '')[:200]}.")
+    state, code = request.args.get("state", ""), request.args.get("code", "")
+    binding = read_cookie(request.headers.get("Cookie"), OIDC_COOKIE)
+    pending = services.sessions.finish_login(state, binding) if state else None
+    if pending is None:
+        raise PermissionDenied("Unknown, used or expired login state, or a login started "
+                               "in another browser: start the login again.")
+    if not code:
+        raise InvalidInput("The identity provider sent no authorization code.")
+    nonce, verifier, next_path = pending
+    identity = oidc.identity(_claims(oidc, code, verifier, nonce))
+    _note_claimed(identity.username)
+    return start_session(
+        services.sessions, identity.username, "oidc",
+        lambda then: services.directory.sso_login(identity.username, identity.subject,
+                                                  identity.teams, identity.admin, then),
+        next_path)
+
+
+def logout(services: WebServices) -> Any:
+    principal = current_principal()
+    session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
+    if session_id:
+        services.directory.end_session(
+            principal.name, lambda conn: services.sessions.end(conn, session_id))
+    response = redirect("/share/login", 303)
+    response.headers["Set-Cookie"] = cookie_header(SESSION_COOKIE, "", max_age=0)
+    return response
+
+
+def session_info(services: WebServices) -> Response:
+    """Who is logged in and the session's CSRF token, for the pages' and the injected
+    tab's scripts (same-origin reads only; never cached)."""
+    principal = current_principal()  # the interceptor let only this origin's scripts in
+    session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
+    session = services.sessions.get(session_id) if session_id else None
+    return jsonify({"user": principal.name, "is_admin": principal.is_admin,
+                    "teams": principal.teams, "via": principal.via,
+                    "csrf_token": session.csrf if session is not None else None,
+                    "sso": services.oidc is not None})
+
+
+def _send_page(name: str) -> Response:
+    """The page ``name``, to an authenticated browser only (the interceptor sends others to
+    log in; ``current_principal`` refuses one that reached here without it)."""
+    current_principal()
+    return send_from_directory(STATIC, PAGES[name], max_age=0)
+
+
+def page(services: WebServices) -> Response:
+    return _send_page("")
+
+
+def page_access(services: WebServices) -> Response:
+    return _send_page("access")
+
+
+def page_monitoring(services: WebServices) -> Response:
+    return _send_page("monitoring")
+
+
+def static_file(services: WebServices, filename: str) -> Response:
+    return send_from_directory(STATIC, filename, max_age=300)
+
+
+# (rule, endpoint, view, methods): the endpoints are what the policy (``mlflow_share_web.*``
+# in policy/routes.py) and the audit log name.
+Route = tuple[str, str, Callable[..., Any], tuple[str, ...]]
+ROUTES: tuple[Route, ...] = (
+    ("/login", "login_form", login_form, ("GET",)),
+    ("/login", "login_submit", login_submit, ("POST",)),
+    ("/login/sso", "sso_start", sso_start, ("GET",)),
+    ("/oidc/callback", "sso_callback", sso_callback, ("GET",)),
+    ("/logout", "logout", logout, ("POST",)),
+    ("/session", "session_info", session_info, ("GET",)),
+    ("/", "page", page, ("GET",)),
+    ("/access", "page_access", page_access, ("GET",)),
+    ("/monitoring", "page_monitoring", page_monitoring, ("GET",)),
+    ("/static/<path:filename>", "static_file", static_file, ("GET",)),
+)
+
+
 def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: SessionStore,
                          oidc: OidcClient | None) -> Blueprint:
     blueprint = json_errors(Blueprint("mlflow_share_web", __name__, url_prefix="/share"))
     blueprint.after_request(_security_headers)
-    max_age = sessions.lifetime_ms // 1000
-
-    def login_page(error: str | None = None, status: int = 200) -> Response:
-        token = secrets.token_urlsafe(32)
-        html = render_template_string(_LOGIN_PAGE, error=error, sso=oidc is not None,
-                                      csrf=token, next=safe_next(request.values.get("next")))
-        response = Response(html, status=status, mimetype="text/html")
-        response.headers.add("Set-Cookie", cookie_header(LOGIN_CSRF_COOKIE, token, max_age=900))
-        return response
-
-    def start_session(user: str, via: str, login: Any, next_path: str) -> Any:
-        def opened(conn: Any) -> tuple[str, Any]:
-            # Inside the login's transaction, once its checks passed: the event names the user.
-            note_principal(user)
-            return sessions.create(conn, user, via)
-
-        session_id, _ = login(opened)
-        return _with_session(redirect(safe_next(next_path), 303), session_id, max_age)
-
-    @blueprint.get("/login")
-    def login_form() -> Response:
-        return login_page()
-
-    @blueprint.post("/login")
-    def login_submit() -> Any:
-        # Login CSRF: the form's token must match the cookie set with the form.
-        supplied = request.form.get("csrf_token", "")
-        expected = read_cookie(request.headers.get("Cookie"), LOGIN_CSRF_COOKIE) or ""
-        if not supplied or not hmac.compare_digest(supplied.encode(), expected.encode()):
-            raise PermissionDenied("The login form expired or came from another site: "
-                                   "load the login page and try again.")
-        username = request.form.get("username", "")[:128]
-        password = request.form.get("password", "")
-        policy.refresh()  # a password changed through another worker counts here too
-        principal = policy.authenticate(Credentials("basic", username, password), 0) \
-            if username and password else None
-        if principal is None:
-            audit = AUDIT_CONTEXT.get()
-            if audit is not None:
-                audit.extra["claimed"] = username
-            return login_page("Wrong user name or password.", 401)
-        return start_session(principal.name, "password",
-                             lambda then: directory.password_login(principal.name, then),
-                             request.form.get("next", "/"))
-
-    @blueprint.get("/login/sso")
-    def sso_start() -> Any:
-        if oidc is None:
-            raise InvalidInput("Single sign-on is not configured on this server.")
-        redirect_uri = request.url_root.rstrip("/") + "/share/oidc/callback"
-        url, state, nonce, verifier = oidc.authorization_url(redirect_uri)
-        binding = secrets.token_urlsafe(32)
-        sessions.begin_login(state, nonce, verifier, safe_next(request.args.get("next")),
-                             binding)
-        response = redirect(url, 302)
-        response.headers["Set-Cookie"] = cookie_header(
-            OIDC_COOKIE, binding, max_age=LOGIN_MINUTES * 60, path="/share/oidc")
-        return response
-
-    @blueprint.get("/oidc/callback")
-    def sso_callback() -> Any:
-        if oidc is None:
-            raise InvalidInput("Single sign-on is not configured on this server.")
-        if request.args.get("error"):
-            raise PermissionDenied(f"The identity provider refused the login: "
-                                   f"{request.args.get('error', '')[:200]}.")
-        state, code = request.args.get("state", ""), request.args.get("code", "")
-        binding = read_cookie(request.headers.get("Cookie"), OIDC_COOKIE)
-        pending = sessions.finish_login(state, binding) if state else None
-        if pending is None:
-            raise PermissionDenied("Unknown, used or expired login state, or a login started "
-                                   "in another browser: start the login again.")
-        if not code:
-            raise InvalidInput("The identity provider sent no authorization code.")
-        nonce, verifier, next_path = pending
-        redirect_uri = request.url_root.rstrip("/") + "/share/oidc/callback"
-        try:
-            claims = oidc.complete(redirect_uri, code, verifier, nonce)
-        except MlflowException:  # a refused ID token: its own message
-            raise
-        except Exception as exc:  # noqa: BLE001 - the provider's error, as a refusal
-            _logger.warning("OIDC code exchange failed: %s", exc)
-            raise PermissionDenied("The identity provider did not complete the login.") from None
-        identity = oidc.identity(claims)
-        audit = AUDIT_CONTEXT.get()
-        if audit is not None:
-            audit.extra["claimed"] = identity.username[:128]
-        return start_session(
-            identity.username, "oidc",
-            lambda then: directory.sso_login(identity.username, identity.subject,
-                                             identity.teams, identity.admin, then),
-            next_path)
-
-    @blueprint.post("/logout")
-    def logout() -> Any:
-        principal = current_principal()
-        session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
-        if session_id:
-            directory.end_session(principal.name, lambda conn: sessions.end(conn, session_id))
-        response = redirect("/share/login", 303)
-        response.headers["Set-Cookie"] = cookie_header(SESSION_COOKIE, "", max_age=0)
-        return response
-
-    @blueprint.get("/session")
-    def session_info() -> Response:
-        """Who is logged in and the session's CSRF token, for the pages' and the injected
-        tab's scripts (same-origin reads only; never cached)."""
-        principal = current_principal()  # the interceptor let only this origin's scripts in
-        session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
-        session = sessions.get(session_id) if session_id else None
-        return jsonify({"user": principal.name, "is_admin": principal.is_admin,
-                        "teams": principal.teams, "via": principal.via,
-                        "csrf_token": session.csrf if session is not None else None,
-                        "sso": oidc is not None})
-
-    def page(name: str) -> Response:
-        current_principal()
-        return send_from_directory(STATIC, PAGES[name], max_age=0)
-
-    blueprint.add_url_rule("/", "page", lambda: page(""))
-    blueprint.add_url_rule("/access", "page_access", lambda: page("access"))
-    blueprint.add_url_rule("/monitoring", "page_monitoring", lambda: page("monitoring"))
-
-    @blueprint.get("/static/<path:filename>")
-    def static_file(filename: str) -> Response:
-        return send_from_directory(STATIC, filename, max_age=300)
-
+    services = WebServices(policy, directory, sessions, oidc)
+    for rule, endpoint, view, methods in ROUTES:
+        # Bound to the services; named as the view (tracebacks, guards that read views).
+        view_func = update_wrapper(partial(view, services), view)
+        blueprint.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
     return blueprint
+
+
+def serve_with_tab(index: Path, original: Callable[[], Any]) -> Any:
+    """MLflow's page with the Permissions tab's tags before ``</head>`` (unchanged without
+    one), never framed nor cached; MLflow's own view while there is no built page."""
+    if not index.is_file():
+        return original()
+    html = index.read_text(encoding="utf-8")
+    if "</head>" in html:
+        html = html.replace("</head>", TAB_TAGS + "</head>", 1)
+    response = Response(html, mimetype="text/html")
+    response.headers.update(UI_HEADERS)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def install_ui_tab(flask_app: Flask) -> None:
@@ -253,22 +334,8 @@ def install_ui_tab(flask_app: Flask) -> None:
     index = Path(static_folder) / "index.html"
     if index.is_file() and "</head>" not in index.read_text(encoding="utf-8"):
         _logger.warning("mlflow-share: MLflow's page has no </head>; no Permissions tab.")
-
-    def with_tab(original: Any) -> Any:
-        def serve() -> Any:
-            if not index.is_file():
-                return original()
-            html = index.read_text(encoding="utf-8")
-            if "</head>" in html:
-                html = html.replace("</head>", TAB_TAGS + "</head>", 1)
-            response = Response(html, mimetype="text/html")
-            response.headers.update(UI_HEADERS)
-            response.headers["Cache-Control"] = "no-store"
-            return response
-
-        return serve
-
-    replace_view(flask_app, "serve", with_tab)
+    replace_view(flask_app, "serve", lambda original: update_wrapper(
+        partial(serve_with_tab, index, original), serve_with_tab))
     # MLflow also serves its build folder as static files: not the page itself, which only
     # sessions get (with the tab and the headers above).
     for endpoint in ("serve_static_file", "static"):
