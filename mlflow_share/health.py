@@ -18,13 +18,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial, update_wrapper
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
 from mlflow_share import db
-from mlflow_share.http import PREFIX
+from mlflow_share.http import PREFIX, bind_routes
 from mlflow_share.audit.log import AuditAppender
 from mlflow_share.policy.enforcer import PolicyEngine
 
@@ -88,8 +87,5 @@ ROUTES: tuple[Route, ...] = (
 def create_health_blueprint(policy: PolicyEngine, appender: AuditAppender) -> Blueprint:
     api = Blueprint("mlflow_share_health", __name__, url_prefix=PREFIX)
     services = HealthServices(policy, appender)
-    for rule, endpoint, view, methods in ROUTES:
-        # Bound to the services; named as the view (tracebacks, guards that read views).
-        view_func = update_wrapper(partial(view, services), view)
-        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
+    bind_routes(api, ROUTES, services)
     return api

@@ -3,6 +3,8 @@ JSON bodies and fields, the model check, and errors in MLflow's envelope."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from functools import partial, update_wrapper
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -66,4 +68,17 @@ def json_errors(blueprint: Blueprint) -> Blueprint:
         response.status_code = exc.get_http_status_code()
         return response
 
+    return blueprint
+
+
+Route = tuple[str, str, Callable[..., Response], tuple[str, ...]]  # rule, endpoint, view, methods
+
+
+def bind_routes(blueprint: Blueprint, routes: Iterable[Route], services: Any) -> Blueprint:
+    """Register module-level views on ``blueprint``, each bound to ``services`` (its first
+    parameter) and still named as its function (tracebacks, guards that read views). The
+    endpoint is what the policy and the audit log call the view."""
+    for rule, endpoint, view, methods in routes:
+        view_func = update_wrapper(partial(view, services), view)
+        blueprint.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
     return blueprint

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial, update_wrapper
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -28,6 +27,7 @@ from mlflow_share.errors import (
 )
 from mlflow_share.http import (
     PREFIX,
+    bind_routes,
     current_principal,
     json_body,
     json_errors,
@@ -333,8 +333,5 @@ def create_blueprint(policy: PolicyEngine, directory: Directory) -> Blueprint:
     """The admin API: every view of ``ROUTES``, bound to ``policy`` and ``directory``."""
     api = json_errors(Blueprint("mlflow_share_api", __name__, url_prefix=PREFIX))
     services = AdminServices(policy, directory)
-    for rule, endpoint, view, methods in ROUTES:
-        # Bound to the services; named as the view (tracebacks, guards that read views).
-        view_func = update_wrapper(partial(view, services), view)
-        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
+    bind_routes(api, ROUTES, services)
     return api

@@ -11,13 +11,12 @@ import base64
 import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial, update_wrapper
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.http import current_principal, json_errors
+from mlflow_share.http import bind_routes, current_principal, json_errors
 from mlflow_share.audit.verify import EventFilter, hash_at, search_events, verify_chain
 from mlflow_share.auth.identity import Principal
 from mlflow_share.errors import InvalidInput, PermissionDenied
@@ -123,8 +122,5 @@ ROUTES: tuple[Route, ...] = (
 def create_audit_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     api = json_errors(Blueprint("mlflow_share_audit", __name__, url_prefix=PREFIX))
     services = AuditServices(policy, engine)
-    for rule, endpoint, view, methods in ROUTES:
-        # Bound to the services; named as the view (tracebacks, guards that read views).
-        view_func = update_wrapper(partial(view, services), view)
-        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
+    bind_routes(api, ROUTES, services)
     return api

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial, update_wrapper
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.http import PREFIX, json_errors, require_model
+from mlflow_share.http import PREFIX, bind_routes, json_errors, require_model
 from mlflow_share.errors import InvalidInput
 from mlflow_share.gateway.usage import usage_rows
 from mlflow_share.policy.enforcer import PolicyEngine
@@ -49,8 +48,5 @@ ROUTES: tuple[Route, ...] = (
 def create_usage_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     api = json_errors(Blueprint("mlflow_share_usage", __name__, url_prefix=PREFIX))
     services = UsageServices(policy, engine)
-    for rule, endpoint, view, methods in ROUTES:
-        # Bound to the services; named as the view (tracebacks, guards that read views).
-        view_func = update_wrapper(partial(view, services), view)
-        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
+    bind_routes(api, ROUTES, services)
     return api

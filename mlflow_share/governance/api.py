@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial, update_wrapper
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +22,7 @@ from sqlalchemy.engine import Engine
 from mlflow_share import db
 from mlflow_share.http import (
     PREFIX,
+    bind_routes,
     current_principal,
     json_body,
     json_errors,
@@ -244,8 +244,5 @@ def create_alias_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     api = json_errors(Blueprint("mlflow_share_aliases", __name__,
                                 url_prefix=PREFIX + "/aliases"))
     services = AliasServices(policy, engine)
-    for rule, endpoint, view, methods in ROUTES:
-        # Bound to the services; named as the view (tracebacks, guards that read views).
-        view_func = update_wrapper(partial(view, services), view)
-        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
+    bind_routes(api, ROUTES, services)
     return api

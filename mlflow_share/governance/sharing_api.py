@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial, update_wrapper
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 
 from mlflow_share.http import (
     PREFIX,
+    bind_routes,
     current_principal,
     json_body,
     json_errors,
@@ -291,8 +292,5 @@ def create_sharing_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
     """The sharing API: every view of ``ROUTES``, bound to ``policy`` and ``engine``."""
     api = json_errors(Blueprint("mlflow_share_sharing", __name__, url_prefix=PREFIX))
     services = SharingServices(policy, engine, Authorizer(policy))
-    for rule, endpoint, view, methods in ROUTES:
-        # Bound to the services; named as the view (tracebacks, guards that read views).
-        view_func = update_wrapper(partial(view, services), view)
-        api.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
+    bind_routes(api, ROUTES, services)
     return api

@@ -32,7 +32,7 @@ from flask import (
 )
 from mlflow.exceptions import MlflowException
 
-from mlflow_share.http import current_principal, json_errors
+from mlflow_share.http import bind_routes, current_principal, json_errors
 from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal
 from mlflow_share.auth.identity import Credentials
 from mlflow_share.directory import Directory
@@ -298,10 +298,7 @@ def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: S
     blueprint = json_errors(Blueprint("mlflow_share_web", __name__, url_prefix="/share"))
     blueprint.after_request(_security_headers)
     services = WebServices(policy, directory, sessions, oidc)
-    for rule, endpoint, view, methods in ROUTES:
-        # Bound to the services; named as the view (tracebacks, guards that read views).
-        view_func = update_wrapper(partial(view, services), view)
-        blueprint.add_url_rule(rule, endpoint=endpoint, view_func=view_func, methods=methods)
+    bind_routes(blueprint, ROUTES, services)
     return blueprint
 
 
