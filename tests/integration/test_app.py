@@ -352,7 +352,10 @@ def test_administration_completes(share_server, unique) -> None:  # type: ignore
                  ("user", "delete", user)):
         refused = _cli(share_server, *args, admin=True)
         assert refused.returncode == 1 and "last maintainer" in refused.stderr, args
-    assert _cli(share_server, "team", "add-member", team, "carl", "--role", "maintainer",
+    successor = f"adm2-{unique}"  # a user of its own: the shared world's teams stay as they are
+    assert _cli(share_server, "user", "create", successor, "--service-account",
+                admin=True).returncode == 0
+    assert _cli(share_server, "team", "add-member", team, successor, "--role", "maintainer",
                 admin=True).returncode == 0
     assert _cli(share_server, "user", "delete", user, admin=True).returncode == 0
     assert requests.get(whoami, headers=bearer, timeout=30).status_code == 401
