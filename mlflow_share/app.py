@@ -106,6 +106,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.policy.enforcer import PolicyEngine
     from mlflow_share.policy.routes import RouteTable
     from mlflow_share.web.oidc import OidcClient, OidcSettings
+    from mlflow_share.web.account import create_account_blueprint
     from mlflow_share.web.pages import create_web_blueprint, install_ui_tab
     from mlflow_share.web.sessions import SessionStore
 
@@ -144,6 +145,7 @@ def create_app(flask_app: Any = None) -> Any:
         flask_app.register_blueprint(create_sharing_blueprint(policy, engine))
         flask_app.register_blueprint(create_health_blueprint(policy, gate.appender))
         flask_app.register_blueprint(create_web_blueprint(policy, directory, sessions, oidc))
+        flask_app.register_blueprint(create_account_blueprint(policy, directory, sessions))
         install_ui_tab(flask_app)
         flask_app.after_request(gate.flask_after_request)
 

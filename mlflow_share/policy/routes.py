@@ -229,6 +229,10 @@ FLASK_RULES: Mapping[str, Rule] = {
     "mlflow_share_api.whoami": AUTHENTICATED,
     "mlflow_share_health.ready": PUBLIC,
     # Browser pages: the login routes check what they receive themselves (and are audited).
+    # MLflow UI's own account calls: who is signed in (and its Logout, which asks it with
+    # made-up credentials), answered by a view that reads the credentials itself.
+    "mlflow_share_account.current_user": Rule(Resolver.LOGIN),
+    "mlflow_share_account.ajax_current_user": Rule(Resolver.LOGIN),
     "mlflow_share_web.login_form": Rule(Resolver.LOGIN),
     "mlflow_share_web.login_submit": Rule(Resolver.LOGIN),
     "mlflow_share_web.sso_start": Rule(Resolver.LOGIN),

@@ -65,7 +65,8 @@ TAB_TAGS = ('<link rel="stylesheet" href="/share/static/permissions-tab.css">'
 _LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Log in · mlflow-share</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="stylesheet" href="/share/static/share.css"></head>
+<link rel="stylesheet" href="/share/static/share.css">
+<script src="/share/static/login.js" defer></script></head>
 <body class="login"><main class="card">
 <h1>mlflow-share</h1>
 {% if error %}<p class="error" role="alert">{{ error }}</p>{% endif %}

@@ -1,6 +1,7 @@
 // mlflow-share's additions to MLflow's own UI (served in its index.html, after MLflow's bundle):
 // 1. every same-origin state-changing fetch/XHR of the UI carries the session's CSRF token
-//    (X-CSRF-Token), without which the server refuses a cookie-authenticated change;
+//    (X-CSRF-Token), without which the server refuses a cookie-authenticated change; MLflow's
+//    Logout request carries its made-up credentials at once (the server ends the session);
 // 2. a "Permissions" tab on a registered model's page: owner team, grants (maintainers of the
 //    owner team and org admins add and revoke them), sharing packages and protected aliases.
 // MLflow has no extension API: the tab is placed next to anchors found in the rendered page and
@@ -110,8 +111,15 @@
     const proto = window.XMLHttpRequest.prototype;
     const { open, send, setRequestHeader } = proto;
     const pending = new WeakMap();  // xhr -> does it still need the token?
+    const loggingOut = new WeakMap();  // xhr -> the made-up credentials of MLflow's Logout
     proto.open = function (method, url, ...rest) {
       pending.set(this, needsToken(method, url));
+      // MLflow's Logout asks users/current with made-up credentials, which a browser sends
+      // only after a challenge; sent at once, they tell the server to end the session.
+      const [, user, password] = rest;
+      if (typeof user === "string" && user.startsWith("mlflow-logged-out-") && sameOrigin(url)) {
+        loggingOut.set(this, `${user}:${password || ""}`);
+      }
       return open.call(this, method, url, ...rest);
     };
     proto.setRequestHeader = function (name, value) {
@@ -119,6 +127,9 @@
       return setRequestHeader.call(this, name, value);
     };
     proto.send = function (body) {
+      if (loggingOut.has(this)) {
+        try { setRequestHeader.call(this, "Authorization", `Basic ${btoa(loggingOut.get(this))}`); } catch (e) { /* not opened */ }
+      }
       if (pending.get(this) && csrfValue) {
         try { setRequestHeader.call(this, CSRF_HEADER, csrfValue); } catch (e) { /* not opened */ }
       }
