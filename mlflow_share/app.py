@@ -169,9 +169,14 @@ def create_app(flask_app: Any = None) -> Any:
     return server
 
 
+# The gateway's own paths that MLflow's server does not have (its /health and /version are
+# MLflow's): the same answers as a standalone gateway's.
+GATEWAY_OWN_PATHS = frozenset({"/ping", "/metrics"})
+
+
 def with_gateway(server: Any, backend_store_uri: str, policy: Any, appender: Any) -> Any:
-    """``/v1/models/...`` and ``/v1/deployments/...`` to the inference gateway, in each
-    worker; everything else to the server. The gateway authenticates and decides its calls
+    """``/v1/models/...``, ``/v1/deployments/...``, ``/ping`` and ``/metrics`` to the
+    inference gateway, in each worker; everything else to the server. The gateway authenticates and decides its calls
     itself (``execute`` on the model) and audits loads and usage, with the worker's own
     policy engine and audit appender."""
     from mlflow.server.constants import ARTIFACTS_DESTINATION_ENV_VAR
@@ -188,7 +193,7 @@ def with_gateway(server: Any, backend_store_uri: str, policy: Any, appender: Any
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path.startswith(("/v1/models", "/v1/deployments")):
+        if path.startswith(("/v1/models", "/v1/deployments")) or path in GATEWAY_OWN_PATHS:
             await gateway(scope, receive, send)
         else:
             await server(scope, receive, send)

@@ -102,7 +102,10 @@ class AuditGate:
             return None
         if ctx.recorded_seq is None:
             if status >= 400 and ctx.decision == "allow":
-                ctx.decision = "fail" if status >= 500 else "reject"
+                # A view's own refusal of the caller (401, 403) is a denial like the
+                # interceptor's; other 4xx reject the request, 5xx are failures.
+                ctx.decision = ("fail" if status >= 500 else
+                                "deny" if status in (401, 403) else "reject")
             return ctx.event(status=status)
         if status == ctx.recorded_status:
             return None

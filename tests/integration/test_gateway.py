@@ -527,6 +527,15 @@ def test_gateway_mounted_in_the_server(tmp_path: Path, models: dict[str, bytes])
         assert event["action"] == "gateway.invoke" and event["resource_name"] == "mounted"
         assert server.api("GET", f"{API}/registered-models/get", token=server.tokens["bob"],
                           params={"name": "mounted"}).status_code == 403  # the server, as ever
+        # The gateway's own /ping and /metrics answer on the server as documented; /health
+        # and /version are MLflow's own.
+        assert requests.get(f"{server.url}/ping", timeout=30).status_code == 200
+        assert requests.get(f"{server.url}/metrics", timeout=30).status_code == 401
+        metrics = requests.get(f"{server.url}/metrics", timeout=30, auth=server.admin_auth())
+        # (each worker counts its own calls: this one may not have served the call above)
+        assert metrics.status_code == 200 and "mlflow_share_gateway_requests" in metrics.text
+        for path in ("/health", "/version"):
+            assert requests.get(f"{server.url}{path}", timeout=30).status_code == 200, path
 
 
 def test_an_unknown_token_is_refused_before_its_body_is_read(gateway: str) -> None:
