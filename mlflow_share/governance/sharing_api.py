@@ -85,11 +85,13 @@ def _model(policy: PolicyEngine, name: str, action: str, version: int | None = N
 
 
 def _package_for(services: SharingServices, package_id: str, action: str) -> dict[str, Any]:
+    """The package, for its authors (``write`` on the model: reading it too) and, once
+    published, for the teams it targets (reading only)."""
     package = packages.get(services.engine, package_id)
     if package["model"] is None:
         raise NotFound(f"The model of sharing package {package_id!r} no longer exists.")
     try:
-        _model(services.policy, package["model"], action)
+        _model(services.policy, package["model"], "write" if action == "read" else action)
     except PermissionDenied:
         principal = current_principal()
         targets = {t["team"] for t in package["teams"]}
@@ -106,6 +108,11 @@ def _may(authorizer: Authorizer, model_id: str, action: str) -> bool:
 def _readable_models(services: SharingServices) -> list[str]:
     return [model_id for model_id in services.policy.model_ids()
             if _may(services.authorizer, model_id, "read")]
+
+
+def _authored_models(services: SharingServices) -> list[str]:
+    return [model_id for model_id in services.policy.model_ids()
+            if _may(services.authorizer, model_id, "write")]
 
 
 def _run_visible(authorizer: Authorizer, experiment_id: str | None) -> bool:
@@ -135,12 +142,16 @@ def create_package(services: SharingServices) -> Response:
 def list_packages(services: SharingServices) -> Response:
     principal = current_principal()
     name, status = request.args.get("model"), request.args.get("status")
+    # Every package of the models the caller writes (it authors them); of the others, only
+    # the published ones shared with the caller's teams, never another team's draft.
     if name:
-        ids: list[str] | None = [_model(services.policy, name, "read")]
+        model_id = _model(services.policy, name, "read")
+        ids: list[str] | None = [model_id] if _may(services.authorizer, model_id,
+                                                   "write") else []
     elif principal.is_admin:
         ids = None
     else:
-        ids = _readable_models(services)
+        ids = _authored_models(services)
     found = packages.list_packages(services.engine, model_ids=ids, teams=list(principal.teams),
                                    status=status)
     if name:

@@ -599,3 +599,39 @@ def test_effective_access_is_one_answer_with_its_routes(share_server: ShareServe
         "model": name, "user": "carl", "action": "read"}).status_code == 403
     assert share_server.api("GET", f"{SHARE}/access/explain", token=bea, params={
         "model": name, "user": "bea", "action": "read"}).status_code == 200
+
+
+def test_consuming_teams_see_only_packages_published_to_them(share_server: ShareServer,
+                                                            unique: str) -> None:
+    """A draft (or rejected) package is its authors' (write on the model); a reader of the
+    model, or the team it targets, sees it only once it is published to them."""
+    name = f"drafts-{unique}"
+    version = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    alice = share_server.tokens["alice"]
+    assert share_server.api("POST", f"{SHARE}/grants", token=alice, json={
+        "model": name, "team": "team-c", "permission": "read"}).ok
+    draft = _create(share_server, name, version)  # to team-b, not published
+    rejected = share_server.api("POST", f"{SHARE}/packages", token=alice, json={
+        "model": name, "versions": [version], "teams": [{"team": "team-c",
+                                                         "permission": "read"}],
+        "description": "a model", "semver": "not-a-semver"})
+
+    def listed(user: str, **params: str) -> set[str]:
+        found = share_server.api("GET", f"{SHARE}/packages", token=share_server.tokens[user],
+                                 params=params)
+        assert found.status_code == 200, found.text
+        return {p["id"] for p in found.json()["packages"]}
+
+    assert draft["id"] not in listed("carl", model=name)  # a reader of the model
+    for user in ("bob", "bea", "carl"):
+        assert draft["id"] not in listed(user), user
+        shown = share_server.api("GET", f"{SHARE}/packages/{draft['id']}",
+                                 token=share_server.tokens[user])
+        assert shown.status_code in (403, 404), (user, shown.status_code)
+    if rejected.ok:
+        assert rejected.json()["package"]["id"] not in listed("carl")
+    assert draft["id"] in listed("aaron") and draft["id"] in listed("alice", model=name)
+    assert share_server.api("POST", f"{SHARE}/packages/{draft['id']}/publish", token=alice).ok
+    assert draft["id"] in listed("bea") and draft["id"] not in listed("carl")
+    assert share_server.api("GET", f"{SHARE}/packages/{draft['id']}",
+                            token=share_server.tokens["bea"]).ok
