@@ -27,25 +27,31 @@ if [ "$status" -eq 5 ]; then
 fi
 [ "$status" -eq 0 ] || exit "$status"
 
-# Compatibility: the oldest MLflow that pyproject.toml allows, in its own virtualenv, with
-# the coverage guards and the enforcement, field, audit and integrity tests. Skipped when
-# arguments narrow the run (a developer's `scripts/test.sh -k something`).
-if [ "$#" -eq 0 ]; then
-  OLDEST="3.16.*"
-  python3 -m venv .venv-oldest
-  .venv-oldest/bin/python -m pip install --quiet --upgrade pip
-  .venv-oldest/bin/python -m pip install --quiet "mlflow==$OLDEST" "mlflow-skinny==$OLDEST" \
+# Compatibility, for every older MLflow minor that pyproject.toml allows (the suite above ran
+# on the newest), each in its own virtualenv: the oldest with the coverage guards and the
+# enforcement, field, audit and integrity tests; the ones between with the coverage guards
+# (tests/unit). Skipped when arguments narrow the run (a developer's `scripts/test.sh -k x`).
+compat() {  # compat VENV VERSION TESTS...
+  local venv="$1" version="$2"
+  shift 2
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet "mlflow==$version" "mlflow-skinny==$version" \
     -e ".[test]" -e plugins/mlflow-share-client
   set +e
-  .venv-oldest/bin/python -m pytest -p no:cacheprovider -n auto --dist loadfile \
-    tests/unit tests/integration/test_app.py tests/integration/test_enforcement.py \
-    tests/integration/test_fields.py tests/integration/test_integrity.py \
-    tests/integration/test_audit.py
+  "$venv/bin/python" -m pytest -p no:cacheprovider -n auto --dist loadfile "$@"
   status=$?
   set -e
   if [ "$status" -eq 5 ]; then
-    echo "pytest collected no tests on the oldest MLflow: failing" >&2
+    echo "pytest collected no tests on MLflow $version: failing" >&2
     exit 1
   fi
+  [ "$status" -eq 0 ] || exit "$status"
+}
+if [ "$#" -eq 0 ]; then
+  compat .venv-oldest "3.16.*" tests/unit tests/integration/test_app.py \
+    tests/integration/test_enforcement.py tests/integration/test_fields.py \
+    tests/integration/test_integrity.py tests/integration/test_audit.py
+  compat .venv-3.17 "3.17.*" tests/unit
 fi
 exit "$status"

@@ -38,6 +38,8 @@ class Check(enum.Enum):
     TAG_KEY = "a tag key set or deleted by itself (reserved keys)"
     TRACE_TAG_KEY = "a trace tag key set or deleted by itself"
     NEW_ASSESSMENT_ID = "an assessment ID the client chooses for a new assessment"
+    PRESIGNED = ("a presigned storage URL instead of the bytes (MLflow 3.18+), which would "
+                 "skip the digest check of every download")
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,8 @@ ROUTE_FIELDS: Mapping[str, Mapping[str, Field]] = {
     "flask:serve_artifacts": {"run_id": PRIMARY, "run_uuid": PRIMARY,
                               "path": _MLFLOW_VALIDATES_PATH},
     "flask:serve_model_version_artifact": {"name": PRIMARY, "version": PRIMARY,
-                                           "path": _MLFLOW_VALIDATES_PATH},
+                                           "path": _MLFLOW_VALIDATES_PATH,
+                                           "presigned": _check(Check.PRESIGNED)},
     "flask:serve_get_metric_history_bulk": {"run_id": PRIMARY, "metric_key": _METRIC_KEY,
                                             "max_results": harmless("a page size")},
     "flask:serve_get_metric_history_bulk_interval": {
@@ -274,10 +277,14 @@ ROUTE_FIELDS: Mapping[str, Mapping[str, Field]] = {
             "prompt_template", "prompt_parameters", "model_parameters", "model_input",
             "model_output", "model_output_parameters", "mlflow_version", "start_time")},
     },
-    "flask:serve_upload_artifact": {"run_uuid": PRIMARY, "path": _MLFLOW_VALIDATES_PATH},
+    # MLflow 3.18 reads run_id first, older versions run_uuid only: the first present is
+    # the route's run, and each one given must be writable (whichever the version reads).
+    "flask:serve_upload_artifact": {"run_id": PRIMARY, "run_uuid": _check(Check.RUN, "write"),
+                                    "path": _MLFLOW_VALIDATES_PATH},
     "flask:serve_get_trace_artifact": {"request_id": PRIMARY, "path": _MLFLOW_VALIDATES_PATH},
     "flask:serve_get_logged_model_artifact": {"model_id": PRIMARY,
-                                              "artifact_file_path": _MLFLOW_VALIDATES_PATH},
+                                              "artifact_file_path": _MLFLOW_VALIDATES_PATH,
+                                              "presigned": _check(Check.PRESIGNED)},
     "flask:serve_post_ui_telemetry": {"records": harmless("UI usage events; no entity")},
     "native:download_artifact": {"artifact_path": PRIMARY},
     "native:upload_artifact": {"artifact_path": PRIMARY},

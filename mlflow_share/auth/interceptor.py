@@ -658,6 +658,14 @@ class Interceptor:
                           params: _Params) -> None:
         self._check_experiment(principal, _text(value), action)
 
+    def _field_presigned(self, principal: Principal, value: Any, action: str,
+                         params: _Params) -> None:
+        """A presigned URL hands out the storage's bytes unchecked: org admins only (as
+        MLflow's presigned-URL endpoints are here)."""
+        if str(value).lower() == "true" and not principal.is_admin:
+            raise PermissionDenied("Presigned downloads skip mlflow-share's digest check: "
+                                   "download the files through the server.")
+
     def _field_run(self, principal: Principal, value: Any, action: str, params: _Params) -> None:
         run_id = _text(value)
         self._check_run(principal, run_id, action)
@@ -814,6 +822,7 @@ Interceptor.FIELD_CHECKS = {
     Check.TAG_KEY: Interceptor._field_tag_key,
     Check.TRACE_TAG_KEY: Interceptor._field_trace_tag_key,
     Check.NEW_ASSESSMENT_ID: Interceptor._field_new_assessment_id,
+    Check.PRESIGNED: Interceptor._field_presigned,
 }
 if set(Interceptor.FIELD_CHECKS) | {Check.PRIMARY} != set(Check):  # pragma: no cover
     raise ImportError("Interceptor.FIELD_CHECKS must bind every fields.Check")

@@ -219,7 +219,7 @@ FLASK_RULES: Mapping[str, Rule] = {
     "serve_search_datasets": _EXPERIMENTS_READ,
     "serve_create_promptlab_run": _r(Resolver.EXPERIMENT, "write", "experiment_id",
                                      mlflow_refuses_missing=True),
-    "serve_upload_artifact": _r(Resolver.RUN, "write", "run_uuid", source="query",
+    "serve_upload_artifact": _r(Resolver.RUN, "write", "run_id", "run_uuid", source="query",
                                 mlflow_refuses_missing=True),
     "serve_get_trace_artifact": _r(Resolver.TRACE, "read", "request_id", source="query"),
     "serve_get_logged_model_artifact": _LOGGED_MODEL_READ,
@@ -280,13 +280,16 @@ ADMIN_ONLY_REST = frozenset({
     "fn:_cancel_job", "fn:_delete_demo", "fn:_generate_demo", "fn:_get_provider_config",
     "fn:_get_secrets_config", "fn:_invoke_genai_evaluate_handler",
     "fn:_invoke_issue_detection_handler", "fn:_invoke_scorer_handler",
+    "fn:_sync_issue_detection_schedule_state_handler",
     "fn:_list_supported_models", "fn:_list_supported_providers",
 })
 ADMIN_ONLY_REST_PREFIX_GATEWAY = re.compile(r"^mlflow\.\w*(Gateway|Guardrail)\w*$")
 ADMIN_ONLY_FLASK = frozenset({"serve_gateway_proxy"})
 ADMIN_ONLY_NATIVE_PREFIXES = ("/gateway/", "/v1/traces", "/ajax-api/3.0/jobs",
                               "/ajax-api/3.0/mlflow/assistant/", "/ajax-api/3.0/mlflow/mcp-servers",
-                              "/api/3.0/mlflow/mcp-servers")
+                              "/api/3.0/mlflow/mcp-servers",
+                              # MLflow 3.18 skills: not attached to a team by mlflow-share
+                              "/ajax-api/3.0/mlflow/skills", "/api/3.0/mlflow/skills")
 # fmt: on
 
 

@@ -312,4 +312,42 @@ def test_hand_written_routes_refuse_missing_fields_in_mlflows_words(share_server
     assert _error(promptlab, 400) == "CreatePromptlabRun request must specify experiment_id."
     upload = _call(share_server, "bea", "POST", "/ajax-api/2.0/mlflow/upload-artifact",
                    params={"path": "f.txt"}, data=b"x")
-    assert _error(upload, 400) == "Request must specify run_uuid."
+    assert _error(upload, 400) in (
+        "Request must specify run_uuid.",  # MLflow 3.16 and 3.17
+        "Request must specify run_id or run_uuid.")  # MLflow 3.18
+
+
+def test_every_run_an_upload_names_is_decided_whichever_mlflow_reads(share_server, unique) -> None:  # type: ignore[no-untyped-def]
+    """MLflow 3.18's ajax upload reads run_id before run_uuid, older versions run_uuid only:
+    each run a request names must be writable, so no version writes into another team's run."""
+    def run_of(user: str) -> str:
+        experiment = _ok(_call(share_server, user, "POST", f"{API}/experiments/create",
+                               json={"name": f"upload-{user}-{unique}"}))["experiment_id"]
+        return str(_ok(_call(share_server, user, "POST", f"{API}/runs/create",
+                             json={"experiment_id": experiment}))["run"]["info"]["run_id"])
+
+    theirs, mine = run_of("alice"), run_of("bea")
+    upload = "/ajax-api/2.0/mlflow/upload-artifact"
+    for params in ({"run_id": theirs, "run_uuid": mine}, {"run_id": mine, "run_uuid": theirs},
+                   {"run_id": theirs}, {"run_uuid": theirs}):
+        refused = _call(share_server, "bea", "POST", upload, data=b"x",
+                        params={**params, "path": "f.txt"})
+        _error(refused, 403, "PERMISSION_DENIED")
+    assert _call(share_server, "bea", "POST", upload, data=b"x",
+                 params={"run_uuid": mine, "path": "f.txt"}).status_code == 200
+
+
+def test_presigned_downloads_are_for_org_admins_only(share_server, unique) -> None:  # type: ignore[no-untyped-def]
+    """MLflow 3.18 answers ?presigned=true with a storage URL instead of the bytes: that would
+    skip the digest check, so only org admins may ask (as for MLflow's presigned-URL API)."""
+    name = f"presigned-{unique}"
+    _ok(_call(share_server, "alice", "POST", f"{API}/registered-models/create",
+              json={"name": name}))
+    refused = _call(share_server, "alice", "GET", "/model-versions/get-artifact",
+                    params={"name": name, "version": "1", "path": "MLmodel",
+                            "presigned": "true"})
+    assert "digest check" in _error(refused, 403, "PERMISSION_DENIED")
+    logged = _call(share_server, "alice", "GET",
+                   "/ajax-api/2.0/mlflow/logged-models/m-nope/artifacts/files",
+                   params={"artifact_file_path": "MLmodel", "presigned": "true"})
+    assert logged.status_code in (403, 404)  # refused, or no such model: never a URL
