@@ -24,6 +24,7 @@ It exits with status 0 when every step behaved as expected, 1 otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -187,8 +188,8 @@ def expect_error(code: str, what: str, call: Callable[[], Any]) -> None:
 def setup_org(admin_password: str) -> dict[str, str]:
     step("a. admin creates the teams, the users and their API tokens")
     act_as(username="admin", password=admin_password)
-    me = cli("whoami")
-    check(me.startswith("admin admin=True"), f"whoami as admin answered {me!r}")
+    me = json.loads(cli("whoami", "--json"))[0]
+    check(me["user"] == "admin" and me["is_admin"], f"whoami as admin answered {me!r}")
     cli("team", "create", "fraud")
     cli("team", "create", "payments")
     tokens = {}

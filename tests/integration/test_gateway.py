@@ -318,7 +318,11 @@ def test_bad_input_oversized_bodies_and_floods(share_server: ShareServer,
     # Stopped: the gateway wrote its usage and audited the load and the counts.
     usage = share_server.api("GET", f"{SHARE}/usage", token=world.token,
                              params={"model": world.name}).json()["usage"]
-    assert sum(row["requests"] for row in usage if row["team"] == "team-a") >= 60
+    # A version's usage counts the calls that reached it; the 429s are in the metrics and
+    # the audit log, not a version's usage.
+    assert sum(row["requests"] for row in usage if row["team"] == "team-a") >= \
+        statuses.count(200)
+    assert all(row["version"] != "-" for row in usage)
     assert all(row["p50_ms"] is None or 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
                for row in usage)
     denied = share_server.api("GET", f"{SHARE}/usage", token=share_server.tokens["carl"],
