@@ -115,6 +115,8 @@ class Directory:
             if row is not None and (row.password_hash or row.is_service_account):
                 raise PermissionDenied(f"{name!r} is a local account: it cannot log in "
                                        "through the identity provider.")
+            if row is not None and row.disabled_at is not None:
+                raise PermissionDenied(f"{name!r} is disabled: an org admin enables it again.")
             if row is not None and row.sso_subject not in (None, subject):
                 raise PermissionDenied(f"{name!r} belongs to another identity at the identity "
                                        "provider.")
@@ -204,6 +206,7 @@ class Directory:
             self._require(conn, db.users, name, "User")
             if disabled:
                 self._keep_an_admin(conn, name)
+                self._keep_maintainers_of(conn, name)
             conn.execute(db.users.update().where(db.users.c.name == name)
                          .values(disabled_at=db.now_ms() if disabled else None))
             conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == name))
@@ -217,17 +220,21 @@ class Directory:
         with self._write({"op": "delete_user", "name": name}) as conn:
             self._require(conn, db.users, name, "User")
             self._keep_an_admin(conn, name)
-            led: list[str] = list(conn.execute(sa.select(db.casbin_rules.c.v2).where(
-                db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == name,
-                db.casbin_rules.c.v1 == "maintainer")).scalars().all())
-            for team in led:
-                self._keep_a_maintainer(conn, team, name)
+            self._keep_maintainers_of(conn, name)
             conn.execute(db.casbin_rules.delete().where(
                 db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == name))
             conn.execute(db.tokens.delete().where(db.tokens.c.user_name == name))
             conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == name))
             conn.execute(db.users.delete().where(db.users.c.name == name))
             db.bump(conn, db.POLICY_VERSION)
+
+    @classmethod
+    def _keep_maintainers_of(cls, conn: sa.Connection, leaving: str) -> None:
+        led: list[str] = list(conn.execute(sa.select(db.casbin_rules.c.v2).where(
+            db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == leaving,
+            db.casbin_rules.c.v1 == "maintainer")).scalars().all())
+        for team in led:
+            cls._keep_a_maintainer(conn, team, leaving)
 
     @staticmethod
     def _keep_an_admin(conn: sa.Connection, leaving: str) -> None:

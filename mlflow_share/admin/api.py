@@ -264,6 +264,11 @@ def effective(services: AdminServices) -> Response:
     owner = services.policy.owner_of(kind, resource_id)
     Authorizer(services.policy).check(principal, kind, resource_id, owner, "read", label)
     found = access.effective_access(services.policy, kind, resource_id, _version_arg())
+    if not Authorizer(services.policy).may(principal, kind, resource_id, "manage"):
+        # A consuming team sees the owner and its own routes, not the other consumers.
+        found.routes = [r for r in found.routes
+                        if r.via == "owner" or r.team in principal.teams]
+        found.admins = []
     return jsonify({**found.to_dict(), "name": request.args.get("model")})
 
 
@@ -280,8 +285,9 @@ def explain_access(services: AdminServices) -> Response:
     kind, resource_id, label = _resource_of(services.policy, args)
     if user != principal.name:
         _require_manage(services.policy, principal, kind, resource_id, label)
+    readable = Authorizer(services.policy).may(principal, kind, resource_id, "read")
     return jsonify(access.explain(services.policy, user, kind, resource_id, action,
-                                  _version_arg()))
+                                  _version_arg(), name_teams=readable))
 
 
 def export_policy(services: AdminServices) -> Response:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
@@ -63,6 +63,7 @@ from mlflow_share.web.sessions import (
     SESSION_COOKIE,
     SessionStore,
     csrf_matches,
+    from_this_origin,
     read_cookie,
 )
 
@@ -140,20 +141,8 @@ def _to_login(request: IncomingRequest) -> Decision:
 
 
 def _same_origin_only(request: IncomingRequest) -> None:
-    """The session cookie opens nothing to another origin's scripts.
-
-    MLflow's CORS settings let pages on other localhost ports (and configured origins) read
-    credentialed answers; a session cookie travels to them (same site). So a request that
-    is not a top-level navigation must come from this origin: ``Sec-Fetch-Site`` says so,
-    and where a browser does not send it, ``Origin`` must be this server's.
-    """
-    headers = request.headers
-    if request.method in ("GET", "HEAD") and headers.get("sec-fetch-mode") == "navigate":
-        return  # a page load: nothing another origin could read
-    site, origin = headers.get("sec-fetch-site"), headers.get("origin")
-    if site is not None and site not in ("same-origin", "none"):
-        raise PermissionDenied("A browser session is only for this server's own pages.")
-    if origin is not None and urlsplit(origin).netloc != headers.get("host", ""):
+    """The session cookie opens nothing to another origin's scripts (``from_this_origin``)."""
+    if not from_this_origin(request.method, request.headers):
         raise PermissionDenied("A browser session is only for this server's own pages.")
 
 

@@ -85,7 +85,7 @@ def keep_protected_targets(store: Any, proceed: Proceed, arguments: Mapping[str,
             if aliases.is_protected(conn, model_id, str(alias)):
                 raise Conflict(f"Version {version} of {name!r} is the target of protected "
                                f"alias {alias!r}: move the alias before deleting it.")
-    return proceed()
+        return proceed()  # in the same transaction: no move onto it slips in between
 
 
 def install() -> None:

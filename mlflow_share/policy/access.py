@@ -98,9 +98,10 @@ def effective_access(policy: PolicyEngine, kind: str, resource_id: str,
 
 
 def explain(policy: PolicyEngine, user: str, kind: str, resource_id: str, action: str,
-            version: int | None = None) -> dict[str, Any]:
+            version: int | None = None, *, name_teams: bool = True) -> dict[str, Any]:
     """Whether ``user`` may ``action`` on the resource (``version``: its bytes), through
-    which route, and why not through each of the others."""
+    which route, and why not through each of the others. ``name_teams``: whether the asker
+    may learn which teams reach the resource (a reader of it may)."""
     if action not in PERMISSIONS:
         raise ValueError(action)
     if not policy.has_user(user):
@@ -132,9 +133,9 @@ def explain(policy: PolicyEngine, user: str, kind: str, resource_id: str, action
             via = via or _route_dict(route)
             reasons.append(f"{member}; {_describe(route)} lets its {role}s {action}.")
     if not principal.is_admin and not any(r.team in principal.teams for r in access.routes):
-        teams = ", ".join(sorted(principal.teams)) or "no team"
         reaching = ", ".join(sorted({r.team for r in access.routes})) or "none"
-        reasons.append(f"{user} is in {teams}; the teams with access are: {reaching}.")
+        reasons.append(f"{user} is in none of the teams with access"
+                       + (f" ({reaching})." if name_teams else "."))
     # The decision point decides; the routes above only say why.
     return {"user": user, "action": action, "version": version, "allowed": allowed,
             "via": via if allowed else None, "reasons": reasons}

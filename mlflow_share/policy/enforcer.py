@@ -213,6 +213,10 @@ class PolicyEngine:
         for kind, resource_id, team, permission in grant_rows:
             grants.setdefault((str(kind), str(resource_id)), {}).setdefault(
                 str(team), set()).add(str(permission))
+        # A disabled (or deleted) user keeps no team and no admin role for anything that asks
+        # on their behalf later (a webhook subscription's read check, say).
+        memberships = {user: teams for user, teams in memberships.items() if user in users}
+        admins = {user for user in admins if user in users}
         return _Snapshot(
             version=version,
             enforcer=enforcer,

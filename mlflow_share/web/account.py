@@ -26,13 +26,19 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from mlflow_share.audit.log import note_principal
+from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal
 from mlflow_share.auth.identity import Principal, parse_authorization
 from mlflow_share.directory import Directory
 from mlflow_share.errors import InvalidInput, PermissionDenied, Unauthenticated
 from mlflow_share.http import bind_routes, current_principal, json_body, json_errors, string_field
 from mlflow_share.policy.enforcer import PolicyEngine
-from mlflow_share.web.sessions import SESSION_COOKIE, SessionStore, cookie_header, read_cookie
+from mlflow_share.web.sessions import (
+    SESSION_COOKIE,
+    SessionStore,
+    cookie_header,
+    from_this_origin,
+    read_cookie,
+)
 
 LOGGED_OUT_PREFIX = "mlflow-logged-out-"  # the made-up user of MLflow UI's Logout
 
@@ -53,12 +59,17 @@ def _caller(services: AccountServices) -> Principal:
     """The caller by its credentials, else its browser session; 401 without either."""
     import time
 
+    services.policy.refresh()  # a user disabled or a token revoked a moment ago is out
     credentials = parse_authorization(request.headers.get("Authorization"))
     if credentials is not None:
         principal = services.policy.authenticate(credentials, int(time.time() * 1000))
         if principal is None:
+            audit = AUDIT_CONTEXT.get()
+            if audit is not None and credentials.username:
+                audit.extra["claimed"] = credentials.username[:128]
             raise Unauthenticated("Invalid credentials.")
         return principal
+    _this_origin_only()
     session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
     session = services.sessions.get(session_id) if session_id else None
     if session is None or not services.policy.has_user(session.user):
@@ -77,8 +88,15 @@ def current_user(services: AccountServices) -> Response:
                     "is_basic_auth": True})
 
 
+def _this_origin_only() -> None:
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    if not from_this_origin(request.method, headers):
+        raise PermissionDenied("A browser session is only for this server's own pages.")
+
+
 def _log_out(services: AccountServices) -> Response:
     """MLflow UI's Logout: end the browser session, if there is one, and forget its cookie."""
+    _this_origin_only()
     session_id = read_cookie(request.headers.get("Cookie"), SESSION_COOKIE)
     session = services.sessions.get(session_id) if session_id else None
     if session_id and session is not None:

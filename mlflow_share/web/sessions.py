@@ -17,7 +17,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -133,3 +135,21 @@ class SessionStore:
                 or not hmac.compare_digest(row.binding_hash, _digest(binding)):
             return None
         return row.nonce, row.verifier, row.next_path
+
+
+def from_this_origin(method: str, headers: Mapping[str, str]) -> bool:
+    """Whether a cookie-carrying request may use the session: a page load, or a request of
+    this server's own pages.
+
+    MLflow's CORS settings let pages on other localhost ports (and configured origins) read
+    credentialed answers; a session cookie travels to them (same site). So a request that
+    is not a top-level navigation must come from this origin: ``Sec-Fetch-Site`` says so,
+    and where a browser does not send it, ``Origin`` must be this server's. ``headers``
+    keys are lower case.
+    """
+    if method in ("GET", "HEAD") and headers.get("sec-fetch-mode") == "navigate":
+        return True  # a page load: nothing another origin could read
+    site, origin = headers.get("sec-fetch-site"), headers.get("origin")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    return origin is None or urlsplit(origin).netloc == headers.get("host", "")

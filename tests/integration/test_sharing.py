@@ -545,7 +545,7 @@ def test_effective_access_is_one_answer_with_its_routes(share_server: ShareServe
     assert share_server.api("POST", f"{SHARE}/grants", token=alice, json={
         "model": name, "team": "team-c", "permission": "read"}).ok
 
-    found = share_server.api("GET", f"{SHARE}/access", token=share_server.tokens["carl"],
+    found = share_server.api("GET", f"{SHARE}/access", token=alice,
                              params={"model": name}).json()
     routes = {(t["team"], t["via"]): t for t in found["teams"]}
     assert set(routes) == {("team-a", "owner"), ("team-b", "package"), ("team-c", "grant")}
@@ -554,6 +554,12 @@ def test_effective_access_is_one_answer_with_its_routes(share_server: ShareServe
     assert routes[("team-b", "package")]["actions"] == ["execute"]
     assert routes[("team-c", "grant")]["actions"] == ["read"]
     assert "admin" in found["admins"]
+    # A consuming team sees the owner and its own route, not the other consumers.
+    carl_view = share_server.api("GET", f"{SHARE}/access", token=share_server.tokens["carl"],
+                                 params={"model": name}).json()
+    assert {(t["team"], t["via"]) for t in carl_view["teams"]} == {
+        ("team-a", "owner"), ("team-c", "grant")}
+    assert carl_view["admins"] == []
     # For version 2 the package does not count.
     later = share_server.api("GET", f"{SHARE}/access", token=alice,
                              params={"model": name, "version": second}).json()
@@ -599,6 +605,11 @@ def test_effective_access_is_one_answer_with_its_routes(share_server: ShareServe
         "model": name, "user": "carl", "action": "read"}).status_code == 403
     assert share_server.api("GET", f"{SHARE}/access/explain", token=bea, params={
         "model": name, "user": "bea", "action": "read"}).status_code == 200
+    # Asking about a model one may not read names no team that reaches it.
+    outsider = share_server.api("GET", f"{SHARE}/access/explain",
+                                token=share_server.tokens["nobody"],
+                                params={"model": name, "user": "nobody"}).json()
+    assert not outsider["allowed"] and "team-a" not in " ".join(outsider["reasons"])
 
 
 def test_consuming_teams_see_only_packages_published_to_them(share_server: ShareServer,

@@ -141,3 +141,24 @@ def test_authentication(world) -> None:  # type: ignore[no-untyped-def]
     directory.revoke_token(issued.token_id)
     policy.refresh()
     assert policy.authenticate(Credentials("bearer", secret=issued.token), 0) is None
+
+
+def test_a_disabled_user_is_no_user_for_anything(world) -> None:  # type: ignore[no-untyped-def]
+    """Password, tokens, teams and the admin role stop together (so does anything asked on
+    the user's behalf later, such as a webhook subscription's read check); enabled again,
+    all come back; the last maintainer of a team is not disabled."""
+    directory, policy = world
+    issued = directory.create_token("en")
+    directory.create_user("root2", PASSWORD, admin=True)
+    for user in ("en", "root2"):
+        directory.set_disabled(user, True, by="root")
+    policy.refresh()
+    assert policy.authenticate(Credentials("basic", "en", PASSWORD), 0) is None
+    assert policy.authenticate(Credentials("bearer", secret=issued.token), 0) is None
+    assert policy.principal("en").teams == {} and not policy.principal("root2").is_admin
+    directory.set_disabled("en", False, by="root")
+    policy.refresh()
+    assert policy.principal("en").teams == {"team-a": "engineer"}
+    assert policy.authenticate(Credentials("bearer", secret=issued.token), 0).name == "en"
+    with pytest.raises(Conflict, match="last maintainer"):
+        directory.set_disabled("ma", True, by="root")
