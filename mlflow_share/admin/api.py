@@ -147,20 +147,20 @@ def _user_named(data: dict[str, Any]) -> str:
     return name
 
 
-def disable_user(services: AdminServices) -> Response:
+def _set_disabled(services: AdminServices, disabled: bool) -> Response:
     principal = current_principal()
     require_admin(principal)
     name = _user_named(json_body())
-    services.directory.set_disabled(name, True, by=principal.name)
-    return jsonify({"user": {"name": name, "disabled": True}})
+    services.directory.set_disabled(name, disabled, by=principal.name)
+    return jsonify({"user": {"name": name, "disabled": disabled}})
+
+
+def disable_user(services: AdminServices) -> Response:
+    return _set_disabled(services, True)
 
 
 def enable_user(services: AdminServices) -> Response:
-    principal = current_principal()
-    require_admin(principal)
-    name = _user_named(json_body())
-    services.directory.set_disabled(name, False, by=principal.name)
-    return jsonify({"user": {"name": name, "disabled": False}})
+    return _set_disabled(services, False)
 
 
 def delete_user(services: AdminServices) -> Response:
