@@ -80,6 +80,58 @@ def enable_tcp_nodelay() -> None:
     base_events._set_nodelay = _set_nodelay  # type: ignore[attr-defined]
 
 
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in ``argv`` (the last one given)."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(name + "="):
+            found = arg[len(name) + 1:]
+    return found
+
+
+def preflight(argv: list[str], environ: Any) -> str | None:
+    """What is wrong with the settings of ``mlflow server --app-name mlflow-share ARGV``
+    (None when its workers can start): the same checks as ``mlflow-share server``'s."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        options = config.parse_options(environ)
+        uri = _option(argv, "--backend-store-uri") or environ.get("MLFLOW_BACKEND_STORE_URI")
+        if uri:
+            config.checked_backend_uri(uri)
+        if options.gateway:
+            config.checked_gateway_destination(
+                _option(argv, "--artifacts-destination")
+                or environ.get("MLFLOW_ARTIFACTS_DESTINATION") or "./mlartifacts")
+    except MlflowException as exc:
+        return exc.message
+    return None
+
+
+def _refuse_bad_settings_before_workers() -> None:
+    """``mlflow server --app-name mlflow-share`` imports this module once in its own process,
+    before it starts any worker (to see that ``create_app`` is a factory). There, settings the
+    workers would refuse are refused once, in one line and with exit status 1, instead of a
+    traceback in every worker and a crash loop. Workers (MLflow passes them the store in
+    ``_MLFLOW_SERVER_FILE_STORE``) and other importers are left alone."""
+    argv = sys.argv
+    if os.environ.get("_MLFLOW_SERVER_FILE_STORE") is not None or len(argv) < 2:
+        return
+    if os.path.basename(os.path.dirname(argv[0])) != "mlflow" and os.path.basename(argv[0]) != "mlflow":
+        return  # not the mlflow CLI (`mlflow ...` or `python -m mlflow ...`)
+    if "server" not in argv[1:] or "mlflow-share" not in argv:
+        return
+    problem = preflight(argv, os.environ)
+    if problem is not None:
+        print(f"mlflow-share: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
+_refuse_bad_settings_before_workers()
+
+
 def create_app(flask_app: Any = None) -> Any:
     """Build the mlflow-share server app around MLflow's own Flask app."""
     from mlflow.server import app as mlflow_flask_app

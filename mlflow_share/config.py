@@ -225,7 +225,8 @@ def checked_gateway_destination(destination: str) -> str:
         raise InvalidInput(
             "The gateway serves verified versions only: give a checksum+ artifact root "
             f"(for example --artifacts-destination checksum+file://{destination or '/srv/artifacts'}"
-            "), or run the server with --no-gateway.")
+            "), or turn the gateway off (`mlflow-share server --no-gateway`; unset "
+            f"{GATEWAY_ENV} for `mlflow server`).")
     return destination
 
 

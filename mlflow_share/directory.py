@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -48,14 +48,30 @@ class IssuedToken:
     expires_at: int | None
 
 
+POLICY_LOCK_KEY = 7219350002  # PostgreSQL advisory lock of policy writes (unique to mlflow-share)
+
+
+def lock_policy(conn: sa.Connection) -> None:
+    """Serialize the transactions that change who may do what. Their guards (a team keeps a
+    maintainer, the org keeps an admin) read rows other transactions may be deleting: two
+    maintainers leaving a team at once must not both see the other still there. SQLite's
+    writer lock already serializes them; PostgreSQL takes a transaction-level advisory lock."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({POLICY_LOCK_KEY})")
+
+
 class Directory:
     """Transactional writes (and a few reads) on mlflow-share's tables."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _write(self, change: dict[str, Any]) -> AbstractContextManager[sa.Connection]:
-        return audited_write(self.engine, change)
+    @contextmanager
+    def _write(self, change: dict[str, Any]) -> Iterator[sa.Connection]:
+        """One audited write transaction that holds the policy lock (``lock_policy``)."""
+        with audited_write(self.engine, change) as conn:
+            lock_policy(conn)
+            yield conn
 
     # -- users and teams -------------------------------------------------------------
     def create_user(

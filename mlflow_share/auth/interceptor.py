@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -57,6 +57,7 @@ from mlflow_share.mlflow_compat import private
 from mlflow_share.policy.enforcer import PolicyEngine, validate_identifier
 from mlflow_share.policy.routes import Match, Resolver, RouteTable, Rule
 from mlflow_share.request_state import SearchScope
+from mlflow_share.web import error_page
 from mlflow_share.web.sessions import (
     CSRF_HEADER,
     SAFE_METHODS,
@@ -132,6 +133,18 @@ def _error(exc: MlflowException, *, authenticate: bool = False) -> Decision:
 
 
 
+def _as_page(request: IncomingRequest, decision: Decision) -> Decision:
+    """A refusal a browser navigated into under ``/share/`` is shown as a page."""
+    if decision.allowed or decision.status < 400 \
+            or not error_page.wants_page(request.method, request.path, request.headers):
+        return decision
+    body = error_page.render(decision.status, error_page.message_of(decision.body))
+    headers = [(k, v) for k, v in decision.headers if k.lower() != "content-type"]
+    headers += [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store"),
+                ("Content-Security-Policy", error_page.CSP)]
+    return replace(decision, body=body, headers=headers)
+
+
 def _to_login(request: IncomingRequest) -> Decision:
     """A browser asking for a page without a session goes to the login page, and back."""
     target = request.raw_path + (f"?{urlencode(list(request.query.items(multi=True)))}"
@@ -169,6 +182,10 @@ class Interceptor:
     # -- entry point -----------------------------------------------------------------
     def match(self, request: IncomingRequest) -> Match | Decision:
         """Route the request; a ``Decision`` here is a refusal before any identity work."""
+        found = self._match(request)
+        return _as_page(request, found) if isinstance(found, Decision) else found
+
+    def _match(self, request: IncomingRequest) -> Match | Decision:
         if "//" in request.raw_path or "//" in request.path:
             if "/mlflow-artifacts/" in request.path:  # an absolute path after the route prefix
                 return _error(InvalidInput("Invalid artifact path."))
@@ -197,6 +214,9 @@ class Interceptor:
         return not (request.method == "GET" and request.query)
 
     def decide(self, request: IncomingRequest, match: Match) -> Decision:
+        return _as_page(request, self._decided(request, match))
+
+    def _decided(self, request: IncomingRequest, match: Match) -> Decision:
         try:
             return self._decide(request, match)
         except MlflowShareError as exc:

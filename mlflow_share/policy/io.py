@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import yaml
 
 from mlflow_share import db
-from mlflow_share.directory import EXPERIMENT, MODEL, Directory
+from mlflow_share.directory import EXPERIMENT, MODEL, Directory, lock_policy
 from mlflow_share.errors import InvalidInput, InvalidPolicy
 from mlflow_share.policy.enforcer import (
     ADMIN_ROLE,
@@ -160,20 +160,18 @@ def import_policy(directory: Directory, text: str, *, by: str, dry_run: bool = F
     """
     document = _parse(text)
     with directory.engine.begin() as conn:
+        lock_policy(conn)  # the guards below read what other policy writes change
         current = _current(conn)
-        resources = conn.execute(sa.select(db.resources.c.kind, db.resources.c.resource_id,
-                                           db.resources.c.name)).all()
-        model_ids = {str(name): str(rid) for kind, rid, name in resources if kind == MODEL}
+        resources = conn.execute(sa.select(
+            db.resources.c.kind, db.resources.c.resource_id, db.resources.c.name,
+            db.resources.c.owner_team)).all()
+        model_ids = {str(name): str(rid) for kind, rid, name, _ in resources if kind == MODEL}
         names = {rid: name for name, rid in model_ids.items()}
-        experiments = {str(rid) for kind, rid, _ in resources if kind == EXPERIMENT}
+        experiments = {str(rid) for kind, rid, _, _ in resources if kind == EXPERIMENT}
+        owners = {(str(kind), str(rid)): str(owner) for kind, rid, _, owner in resources}
         admins, teams, members, grants = _desired(document, model_ids, experiments,
                                                   {str(u) for u in current["users"]})
-        dropped = current["teams"] - teams
-        if dropped:
-            raise InvalidPolicy(
-                "The policy was not applied: teams cannot be deleted by an import "
-                f"({', '.join(sorted(dropped))} missing)."
-            )
+        _check_guards(current, teams, members, grants, owners, names)
         changes = _describe(current, admins, teams, members, grants, names)
         if dry_run or not changes:
             conn.rollback()
@@ -202,6 +200,26 @@ def import_policy(directory: Directory, text: str, *, by: str, dry_run: bool = F
                                                    granted_at=db.now_ms()))
         db.bump(conn, db.POLICY_VERSION)
     return changes
+
+
+def _maintained(members: set[Membership]) -> set[str]:
+    return {team for team, _, role in members if role == "maintainer"}
+
+
+def _check_guards(current: dict[str, Any], teams: set[str], members: set[Membership],
+                  grants: set[GrantKey], owners: dict[tuple[str, str], str],
+                  names: dict[str, str]) -> None:
+    """The rules every other way of changing the policy keeps, kept by an import too: a team
+    that has a maintainer keeps one, and no team is granted what it owns."""
+    errors = [f"Team {team!r} would have no maintainer: keep one (or make another member "
+              "maintainer)." for team in sorted(_maintained(current["members"]) & teams
+                                                - _maintained(members))]
+    for kind, rid, team, permission in sorted(grants):
+        if owners.get((kind, rid)) == team:
+            errors.append(f"Grant of {permission} to {team!r} on "
+                          f"{names.get(rid, rid)!r}: the team owns it.")
+    if errors:
+        raise InvalidPolicy("The policy was not applied:\n- " + "\n- ".join(errors))
 
 
 def _describe(current: dict[str, Any], admins: set[str], teams: set[str],

@@ -32,12 +32,14 @@ from flask import (
 )
 from mlflow.exceptions import MlflowException
 
-from mlflow_share.http import bind_routes, current_principal, json_errors
+from mlflow_share.http import bind_routes, current_principal
 from mlflow_share.audit.log import AUDIT_CONTEXT, note_principal
 from mlflow_share.auth.identity import Credentials
 from mlflow_share.directory import Directory
 from mlflow_share.errors import InvalidInput, PermissionDenied
 from mlflow_share.policy.enforcer import PolicyEngine
+from mlflow_share.web import error_page
+from mlflow_share.web.error_page import CSP
 from mlflow_share.web.oidc import OidcClient
 from mlflow_share.web.sessions import (
     LOGIN_MINUTES,
@@ -52,15 +54,14 @@ _logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 LOGIN_CSRF_COOKIE = "mlflow_share_login"
 PAGES = {"": "portal.html", "access": "access.html", "monitoring": "monitoring.html"}
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-       "frame-ancestors 'none'")
 # MLflow's UI keeps its own scripts; it may not be framed either.
 UI_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 TAB_TAGS = ('<link rel="stylesheet" href="/share/static/permissions-tab.css">'
+            '<link rel="stylesheet" href="/share/static/ui-nav.css">'
             '<script src="/share/static/share.js" defer></script>'
-            '<script src="/share/static/permissions-tab.js" defer></script>')
+            '<script src="/share/static/permissions-tab.js" defer></script>'
+            '<script src="/share/static/ui-nav.js" defer></script>')
 
 _LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Log in · mlflow-share</title>
@@ -294,9 +295,20 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+def _error(exc: MlflowException) -> Response:
+    """An error as a page for a browser navigating here, else in MLflow's JSON envelope."""
+    status = exc.get_http_status_code()
+    if error_page.wants_page(request.method, request.path,
+                             {k.lower(): v for k, v in request.headers.items()}):
+        return Response(error_page.render(status, exc.message), status=status,
+                        mimetype="text/html")
+    return Response(exc.serialize_as_json(), status=status, mimetype="application/json")
+
+
 def create_web_blueprint(policy: PolicyEngine, directory: Directory, sessions: SessionStore,
                          oidc: OidcClient | None) -> Blueprint:
-    blueprint = json_errors(Blueprint("mlflow_share_web", __name__, url_prefix="/share"))
+    blueprint = Blueprint("mlflow_share_web", __name__, url_prefix="/share")
+    blueprint.register_error_handler(MlflowException, _error)
     blueprint.after_request(_security_headers)
     services = WebServices(policy, directory, sessions, oidc)
     bind_routes(blueprint, ROUTES, services)

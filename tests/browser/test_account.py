@@ -61,3 +61,56 @@ def test_a_deep_link_survives_logging_in(web: ShareServer, new_page: Any) -> Non
     page.fill("input[name=password]", USER_PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(re.compile(r".*/#/models$"))
+
+
+def test_mlflow_ui_links_to_the_share_pages_and_back(web: ShareServer, new_page: Any) -> None:
+    page = new_page()
+    login_local(page, "aaron", next_path="/")
+    page.goto("/#/experiments")
+    sharing = page.locator("#mlflow-share-nav")
+    sharing.get_by_role("link", name="Access control").click()
+    page.wait_for_url(re.compile(r".*/share/access$"))
+    page.locator("aside.sidebar").get_by_role("link", name="Experiments").click()
+    page.wait_for_url(re.compile(r".*/#/experiments$"))
+    page.locator("#mlflow-share-nav").get_by_role("link", name="Model sharing").click()
+    page.wait_for_url(re.compile(r".*/share/$"))
+    assert page.locator("aside.sidebar a.active").inner_text() == "Model sharing"
+    assert page.locator("#me").inner_text() == "aaron"
+
+
+def test_admin_only_features_are_shown_to_admins_only(web: ShareServer, new_page: Any) -> None:
+    """The AI gateway, LLM connections, webhooks and the assistant answer only org admins
+    here: MLflow's UI does not offer them to anyone else."""
+    hidden = """(selector) => document.querySelectorAll(selector).length > 0 && [...document
+        .querySelectorAll(selector)].every((node) => !node.checkVisibility())"""
+    page = new_page()
+    login_local(page, "alice", next_path="/")
+    page.locator("#mlflow-share-nav").wait_for()
+    page.wait_for_function(hidden, arg='a[href^="#/gateway"], [data-assistant-ui]')
+    page.goto("/#/settings/general")
+    page.wait_for_function(
+        hidden, arg='a[href^="#/settings/webhooks"], a[href^="#/settings/llm-connections"]')
+    admin = new_page()
+    login_local(admin, *web.admin_auth(), next_path="/")
+    admin.locator("#mlflow-share-nav").wait_for()
+    admin.locator('aside a[href^="#/gateway"]').wait_for(state="visible")
+    admin.goto("/#/settings/general")
+    admin.locator('a[href^="#/settings/webhooks"]').wait_for(state="visible")
+
+
+def test_share_errors_are_pages_for_browsers(web: ShareServer, new_page: Any) -> None:
+    page = new_page()
+    login_local(page, "bea", next_path="/share/")
+    response = page.goto("/share/no-such-page")
+    assert response is not None and response.status == 404
+    assert page.locator("h1").inner_text() == "Page not found"
+    page.get_by_role("link", name="Model registry").click()
+    page.wait_for_url(re.compile(r".*/share/$"))
+    # Scripts and API clients keep MLflow's JSON envelope.
+    api = requests.get(web.url + "/share/no-such-page", timeout=30,
+                       headers={"Authorization": f"Bearer {web.tokens['bea']}"})
+    assert api.status_code == 404 and api.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+    # A refused SSO login (the provider's error) is a page too.
+    refused = page.goto("/share/oidc/callback?error=access_denied")
+    assert refused is not None and refused.status == 403
+    assert "access_denied" in page.locator("#error-message").inner_text()

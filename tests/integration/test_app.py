@@ -264,6 +264,22 @@ def test_policy_export_and_import_as_code(share_server, tmp_path: Path, unique) 
     refused = _cli(share_server, "policy", "import", str(tmp_path / "bad.yaml"), admin=True)
     assert refused.returncode == 1 and "no-such-model" in refused.stderr
     assert "team-c" not in requests.get(whoami, headers=ava, timeout=30).json()["teams"]
+    # An import keeps the rules every other change keeps: a team that has a maintainer keeps
+    # one, and no team is granted what it owns.
+    leaderless = yaml.safe_load(yaml.safe_dump(document))
+    team_b = next(t for t in leaderless["teams"] if t["name"] == "team-b")
+    team_b["members"] = [m for m in team_b["members"] if m["role"] != "maintainer"]
+    owned = f"owned-{unique}"
+    requests.post(share_server.url + "/api/2.0/mlflow/registered-models/create",
+                  json={"name": owned}, timeout=30,
+                  headers={"Authorization": f"Bearer {share_server.tokens['alice']}"}
+                  ).raise_for_status()  # owned by team-a
+    leaderless["grants"].append({"model": owned, "team": "team-a", "permission": "read"})
+    (tmp_path / "guards.yaml").write_text(yaml.safe_dump(leaderless))
+    guarded = _cli(share_server, "policy", "import", str(tmp_path / "guards.yaml"), admin=True)
+    assert guarded.returncode == 1 and "'team-b' would have no maintainer" in guarded.stderr
+    assert f"'team-a' on '{owned}': the team owns it" in guarded.stderr
+    assert "Traceback" not in guarded.stderr
 
     applied = _cli(share_server, "policy", "import", str(tmp_path / "p.yaml"), admin=True)
     assert applied.returncode == 0, applied.stderr

@@ -76,6 +76,25 @@ def test_a_plain_artifact_folder_with_the_gateway_is_refused_once(tmp_path: Path
     _one_clear_line(done, "checksum+file://", "--no-gateway")
 
 
+@pytest.mark.parametrize("env,words", [
+    ({"MLFLOW_SHARE_ADMIN_PASSWORD": "short"}, ("MLFLOW_SHARE_ADMIN_PASSWORD", "12 characters")),
+    ({"MLFLOW_SHARE_GATEWAY": "1"}, ("checksum+file://", "MLFLOW_SHARE_GATEWAY")),
+])
+def test_plain_mlflow_server_refuses_bad_settings_once(tmp_path: Path, env: dict[str, str],
+                                                       words: tuple[str, ...]) -> None:
+    """`mlflow server --app-name mlflow-share` itself (not only `mlflow-share server`): one
+    line before any worker starts, instead of a traceback per worker and a crash loop."""
+    done = _run("mlflow", "server", "--app-name", "mlflow-share", "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination",
+                str(tmp_path / "plain"), "--host", "127.0.0.1", "--port", str(_closed_port()),
+                "--workers", "2", env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr + done.stdout
+    ours = [line for line in done.stderr.splitlines() if line.startswith("mlflow-share: ")]
+    assert len(ours) == 1 and all(word in ours[0] for word in words), done.stderr
+    assert "Uvicorn running" not in done.stderr  # no worker was started
+
+
 def test_the_gateway_without_the_servers_database(tmp_path: Path) -> None:
     done = _run("mlflow-share", "gateway", "--home", str(tmp_path / "nothing-here"))
     _one_clear_line(done, "No mlflow-share database", "mlflow-share server")

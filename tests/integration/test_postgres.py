@@ -63,3 +63,28 @@ def test_postgres_roles_grants_and_filtered_search(pg_server: ShareServer) -> No
     assert len(mine["experiments"]) == 2 and mine["next_page_token"]
     assert pg_server.api("GET", f"{api}/registered-models/get", token=bob,
                          params={"name": "pg-a-0"}).status_code == 200
+
+
+def test_a_team_keeps_a_maintainer_when_its_maintainers_leave_at_once(
+        pg_server: ShareServer) -> None:
+    """Each removal checks that another maintainer remains; on PostgreSQL two workers running
+    them at once must not both see the other one still there (the policy writes are
+    serialized), so one removal is refused and the team keeps a maintainer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(4):
+        team = f"pair-{uuid.uuid4().hex[:8]}"
+        people = [f"{team}-m{i}" for i in range(3)]
+        pg_server.admin("POST", "/teams", json={"name": team})
+        for person in people:
+            pg_server.admin("POST", "/users", json={"name": person, "service_account": True})
+            pg_server.admin("POST", "/teams/members",
+                            json={"team": team, "user": person, "role": "maintainer"})
+        with ThreadPoolExecutor(len(people)) as pool:
+            answers = list(pool.map(lambda person: pg_server.api(
+                "DELETE", "/api/2.0/mlflow-share/teams/members", auth=pg_server.admin_auth(),
+                json={"team": team, "user": person}).status_code, people))
+        assert sorted(answers) == [200, 200, 409], (round_, answers)
+        teams = pg_server.admin("GET", "/teams").json()["teams"]
+        members = next(t for t in teams if t["name"] == team)["members"]
+        assert [m["role"] for m in members] == ["maintainer"]

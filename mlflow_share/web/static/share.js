@@ -66,17 +66,29 @@ const Share = (() => {
     window.location.assign("/share/login");
   }
 
+  // The side bar: MLflow's own sections (its UI is a hash-routed page at /) and the
+  // /share/ pages, in MLflow's order and look, so the two read as one product.
+  const MLFLOW_LINKS = [["/#/", "Home"], ["/#/experiments", "Experiments"], ["/#/models", "Models"]];
+  const SHARE_LINKS = [["", "Model sharing"], ["access", "Access control"], ["monitoring", "Monitoring"]];
+
   async function nav(active) {
     const who = await me();
-    const links = [["", "Model registry"], ["access", "Access control"],
-                   ["monitoring", "Monitoring"]];
-    const bar = el("nav", { class: "topbar" },
-      el("a", { class: "brand", href: "/" }, "MLflow"),
-      ...links.map(([path, label]) => el("a", {
-        href: `/share/${path}`, class: path === active ? "active" : undefined }, label)),
+    const link = (href, label, current) => el("li", {}, el("a", {
+      href, class: current ? "active" : undefined, "aria-current": current ? "page" : undefined }, label));
+    const bar = el("aside", { class: "sidebar" },
+      el("a", { class: "brand", href: "/", "aria-label": "MLflow home" }, "mlflow",
+         el("span", { class: "brand-share" }, "share")),
+      el("nav", { "aria-label": "MLflow" },
+        el("ul", {}, MLFLOW_LINKS.map(([href, label]) => link(href, label, false)))),
+      el("p", { class: "sidebar-heading", id: "sidebar-share" }, "Sharing"),
+      el("nav", { "aria-labelledby": "sidebar-share" },
+        el("ul", {}, SHARE_LINKS.map(([path, label]) => link(`/share/${path}`, label, path === active)))),
       el("span", { class: "spacer" }),
-      el("span", { class: "me", id: "me" }, who.user),
-      el("button", { type: "button", id: "logout", onclick: logout }, "Log out"));
+      el("div", { class: "account" },
+        el("span", { class: "avatar", "aria-hidden": "true" }, (who.user || "?").slice(0, 1).toUpperCase()),
+        el("span", { class: "me", id: "me", title: who.is_admin ? "org admin" : "" }, who.user),
+        el("button", { type: "button", id: "logout", onclick: logout }, "Log out")));
+    document.body.classList.add("app");
     document.body.prepend(bar);
     return who;
   }
