@@ -129,7 +129,11 @@ def _request_for(services: AliasServices, request_id: str, action: str
 def list_aliases(services: AliasServices) -> Response:
     name = request.args.get("model") or ""
     model_id = _allowed(services.policy, name, "read")
-    return jsonify({"model": name, "protected": aliases.protected(services.engine, model_id)})
+    found = aliases.protected(services.engine, model_id)
+    with services.engine.connect() as conn:  # where each points now (None: not set)
+        for entry in found:
+            entry["version"] = aliases.current_version(conn, name, entry["alias"])
+    return jsonify({"model": name, "protected": found})
 
 
 def protect(services: AliasServices) -> Response:

@@ -44,7 +44,9 @@ def _move(conn: sa.Connection, name: str, alias: str, version: int | None) -> di
         if asked.request_id is None:
             raise PermissionDenied(
                 f"Alias {alias!r} of {name!r} moves only with a second maintainer's approval: "
-                f"mlflow-share alias request {name} {alias} VERSION --reason TEXT.")
+                "request the move in the model's Permissions tab in MLflow's UI (Protected "
+                "aliases \u2192 Request move), or from a terminal with: mlflow-share alias "
+                f"request {name} {alias} VERSION --reason TEXT.")
         aliases.decide_in(conn, str(asked.request_id), model_id=model_id, alias=alias,
                           version=version, by=principal)
     before = aliases.record(conn, model_id=model_id, name=name, alias=alias,

@@ -2,8 +2,13 @@
 // 1. every same-origin state-changing fetch/XHR of the UI carries the session's CSRF token
 //    (X-CSRF-Token), without which the server refuses a cookie-authenticated change; MLflow's
 //    Logout request carries its made-up credentials at once (the server ends the session);
-// 2. a "Permissions" tab on a registered model's page: owner team, grants (maintainers of the
-//    owner team and org admins add and revoke them), sharing packages and protected aliases.
+// 2. a "Permissions" tab on a registered model's page: the owner team and everyone's effective
+//    access (owner, direct grants, published sharing packages; org admins), sharing packages
+//    and protected aliases. Maintainers of the owner team and org admins grant and revoke
+//    access, protect and unprotect aliases, move them (compare-and-set), roll them back, and
+//    request, approve and reject the moves that need a second maintainer. The server decides
+//    every change: the tab shows only the controls a user may use, and the server's refusal;
+// 3. a lock next to each protected alias in MLflow's own alias tags (model and version pages).
 // MLflow has no extension API: the tab is placed next to anchors found in the rendered page and
 // does nothing when they are missing. No data ever goes through innerHTML: text only.
 "use strict";
@@ -177,66 +182,131 @@
   // -- the panel ------------------------------------------------------------------------------
   let generation = 0;  // a newer render makes older answers obsolete
 
+  // Who manages the model's access and protected aliases: org admins, maintainers of the owner
+  // team and maintainers of a team with a direct manage grant. Only what the tab offers: the
+  // server decides every change, and the tab shows its refusal.
+  function managesModel(session, access) {
+    const teams = Object.assign(Object.create(null), session.teams || {});
+    const routes = Array.isArray(access.teams) ? access.teams : [];
+    return Boolean(session.is_admin) || teams[access.owner_team] === "maintainer" ||
+      routes.some((r) => r.via === "grant" && r.permission === "manage" && teams[r.team] === "maintainer");
+  }
+
+  // How a team reaches the model, as a reader names it.
+  function through(route) {
+    if (route.via === "owner") return "owner team";
+    if (route.via === "grant") return `direct grant (${route.permission})`;
+    if (route.via === "package") {
+      return [`sharing package `, el("code", { class: "mlflow-share-package-id" }, route.package_id || ""),
+              ` (${route.permission})`];
+    }
+    return route.via || "";
+  }
+
+  const label = (text, control) => el("label", {}, text, control);
+  const versionInput = () => el("input", { type: "number", name: "version", min: 1, step: 1, required: true,
+                                           inputmode: "numeric", class: "mlflow-share-version-input" });
+  const reasonInput = (required) => el("input", { name: "reason", maxlength: 1000, autocomplete: "off",
+                                                  required, class: "mlflow-share-reason-input",
+                                                  placeholder: required ? "why (required)" : "why (optional)" });
+  const shown = (version) => (version === null || version === undefined ? "(not set)" : String(version));
+
+  // An inline step in place of `host`'s content: a question, its fields, [confirm] [Cancel].
+  // Cancel puts the content back; confirming runs `action` (which shows its own errors).
+  function inlineStep(host, { question, fields = [], confirm, action }) {
+    const before = [...host.childNodes];
+    const submit = el("button", { type: "submit", class: "mlflow-share-primary mlflow-share-confirm" }, confirm);
+    const cancel = el("button", { type: "button", class: "mlflow-share-cancel", onclick: () => {
+      host.replaceChildren(...before);
+      const again = host.querySelector("button");
+      if (again) again.focus();
+    } }, "Cancel");
+    const form = el("form", { class: "mlflow-share-inline", "aria-label": question },
+      el("span", { class: "mlflow-share-question" }, question), ...fields, submit, cancel);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      submit.disabled = true;
+      cancel.disabled = true;
+      try {
+        await action();
+      } finally {
+        submit.disabled = false;
+        cancel.disabled = false;
+      }
+    });
+    host.replaceChildren(form);
+    (form.querySelector("input") || cancel).focus();
+  }
+
   function renderPanel(panel, name) {
     const mine = ++generation;
     const current = () => mine === generation && panel.isConnected && panel.dataset.model === name;
     const status = el("p", { class: "mlflow-share-status", role: "status", "aria-live": "polite" });
-    const grants = el("section", { class: "mlflow-share-section", "aria-labelledby": "mlflow-share-h-grants" },
+    const access = el("section", { class: "mlflow-share-section", id: "mlflow-share-access", "aria-labelledby": "mlflow-share-h-grants" },
       el("h3", { id: "mlflow-share-h-grants" }, "Access"), el("p", { class: "mlflow-share-muted" }, "Loading…"));
     const packages = el("section", { class: "mlflow-share-section", "aria-labelledby": "mlflow-share-h-packages" },
       el("h3", { id: "mlflow-share-h-packages" }, "Sharing packages"), el("p", { class: "mlflow-share-muted" }, "Loading…"));
-    const aliases = el("section", { class: "mlflow-share-section", "aria-labelledby": "mlflow-share-h-aliases" },
+    const aliases = el("section", { class: "mlflow-share-section", id: "mlflow-share-aliases", "aria-labelledby": "mlflow-share-h-aliases" },
       el("h3", { id: "mlflow-share-h-aliases" }, "Protected aliases"), el("p", { class: "mlflow-share-muted" }, "Loading…"));
-    panel.replaceChildren(status, grants, packages, aliases);
+    const aliasStatus = el("div", { class: "mlflow-share-status", id: "mlflow-share-alias-status", role: "status",
+                                    "aria-live": "polite" });
+    panel.replaceChildren(status, access, packages, aliases);
     const fill = (section, ...nodes) => { if (current()) section.replaceChildren(section.firstChild, ...nodes); };
     const q = `?model=${encodeURIComponent(name)}`;
 
-    const showGrants = async (note) => {
+    // -- access: every route to the model (GET access), direct grants revoked here ----------
+    // Resolves to {session, canManage}, or null when the page cannot act (an error, another user).
+    const showAccess = async (note) => {
       let session;
       let data;
       try {
-        [session, data] = await Promise.all([loadSession(), call("GET", `/grants${q}`)]);
+        [session, data] = await Promise.all([loadSession(), call("GET", `/access${q}`)]);
       } catch (error) {
-        fill(grants, errorNode(error));
-        return;
+        fill(access, errorNode(error));
+        return null;
       }
-      if (!current()) return;
+      if (!current()) return null;
       if (pageUser !== null && session.user !== pageUser) {
         // Another user logged in in this browser: this page never acts as them.
-        fill(grants, errorNode(new Error(
+        fill(access, errorNode(new Error(
           `This browser is now logged in as ${session.user}: reload the page.`)));
-        return;
+        return null;
       }
       status.textContent = note || "";
       const owner = data.owner_team;
       const teams = Object.assign(Object.create(null), session.teams || {});
-      const list = Array.isArray(data.grants) ? data.grants : [];
-      const canManage = Boolean(session.is_admin) || teams[owner] === "maintainer" ||
-        list.some((g) => g.permission === "manage" && teams[g.team] === "maintainer");
+      const routes = Array.isArray(data.teams) ? data.teams : [];
+      const canManage = managesModel(session, data);
       panel.dataset.canManage = String(canManage);
 
-      const revoke = (grant) => async (event) => {
-        const button = event.currentTarget;
-        button.disabled = true;
-        try {
-          await call("DELETE", "/grants", { model: name, team: grant.team, permission: grant.permission },
-                     session.csrf_token);
-          await showGrants(`Revoked ${grant.permission} from ${grant.team}.`);
-        } catch (error) {
-          if (current()) status.replaceChildren(errorNode(error));
-          button.disabled = false;
-        }
-      };
-      const rows = list.map((g) => el("tr", { class: "mlflow-share-grant", dataset: { team: g.team, permission: g.permission } },
-        el("td", { class: "mlflow-share-team" }, g.team),
-        el("td", { class: "mlflow-share-permission" }, g.permission),
-        el("td", { class: "mlflow-share-since" }, time(g.granted_at)),
-        el("td", { class: "mlflow-share-by" }, g.granted_by || ""),
-        canManage ? el("td", {}, el("button", {
-          type: "button", class: "mlflow-share-revoke", onclick: revoke(g),
-          "aria-label": `Revoke ${g.permission} from ${g.team}` }, "Revoke")) : null));
-      const headings = ["Team", "Permission", "Since", "Granted by"];
+      const revoke = (route) => (event) => inlineStep(event.currentTarget.parentElement, {
+        question: `Revoke ${route.permission} from ${route.team}?`,
+        confirm: "Confirm",
+        action: async () => {
+          try {
+            await call("DELETE", "/grants", { model: name, team: route.team, permission: route.permission },
+                       session.csrf_token);
+            await showAccess(`Revoked ${route.permission} from ${route.team}.`);
+          } catch (error) {
+            if (current()) status.replaceChildren(errorNode(error));
+          }
+        },
+      });
+      const rows = routes.map((r) => el("tr", {
+        class: "mlflow-share-route",
+        dataset: { team: r.team, via: r.via, permission: r.permission || "", package: r.package_id || "" } },
+        el("td", { class: "mlflow-share-team" }, r.team),
+        el("td", { class: "mlflow-share-through" }, through(r)),
+        el("td", { class: "mlflow-share-versions" }, Array.isArray(r.versions) ? r.versions.join(", ") : "all"),
+        el("td", { class: "mlflow-share-until" }, r.expires_at ? time(r.expires_at) : "no expiry"),
+        el("td", { class: "mlflow-share-may" }, (r.actions || []).join(", ")),
+        el("td", { class: "mlflow-share-by" }, r.granted_by || ""),
+        canManage ? el("td", { class: "mlflow-share-row-actions" }, r.via === "grant" ? el("button", {
+          type: "button", class: "mlflow-share-revoke", onclick: revoke(r),
+          "aria-label": `Revoke ${r.permission} from ${r.team}` }, "Revoke") : null) : null));
+      const headings = ["Team", "Through", "Versions", "Until", "May", "Granted by"];
       if (canManage) headings.push(el("span", { class: "mlflow-share-sr-only" }, "Actions"));
+      const admins = Array.isArray(data.admins) ? data.admins : [];
 
       const role = session.is_admin ? "org admin" : (teams[owner] ? `${teams[owner]} of ${owner}` : "");
       const nodes = [
@@ -246,14 +316,16 @@
           `${session.user}: `,
           canManage ? `you manage this model's access${role ? ` (${role})` : ""}.`
                     : "read-only (only maintainers of the owner team and org admins change access)."),
-        table(`Teams granted access to ${name}`, headings, rows,
-              `No grants: only ${owner || "the owner team"} has access.`),
+        table(`Who has access to ${name}, and through what`, headings, rows, "No team has access."),
+        el("p", { class: "mlflow-share-muted", id: "mlflow-share-admins" },
+          admins.length ? `Org admins may do everything: ${admins.join(", ")}.` : "Org admins may do everything."),
       ];
-      if (canManage) nodes.push(grantForm(session, owner, list, showGrants));
-      fill(grants, ...nodes);
+      if (canManage) nodes.push(grantForm(session, owner, showAccess));
+      fill(access, ...nodes);
+      return { session, canManage };
     };
 
-    const grantForm = (session, owner, list, refresh) => {
+    const grantForm = (session, owner, refresh) => {
       const team = el("input", { name: "team", id: "mlflow-share-grant-team", required: true, autocomplete: "off",
                                  list: "mlflow-share-team-list", maxlength: 128, placeholder: "team name" });
       const permission = el("select", { name: "permission", id: "mlflow-share-grant-permission" },
@@ -287,7 +359,212 @@
       return form;
     };
 
-    showGrants();
+    // -- protected aliases: protect, move, request, approve, roll back, history --------------
+    const ready = showAccess();
+    const showAliases = async (note) => {
+      let who;
+      let data;
+      let requests;
+      let history;
+      try {
+        [who, data, requests, history] = await Promise.all([
+          ready, call("GET", `/aliases${q}`), call("GET", `/aliases/requests${q}`), call("GET", `/aliases/history${q}`)]);
+      } catch (error) {
+        fill(aliases, aliasStatus, errorNode(error));
+        return;
+      }
+      if (!current()) return;
+      const list = Array.isArray(data.protected) ? data.protected : [];
+      markProtected(name, list.map((a) => a.alias));  // the locks in MLflow's own alias tags
+      if (note instanceof Error) aliasStatus.replaceChildren(errorNode(note));
+      else aliasStatus.textContent = note || "";
+      const manage = Boolean(who && who.canManage);
+      const admin = Boolean(who && who.session.is_admin);
+      const token = who ? who.session.csrf_token : undefined;
+
+      // Send a change; then show the lists as they are now. A refusal shows the server's
+      // message; a conflict (the alias moved, the request was decided) shows the new state too.
+      const act = async (method, path, body, done) => {
+        let answer;
+        try {
+          answer = await call(method, path, body, token);
+        } catch (error) {
+          if (error.status === 409) await showAliases(error);
+          else if (current()) aliasStatus.replaceChildren(errorNode(error));
+          return;
+        }
+        await showAliases(done(answer));
+      };
+
+      const aliasActions = (a, cell) => {
+        const buttons = [];
+        const button = (text, kind, labelText, onclick) => buttons.push(el("button", {
+          type: "button", class: `mlflow-share-${kind}`, "aria-label": labelText, onclick }, text));
+        if (!a.require_approval) {
+          button("Move…", "move", `Move ${a.alias}`, () => {
+            const version = versionInput();
+            const reason = reasonInput(false);
+            inlineStep(cell, {
+              question: `Move ${a.alias} (now ${shown(a.version)}) to`,
+              fields: [label("Version ", version), label("Reason ", reason)],
+              confirm: "Move",
+              action: () => act("POST", "/aliases/move", {
+                model: name, alias: a.alias, version: version.value.trim(),
+                // compare-and-set: only if it still points where this page showed it
+                expected_version: a.version === null || a.version === undefined ? undefined : a.version,
+                reason: reason.value.trim() || undefined,
+              }, (r) => `Moved ${a.alias} from version ${shown(a.version)} to ${r.version}.`),
+            });
+          });
+          if (a.version !== null && a.version !== undefined) {
+            button("Roll back…", "rollback", `Roll back ${a.alias}`, () => {
+              const reason = reasonInput(true);
+              inlineStep(cell, {
+                question: `Roll back ${a.alias} from version ${a.version} to the version before its last move?`,
+                fields: [label("Reason ", reason)],
+                confirm: "Roll back",
+                action: () => act("POST", "/aliases/rollback", { model: name, alias: a.alias, reason: reason.value.trim() },
+                                  (r) => `Rolled back ${a.alias} from version ${shown(r.from_version)} to ${r.version}.`),
+              });
+            });
+          }
+        } else {
+          button("Request move…", "request-move", `Request a move of ${a.alias}`, () => {
+            const version = versionInput();
+            const reason = reasonInput(true);
+            inlineStep(cell, {
+              question: `Ask a second maintainer to move ${a.alias} (now ${shown(a.version)}) to`,
+              fields: [label("Version ", version), label("Reason ", reason)],
+              confirm: "Request",
+              action: () => act("POST", "/aliases/requests", {
+                model: name, alias: a.alias, version: version.value.trim(), reason: reason.value.trim(),
+              }, (r) => `Requested moving ${a.alias} to version ${r.request.to_version}: another maintainer approves or rejects it.`),
+            });
+          });
+        }
+        // Lifting a second maintainer's approval is for org admins only (the server says so too).
+        if (!a.require_approval || admin) {
+          button("Unprotect", "unprotect", `Unprotect ${a.alias}`, () => inlineStep(cell, {
+            question: `Unprotect ${a.alias}?`,
+            confirm: "Confirm",
+            action: () => act("POST", "/aliases/unprotect", { model: name, alias: a.alias },
+                              () => `${a.alias} is no longer protected.`),
+          }));
+        }
+        return buttons;
+      };
+
+      const rows = list.map((a) => {
+        const cell = el("td", { class: "mlflow-share-row-actions" });
+        cell.append(...(manage ? aliasActions(a, cell) : []));
+        return el("tr", { class: "mlflow-share-alias", dataset: {
+          alias: a.alias, version: a.version === null || a.version === undefined ? "" : String(a.version),
+          approval: String(Boolean(a.require_approval)) } },
+          el("td", { class: "mlflow-share-alias-name" }, a.alias),
+          el("td", { class: "mlflow-share-alias-version" }, shown(a.version)),
+          el("td", { class: "mlflow-share-alias-rule" },
+            a.require_approval ? "with a second maintainer's approval" : "by a maintainer"),
+          el("td", {}, a.protected_by || ""),
+          el("td", {}, time(a.protected_at)),
+          manage ? cell : null);
+      });
+      const headings = ["Alias", "Version", "Moved", "Protected by", "Since"];
+      if (manage) headings.push(el("span", { class: "mlflow-share-sr-only" }, "Actions"));
+      const nodes = [
+        table(`Protected aliases of ${name}`, headings, rows, "No protected aliases."),
+      ];
+      if (manage) nodes.push(protectForm(act));
+      else {
+        nodes.push(el("p", { class: "mlflow-share-muted" },
+          "Only maintainers of the owner team and org admins protect and move these aliases."));
+      }
+
+      // Move requests: the pending ones first, then the latest decided.
+      const asked = (Array.isArray(requests.requests) ? requests.requests : []).slice().reverse();
+      asked.sort((x, y) => Number(y.status === "pending") - Number(x.status === "pending"));
+      const requestRows = asked.slice(0, 50).map((r) => {
+        const cell = el("td", { class: "mlflow-share-row-actions" });
+        if (manage && r.status === "pending") {
+          cell.append(
+            el("button", { type: "button", class: "mlflow-share-approve", "aria-label": `Approve request ${r.id}`,
+                           onclick: () => act("POST", `/aliases/requests/${encodeURIComponent(r.id)}/approve`, undefined,
+                                              () => `Approved: ${r.alias} now points at version ${r.to_version}.`) },
+               "Approve"),
+            el("button", { type: "button", class: "mlflow-share-reject", "aria-label": `Reject request ${r.id}`,
+                           onclick: () => {
+                             const reason = reasonInput(false);
+                             inlineStep(cell, {
+                               question: `Reject moving ${r.alias} to version ${r.to_version}?`,
+                               fields: [label("Reason ", reason)],
+                               confirm: "Reject",
+                               action: () => act("POST", `/aliases/requests/${encodeURIComponent(r.id)}/reject`,
+                                                 { reason: reason.value.trim() || undefined },
+                                                 () => `Rejected moving ${r.alias} to version ${r.to_version}.`),
+                             });
+                           } }, "Reject…"));
+        }
+        return el("tr", { class: "mlflow-share-request", dataset: { id: r.id, alias: r.alias, status: r.status } },
+          el("td", { class: "mlflow-share-request-alias" }, r.alias),
+          el("td", { class: "mlflow-share-request-move" }, `${shown(r.from_version)} → ${r.to_version}`),
+          el("td", { class: "mlflow-share-request-reason" }, r.reason || ""),
+          el("td", { class: "mlflow-share-request-by" }, r.requested_by || ""),
+          el("td", {}, time(r.requested_at)),
+          el("td", { class: "mlflow-share-request-status" },
+            r.status + (r.decided_by ? ` by ${r.decided_by}` : "") + (r.decision ? `: ${r.decision}` : "")),
+          manage ? cell : null);
+      });
+      if (requestRows.length || list.some((a) => a.require_approval)) {
+        const requestHeadings = ["Alias", "Move", "Reason", "Requested by", "When", "Status"];
+        if (manage) requestHeadings.push(el("span", { class: "mlflow-share-sr-only" }, "Actions"));
+        nodes.push(el("h4", { id: "mlflow-share-h-requests" }, "Move requests"),
+          el("div", { id: "mlflow-share-requests" },
+            table(`Requests to move protected aliases of ${name}`, requestHeadings, requestRows, "No move requests.")));
+      }
+
+      // The history of every alias of the model, newest first.
+      const moves = (Array.isArray(history.history) ? history.history : []).slice().reverse();
+      const LATEST = 50;
+      const historyRows = moves.slice(0, LATEST).map((h) => el("tr", { class: "mlflow-share-history", dataset: { alias: h.alias } },
+        el("td", {}, time(h.at)),
+        el("td", { class: "mlflow-share-history-alias" }, h.alias),
+        el("td", { class: "mlflow-share-history-move" },
+          `${shown(h.from_version)} → ${h.to_version === null || h.to_version === undefined ? "(deleted)" : h.to_version}`),
+        el("td", { class: "mlflow-share-history-by" }, h.principal || ""),
+        el("td", { class: "mlflow-share-history-reason" }, h.reason || "")));
+      nodes.push(el("h4", { id: "mlflow-share-h-history" }, "History"),
+        el("div", { id: "mlflow-share-alias-history" },
+          table(`Changes of the aliases of ${name}, newest first`, ["When", "Alias", "Move", "By", "Reason"],
+                historyRows, "No alias changes yet."),
+          moves.length > LATEST
+            ? el("p", { class: "mlflow-share-muted" }, `The latest ${LATEST} of ${moves.length} changes.`) : null));
+      fill(aliases, aliasStatus, ...nodes);
+    };
+
+    const protectForm = (act) => {
+      const alias = el("input", { name: "alias", id: "mlflow-share-protect-alias", required: true, autocomplete: "off",
+                                  maxlength: 256, placeholder: "e.g. production" });
+      const approval = el("input", { type: "checkbox", name: "require_approval", id: "mlflow-share-protect-approval" });
+      const submit = el("button", { type: "submit", class: "mlflow-share-primary" }, "Protect");
+      const form = el("form", { class: "mlflow-share-grant-form", id: "mlflow-share-protect-form", "aria-label": "Protect an alias" },
+        label("Alias ", alias),
+        el("label", { class: "mlflow-share-check" }, approval, " Moves need a second maintainer's approval"),
+        submit);
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const chosen = alias.value.trim();
+        if (!chosen) return;
+        submit.disabled = true;
+        try {
+          await act("POST", "/aliases/protect", { model: name, alias: chosen, require_approval: approval.checked },
+                    (r) => `Protected ${chosen}${r.require_approval ? ": moves need a second maintainer's approval" : ""}.`);
+        } finally {
+          submit.disabled = false;
+        }
+      });
+      return form;
+    };
+
+    showAliases();
     call("GET", `/packages${q}`).then((data) => {
       const rows = (data.packages || []).map((p) => el("tr", { class: "mlflow-share-package", dataset: { id: p.id, status: p.status } },
         el("td", {}, p.status || ""),
@@ -301,15 +578,94 @@
         ["Status", "Versions", "Semver", "Target teams", "Created by", "Since", "Expires"], rows,
         "No sharing packages."));
     }, (error) => fill(packages, errorNode(error)));
-    call("GET", `/aliases${q}`).then((data) => {
-      const rows = (data.protected || []).map((a) => el("tr", { class: "mlflow-share-alias", dataset: { alias: a.alias } },
-        el("td", {}, a.alias),
-        el("td", {}, a.require_approval ? "second maintainer" : "maintainer"),
-        el("td", {}, a.protected_by || ""),
-        el("td", {}, time(a.protected_at))));
-      fill(aliases, table(`Protected aliases of ${name}`, ["Alias", "Moved by", "Protected by", "Since"], rows,
-        "No protected aliases."));
-    }, (error) => fill(aliases, errorNode(error)));
+  }
+
+  // -- MLflow's own alias tags: a lock on the protected ones ---------------------------------
+  // On a model's page and its versions' pages, MLflow shows each alias as a tag titled with
+  // the alias and reading "@ alias". A protected one gets a lock after that text (a node of
+  // ours, never MLflow's markup changed); nothing happens where no such tag is found.
+  const LOCK = "mlflow-share-alias-lock";
+  const LOCK_TITLE = "protected alias (mlflow-share)";
+  const locks = { model: null, aliases: null, asked: 0 };  // aliases: a Set once known
+
+  function pageModel() {  // the model of a model's page or of one of its versions' pages
+    const path = window.location.hash.replace(/^#/, "").split("?")[0];
+    const match = /^\/models\/([^/]+)(?:\/versions\/[^/]+)?\/?$/.exec(path);
+    if (!match) return null;
+    try { return decodeURIComponent(match[1]); } catch (e) { return null; }
+  }
+
+  function markProtected(name, names) {
+    locks.asked++;  // an answer still on its way is older than this one
+    locks.model = name;
+    locks.aliases = new Set(names);
+    schedule();
+  }
+
+  function askProtected(name) {
+    const asked = ++locks.asked;
+    locks.model = name;
+    locks.aliases = null;
+    call("GET", `/aliases?model=${encodeURIComponent(name)}`).then((data) => {
+      if (asked !== locks.asked) return;
+      locks.aliases = new Set((data.protected || []).map((a) => a.alias));
+      schedule();
+    }, () => {
+      if (asked === locks.asked) locks.aliases = new Set();  // not readable: nothing to mark
+    });
+  }
+
+  // A padlock drawn in SVG (built node by node: no markup parsed, no font needed).
+  function lockIcon() {
+    const NS = "http://www.w3.org/2000/svg";
+    const node = (tag, attrs) => {
+      const made = document.createElementNS(NS, tag);
+      for (const [key, value] of Object.entries(attrs)) made.setAttribute(key, value);
+      return made;
+    };
+    const svg = node("svg", { viewBox: "0 0 16 16", width: "12", height: "12", "aria-hidden": "true",
+                              focusable: "false" });
+    svg.append(node("path", { d: "M5 7.5V5a3 3 0 0 1 6 0v2.5", fill: "none", stroke: "currentColor",
+                              "stroke-width": "1.8" }),
+               node("rect", { x: "3", y: "7", width: "10", height: "8", rx: "1.5", fill: "currentColor" }));
+    return svg;
+  }
+
+  // The innermost element of an alias tag whose text reads "@ alias", or null.
+  function aliasText(tag, alias) {
+    const wanted = `@ ${alias}`;
+    let found = null;
+    for (const node of tag.querySelectorAll("span, div")) {
+      if (!node.classList.contains(LOCK) && node.textContent.replace(/\s+/g, " ").trim() === wanted) found = node;
+    }
+    return found;
+  }
+
+  function markAliases() {
+    const name = pageModel();
+    if (name === null) {
+      if (locks.model !== null) { locks.asked++; locks.model = null; locks.aliases = null; }
+    } else if (name !== locks.model) {
+      askProtected(name);
+    }
+    const known = name !== null && name === locks.model ? locks.aliases : null;
+    const kept = new Set();
+    if (known && known.size) {
+      for (const tag of document.querySelectorAll('main [title], [role="dialog"] [title]')) {
+        const alias = tag.getAttribute("title");
+        if (!known.has(alias) || tag.classList.contains(LOCK)) continue;
+        const text = aliasText(tag, alias);
+        if (!text) continue;
+        let lock = text.nextSibling;
+        if (!(lock instanceof Element && lock.classList.contains(LOCK) && lock.dataset.alias === alias)) {
+          lock = el("span", { class: LOCK, title: LOCK_TITLE, role: "img", "aria-label": LOCK_TITLE,
+                              dataset: { alias } }, lockIcon());
+          text.after(lock);
+        }
+        kept.add(lock);
+      }
+    }
+    for (const lock of document.querySelectorAll(`.${LOCK}`)) if (!kept.has(lock)) lock.remove();
   }
 
   // -- placing the tab in MLflow's page ------------------------------------------------------
@@ -427,6 +783,7 @@
     if (!scheduled) return;
     scheduled = false;
     try { ensure(); } catch (error) { console.warn("mlflow-share permissions tab:", error); }
+    try { markAliases(); } catch (error) { console.warn("mlflow-share alias locks:", error); }
   }
   function schedule() {
     if (scheduled) return;
