@@ -243,8 +243,19 @@ def list_grants(services: AdminServices) -> Response:
     kind, resource_id, label = _resource_of(services.policy, dict(request.args))
     owner = services.policy.owner_of(kind, resource_id)
     Authorizer(services.policy).check(principal, kind, resource_id, owner, "read", label)
-    return jsonify({"owner_team": owner,
-                    "grants": services.directory.list_grants(kind, resource_id)})
+    grants = services.directory.list_grants(kind, resource_id)
+    if not _sees_every_team(services.policy, principal, kind, resource_id, owner):
+        grants = [g for g in grants if g["team"] in principal.teams]
+    return jsonify({"owner_team": owner, "grants": grants})
+
+
+def _sees_every_team(policy: PolicyEngine, principal: Principal, kind: str, resource_id: str,
+                     owner: str | None) -> bool:
+    """Whether the caller may see every team that reaches the resource: its owner team's
+    members and whoever manages it. A consuming team sees the owner and its own routes, not
+    the other consumers."""
+    return (owner is not None and owner in principal.teams) \
+        or Authorizer(policy).may(principal, kind, resource_id, "manage")
 
 
 def _version_arg() -> int | None:
@@ -264,8 +275,7 @@ def effective(services: AdminServices) -> Response:
     owner = services.policy.owner_of(kind, resource_id)
     Authorizer(services.policy).check(principal, kind, resource_id, owner, "read", label)
     found = access.effective_access(services.policy, kind, resource_id, _version_arg())
-    if not Authorizer(services.policy).may(principal, kind, resource_id, "manage"):
-        # A consuming team sees the owner and its own routes, not the other consumers.
+    if not _sees_every_team(services.policy, principal, kind, resource_id, owner):
         found.routes = [r for r in found.routes
                         if r.via == "owner" or r.team in principal.teams]
         found.admins = []

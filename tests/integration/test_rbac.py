@@ -213,3 +213,31 @@ def test_service_account_uses_tokens_only(share_server, unique) -> None:  # type
     assert me["user"] == name
     response = share_server.api("GET", "/api/2.0/mlflow-share/whoami", auth=(name, ""))
     assert response.status_code == 401
+
+
+def test_a_consuming_team_sees_its_own_routes_and_the_owner_team_sees_all(
+        share_server, unique) -> None:  # type: ignore[no-untyped-def]
+    """Grants and effective access of a model: its owner team's members and its managers see
+    every team that reaches it; a consuming team sees the owner and its own routes only."""
+    share = "/api/2.0/mlflow-share"
+    tokens = share_server.tokens
+    name = f"seen-{unique}"
+    assert share_server.api("POST", "/api/2.0/mlflow/registered-models/create",
+                            token=tokens["alice"], json={"name": name}).status_code == 200
+    for team in ("team-b", "team-c"):
+        assert share_server.api("POST", f"{share}/grants", token=tokens["alice"], json={
+            "model": name, "team": team, "permission": "read"}).status_code == 200
+
+    def teams(user: str, route: str) -> set[str]:
+        found = share_server.api("GET", f"{share}/{route}", token=tokens[user],
+                                 params={"model": name}).json()
+        return {entry["team"] for entry in found["grants" if route == "grants" else "teams"]}
+
+    for user in ("alice", "aaron", "ava"):  # team-a: maintainer, engineer, viewer
+        assert teams(user, "grants") == {"team-b", "team-c"}
+        assert teams(user, "access") == {"team-a", "team-b", "team-c"}
+    assert teams("carl", "grants") == {"team-c"}
+    assert teams("carl", "access") == {"team-a", "team-c"}
+    assert teams("bea", "grants") == {"team-b"}
+    assert share_server.api("GET", f"{share}/grants", token=tokens["nobody"],
+                            params={"model": name}).status_code == 403
