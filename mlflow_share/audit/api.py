@@ -3,6 +3,10 @@
 Org admins see every event. A team maintainer sees the events of the team's resources,
 including every access to them by other teams: that is how an owner sees who retrieved a
 shared model. Verification and the head (for signed checkpoints) are for org admins.
+
+Events carry their action's human name (``registered_model.read``, ``grant``) in ``action`` and
+the spelling the chain holds in ``stored_action``; the ``action`` filter takes either
+(``audit.log.action_name``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
 from mlflow_share.http import bind_routes, current_principal, json_errors
+from mlflow_share.audit.log import NamedEventFilter, readable_event
 from mlflow_share.audit.verify import EventFilter, hash_at, search_events, verify_chain
 from mlflow_share.auth.identity import Principal
 from mlflow_share.errors import InvalidInput, PermissionDenied
@@ -72,7 +77,7 @@ def event_filter_from_args(principal: Principal) -> EventFilter:
     team = request.args.get("team") or None
     if team is not None and visible is not None and team not in visible:
         raise PermissionDenied(f"{principal.name!r} may not read the audit events of {team!r}.")
-    return EventFilter(
+    return NamedEventFilter(
         since=_int_arg("since"), until=_int_arg("until"),
         principal=request.args.get("principal") or None, team=team,
         resource=request.args.get("resource") or None,
@@ -93,7 +98,7 @@ def events(services: AuditServices) -> Response:
                            "(newest first).")
     rows = search_events(services.engine, event_filter, after_seq=_page_token(
         request.args.get("page_token")), limit=limit + 1, newest_first=order == "desc")
-    body: dict[str, Any] = {"events": rows[:limit]}
+    body: dict[str, Any] = {"events": [readable_event(row) for row in rows[:limit]]}
     if len(rows) > limit:
         body["next_page_token"] = base64.urlsafe_b64encode(
             str(rows[limit - 1]["seq"]).encode()).decode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,20 +99,26 @@ def verify(ctx: click.Context, backend_store_uri: str | None, checkpoint: Path |
 @click.option("--principal", default=None, help="Only this user's actions.")
 @click.option("--team", default=None, help="Only events on resources this team owns.")
 @click.option("--resource", default=None, help="Only this resource (ID or name).")
-@click.option("--action", default=None, help="Only this action (for example mlflow.GetRun).")
+@click.option("--action", default=None,
+              help="Only this action: its name (for example registered_model.read, grant, "
+                   "package.publish) or its stored spelling (mlflow.GetRegisteredModel).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write JSON Lines here instead of standard output.")
 @click.pass_context
 def export(ctx: click.Context, backend_store_uri: str | None, since: str | None,
            until: str | None, principal: str | None, team: str | None, resource: str | None,
            action: str | None, output: Path | None) -> None:
-    """Write the matching events as JSON Lines, oldest first."""
-    from mlflow_share.audit.verify import EventFilter, iter_events
+    """Write the matching events as JSON Lines, oldest first ("action" is the action's name,
+    "stored_action" the spelling the chain holds and hashes)."""
+    from mlflow_share.audit.log import NamedEventFilter, readable_event
+    from mlflow_share.audit.verify import iter_events
 
     filters: dict[str, Any] = {"since": _time(since), "until": _time(until), "principal": principal,
                "team": team, "resource": resource, "action": action}
+    events: Iterator[dict[str, Any]]
     if backend_store_uri:
-        events = iter_events(_engine(backend_store_uri), EventFilter(**filters))
+        events = (readable_event(event) for event in
+                  iter_events(_engine(backend_store_uri), NamedEventFilter(**filters)))
     else:
         events = _client(ctx).iter_audit_events(**filters)
     handle = output.open("w") if output else sys.stdout

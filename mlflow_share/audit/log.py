@@ -20,13 +20,15 @@ import uuid
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import product
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mlflow_share.audit import models
+from mlflow_share.audit.verify import EventFilter
 from mlflow_share.errors import AuditUnavailable
 
 _logger = logging.getLogger(__name__)
@@ -494,3 +496,153 @@ def summarize(value: Any, depth: int = 0) -> Any:
         public = {k.lstrip("_"): v for k, v in vars(value).items()}
         return summarize(public, depth + 1)
     return repr(value)[:200]
+
+
+# -- action names ----------------------------------------------------------------------------
+# An event stores its action as the decision point knew it: the route's key (``mlflow.GetRun``,
+# ``mlflow.artifacts.DownloadArtifact``, ``fn:_graphql``, ``flask:mlflow_share_api.grant``,
+# ``native:download_artifact``), or a name of mlflow-share's own (``gateway.invoke``,
+# ``request.outcome``, ``share.<op>`` for a change made outside a request). The chain keeps that
+# spelling; readers (the API, ``audit export``, the access page) see one human name per
+# operation, derived from it by rule, and the filters take either:
+#
+# - an operation named ``<verb><Object>`` or ``<verb>_<object>`` reads ``<object>.<verb>``:
+#   ``mlflow.GetRegisteredModel`` -> ``registered_model.read`` (``get`` reads ``read``),
+#   ``mlflow.SearchRuns`` -> ``runs.search``, ``flask:mlflow_share_sharing.publish_package``
+#   and ``share.package.publish`` -> ``package.publish``, ``create_team`` -> ``team.create``;
+#   an operation that is not a verb first keeps its words (``fn:_graphql`` -> ``graphql``);
+# - mlflow-share's own endpoints: the admin API's as above (``grant``, ``revoke``,
+#   ``token.create``); another area's names without an object take the area first
+#   (``flask:mlflow_share_audit.events`` -> ``audit.events``, ``..._usage.usage`` -> ``usage``);
+# - MLflow's hand-written views drop their ``serve_`` prefix and ``_handler`` suffix,
+#   ``fn:`` handlers their leading underscore; a namespace (``mlflow.artifacts.``) is dropped;
+# - every other action is already a name (``gateway.invoke``, ``unrouted``, ``store.write``).
+#
+# Different spellings of one operation share its name (``native:download_artifact`` and
+# ``mlflow.artifacts.DownloadArtifact`` are both ``artifact.download``).
+_ROUTE_PREFIXES = ("mlflow.", "fn:", "flask:", "native:")
+_SHARE_ENDPOINT = "flask:mlflow_share_"
+_SHARE_ADMIN_AREA = "api"
+_VERBS = frozenset({
+    "abort", "add", "approve", "archive", "attach", "batch", "bulk", "calculate", "cancel",
+    "complete", "copy", "create", "delete", "detach", "disable", "download", "edit", "enable",
+    "end", "explain", "export", "finalize", "generate", "get", "grant", "import", "install",
+    "invoke", "link", "list", "log", "move", "patch", "post", "protect", "publish", "query",
+    "register", "reject", "remove", "rename", "reset", "resolve", "restore", "revoke", "search",
+    "send", "set", "show", "start", "submit", "subscribe", "sync", "test", "transition",
+    "unprotect", "unsubscribe", "update", "upload", "upsert", "validate", "verify", "withdraw",
+})
+_VERB_NAMES = {"get": "read"}  # how a verb reads; the others read as they are spelt
+_RAW_VERBS: dict[str, tuple[str, ...]] = {"read": ("get", "read")}
+_WORD = re.compile(r"[A-Z]+[0-9]*(?![a-z])|[A-Z][a-z0-9]*|[a-z0-9]+")
+
+
+def _words(operation: str) -> list[str]:
+    """``GetModelVersion`` and ``get_model_version`` -> ``["get", "model", "version"]``."""
+    return [w.lower() for w in _WORD.findall(operation)]
+
+
+def _readable(words: list[str]) -> str:
+    """``<object>.<verb>`` for a verb first (``batch get``, ``get or create``: one verb)."""
+    if len(words) < 2 or words[0] not in _VERBS:
+        return "_".join(words)
+    verb, rest = [words[0]], words[1:]
+    if verb[0] in ("batch", "bulk") and rest[0] in _VERBS and len(rest) > 1:
+        verb, rest = verb + rest[:1], rest[1:]
+    elif rest[0] == "or" and len(rest) > 2 and rest[1] in _VERBS:
+        verb, rest = verb + rest[:2], rest[2:]
+    return "_".join(rest) + "." + "_".join(_VERB_NAMES.get(w, w) for w in verb)
+
+
+def action_name(stored: str) -> str:
+    """The human name of a stored action (see above); the same for every spelling of it."""
+    if stored.startswith(_SHARE_ENDPOINT):
+        area, dot, endpoint = stored[len(_SHARE_ENDPOINT):].partition(".")
+        name = _readable(_words(endpoint))
+        if not dot or not name:
+            return stored
+        if "." in name or area in (_SHARE_ADMIN_AREA, name):
+            return name
+        return f"{area}.{name}"
+    if stored.startswith(_ROUTE_PREFIXES):
+        words = _words(re.split(r"[.:]", stored)[-1])
+        if stored.startswith("flask:") and len(words) > 1 and words[0] == "serve":
+            words = words[1:]
+        if len(words) > 1 and words[-1] == "handler":
+            words = words[:-1]
+        return _readable(words) or stored
+    if stored.startswith("share.") and len(stored) > len("share."):
+        operation = stored[len("share."):]
+        return operation if "." in operation else (_readable(_words(operation)) or stored)
+    return stored
+
+
+def _spellings(name: str) -> list[list[str]]:
+    """The word lists ``_readable`` could have made ``name`` from (checked by the caller)."""
+    found = [name.split("_")] if "." not in name else []
+    obj, dot, verb = name.rpartition(".")
+    if dot and obj and "." not in obj:
+        parts = [_RAW_VERBS.get(w, (w,)) for w in verb.split("_")]
+        found += [list(raw) + obj.split("_") for raw in product(*parts)]
+    return [w for w in found if all(w)]
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def stored_actions(name: str) -> tuple[list[str], list[str]]:
+    """What an action filter matches: ``(exact, like)``, the stored spellings of the human
+    ``name`` (and ``name`` itself, so a stored spelling filters too) and ``LIKE`` patterns
+    (escaped with a backslash) for the spellings whose namespace a name leaves out."""
+    exact, like = {name}, set()
+    candidates = [f"share.{name}"]
+    for words in _spellings(name):
+        camel, snake = "".join(w[:1].upper() + w[1:] for w in words), "_".join(words)
+        candidates += [f"mlflow.{camel}", f"fn:_{snake}", f"fn:{snake}", f"fn:_{snake}_handler",
+                       f"flask:{snake}", f"flask:_{snake}", f"flask:serve_{snake}",
+                       f"flask:{snake}_handler", f"flask:_{snake}_handler",
+                       f"native:{snake}", f"{_SHARE_ENDPOINT}{_SHARE_ADMIN_AREA}.{snake}",
+                       f"share.{snake}"]
+        like.add(f"mlflow.%.{_like(camel)}")
+        like.add(f"{_like(_SHARE_ENDPOINT)}%.{_like(snake)}")
+    area, dot, rest = name.partition(".")
+    if not dot:
+        candidates.append(f"{_SHARE_ENDPOINT}{name}.{name}")
+    elif "." not in rest:
+        candidates += [f"{_SHARE_ENDPOINT}{area}.{'_'.join(words)}"
+                       for words in _spellings(rest)]
+    exact.update(c for c in candidates if action_name(c) == name)
+
+    def example(pattern: str) -> str:  # a stored action the pattern matches
+        return re.sub(r"\\(.)", r"\1", pattern.replace("%", "x"))
+
+    return sorted(exact), sorted(p for p in like if action_name(example(p)) == name)
+
+
+def action_clause(name: str) -> Any:
+    """The SQL condition of an action filter: ``name`` is a human name or a stored one."""
+    exact, like = stored_actions(name)
+    column = models.events.c.action
+    return sa.or_(column.in_(exact), *(column.like(p, escape="\\") for p in like))
+
+
+@dataclass(frozen=True)
+class NamedEventFilter(EventFilter):
+    """An ``EventFilter`` whose ``action`` is a human name (``registered_model.read``) or a
+    stored one (``mlflow.GetRegisteredModel``)."""
+
+    def clauses(self) -> list[Any]:
+        clauses = EventFilter.clauses(replace(self, action=None))
+        if self.action:
+            clauses.append(action_clause(self.action))
+        return clauses
+
+
+def readable_event(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as readers see it: ``action`` is the human name, ``stored_action`` the
+    spelling the chain holds (and hashes)."""
+    stored = event.get("action")
+    if not isinstance(stored, str):
+        return event
+    return {**event, "action": action_name(stored), "stored_action": stored}

@@ -1,7 +1,13 @@
-"""``GET /api/2.0/mlflow-share/usage?model=NAME[&since=MS]``: who calls a model, how fast.
+"""Who calls a model through the gateway, and how fast: for whoever may read the registered
+model (its owners first of all).
 
-Rows per version, calling team and minute (requests, errors, latency sum, p50, p95, p99), as the
-gateway wrote them; for whoever may read the registered model (its owners first of all).
+``GET /api/2.0/mlflow-share/usage?model=NAME[&since=MS]``: rows per version, calling team and
+minute (requests, errors, latency sum, p50, p95, p99), as the gateway wrote them; for charts.
+
+``GET /api/2.0/mlflow-share/usage/summary?model=NAME[&since=MS][&by=version|team]``: requests,
+errors, mean and p50/p95/p99 over exactly the calls since ``since`` (their latency histograms
+added, never per-minute percentiles averaged), in all or per version or calling team
+(``by=version,team``, or ``by`` twice: per both).
 """
 
 from __future__ import annotations
@@ -14,34 +20,61 @@ from sqlalchemy.engine import Engine
 
 from mlflow_share.http import PREFIX, bind_routes, json_errors, require_model
 from mlflow_share.errors import InvalidInput
-from mlflow_share.gateway.usage import usage_rows
+from mlflow_share.gateway.usage import summarize, usage_rows
 from mlflow_share.policy.enforcer import PolicyEngine
+
+SUMMARY_BY = ("version", "team")
 
 
 @dataclass(frozen=True)
 class UsageServices:
-    """What the view works with: the policy deciding reads, the database the gateway writes
+    """What the views work with: the policy deciding reads, the database the gateway writes
     its usage rows to."""
 
     policy: PolicyEngine
     engine: Engine
 
 
-def usage(services: UsageServices) -> Response:
+def _model_and_since() -> tuple[str, int | None]:
+    """The ``model`` and ``since`` arguments, checked; the caller must then ask the policy."""
     name, since = request.args.get("model"), request.args.get("since")
     if not name:
         raise InvalidInput("Give the registered model's name as 'model'.")
     if since is not None and not (since.isascii() and since.isdigit() and len(since) < 16):
         raise InvalidInput("'since' is milliseconds since the epoch.")
+    return name, int(since) if since else None
+
+
+def _by() -> tuple[str, ...]:
+    """``by``: ``version``, ``team`` or both (repeated or comma-separated), in that order."""
+    asked = [part.strip() for value in request.args.getlist("by") for part in value.split(",")]
+    unknown = sorted({part for part in asked if part not in SUMMARY_BY})
+    if unknown:
+        raise InvalidInput(f"'by' is {' or '.join(SUMMARY_BY)} (or both), not "
+                           f"{', '.join(repr(part) for part in unknown)}.")
+    return tuple(name for name in SUMMARY_BY if name in asked)
+
+
+def usage(services: UsageServices) -> Response:
+    name, since = _model_and_since()
     require_model(services.policy, name, "read")
-    return jsonify({"model": name, "usage": usage_rows(services.engine, name,
-                                                       int(since) if since else None)})
+    return jsonify({"model": name, "usage": usage_rows(services.engine, name, since)})
 
 
-# (rule, endpoint, view, methods): the endpoint is what the policy and the audit log name.
+def usage_summary(services: UsageServices) -> Response:
+    name, since = _model_and_since()
+    by = _by()
+    require_model(services.policy, name, "read")
+    return jsonify({"model": name, "since": since, "by": list(by),
+                    "summary": summarize(services.engine, name, since, by)})
+
+
+# (rule, endpoint, view, methods): the endpoint is what the policy and the audit log name
+# (``flask:mlflow_share_usage.<endpoint>``).
 Route = tuple[str, str, Callable[[UsageServices], Response], tuple[str, ...]]
 ROUTES: tuple[Route, ...] = (
     ("/usage", "usage", usage, ("GET",)),
+    ("/usage/summary", "summary", usage_summary, ("GET",)),
 )
 
 

@@ -48,7 +48,7 @@ def render(status: int, message: str) -> bytes:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · mlflow-share</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
+<link rel="icon" href="/static-files/favicon.ico">
 <link rel="stylesheet" href="/share/static/share.css"></head>
 <body class="login"><main class="card error-page" data-status="{status}">
 <p class="muted">Error {status}</p>

@@ -66,6 +66,7 @@ TAB_TAGS = ('<link rel="stylesheet" href="/share/static/permissions-tab.css">'
 _LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Log in · mlflow-share</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="/static-files/favicon.ico">
 <link rel="stylesheet" href="/share/static/share.css">
 <script src="/share/static/login.js" defer></script></head>
 <body class="login"><main class="card">

@@ -202,7 +202,8 @@ def test_owner_sees_who_read_a_shared_model(audited: ShareServer, unique: str) -
                  params={"name": model}).status_code == 200
     page = audited.api("GET", "/api/2.0/mlflow-share/audit/events", token=audited.tokens["alice"],
                        params={"resource": model, "principal": "bert"}).json()
-    assert [e["action"] for e in page["events"]] == ["mlflow.GetRegisteredModel"]
+    assert [(e["action"], e["stored_action"]) for e in page["events"]] == [
+        ("registered_model.read", "mlflow.GetRegisteredModel")]
     # Bob maintains team-b, not the owner team: none of team-a's events, even filtered.
     assert audited.api("GET", "/api/2.0/mlflow-share/audit/events", token=audited.tokens["bob"],
                        params={"team": "team-a"}).status_code == 403

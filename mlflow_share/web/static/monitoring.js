@@ -1,6 +1,10 @@
 // The monitoring dashboard: who calls a registered model through the gateway, how often, how
-// fast and how often it fails, from GET usage?model=NAME[&since=MS] (rows per version, team and
-// minute: requests, errors, latency_sum_ms, p50_ms, p95_ms, p99_ms).
+// fast and how often it fails. The numbers (requests, errors, mean, p50, p95, p99: overall, per
+// version and per calling team) are the server's, from GET usage/summary?model=NAME[&since=MS]
+// [&by=version|team], which adds the calls' latency histograms: percentiles over exactly the
+// calls of the range, never averages of per-minute percentiles. The charts over time are drawn
+// from GET usage?model=NAME[&since=MS] (rows per version, team and minute: requests, errors,
+// latency_sum_ms, p50_ms, p95_ms, p99_ms).
 "use strict";
 
 (() => {
@@ -41,6 +45,8 @@
     return BUCKETS.find((size) => span / size <= MAX_POINTS) || BUCKETS[BUCKETS.length - 1];
   }
 
+  // Per bucket of time, from the rows: requests per team and version, failed calls per team,
+  // and the latency points of the chart. Each team's and version's totals are the summary's.
   function aggregate(rows) {
     const size = bucketSize(rows);
     const at = (row) => Math.floor(row.minute / size) * size;
@@ -51,9 +57,8 @@
     }
     const teams = new Map(), versions = new Map();
     const latency = new Map(buckets.map((b) => [b, { ok: 0, sum: 0, p50w: 0, p50n: 0, p95: null, p99: null }]));
-    const blank = (extra) => ({ requests: 0, errors: 0, ok: 0, sum: 0, p50w: 0, p50n: 0, p95: null, p99: null,
-                                first: null, last: null, byBucket: new Map(), errBucket: new Map(),
-                                others: new Set(), ...extra });
+    const blank = () => ({ requests: 0, errors: 0, first: null, last: null, byBucket: new Map(),
+                           errBucket: new Map(), others: new Set() });
     for (const row of rows) {
       const bucket = at(row);
       const ok = Math.max(0, row.requests - row.errors);
@@ -63,11 +68,6 @@
         const item = map.get(key);
         item.requests += row.requests;
         item.errors += row.errors;
-        item.ok += ok;
-        item.sum += row.latency_sum_ms || 0;
-        if (row.p50_ms !== null && ok) { item.p50w += row.p50_ms * ok; item.p50n += ok; }
-        if (row.p95_ms !== null && row.p95_ms !== undefined) item.p95 = Math.max(item.p95 ?? 0, row.p95_ms);
-        if (row.p99_ms !== null) item.p99 = Math.max(item.p99 ?? 0, row.p99_ms);
         item.first = item.first === null ? row.minute : Math.min(item.first, row.minute);
         item.last = item.last === null ? row.minute : Math.max(item.last, row.minute);
         item.byBucket.set(bucket, (item.byBucket.get(bucket) || 0) + row.requests);
@@ -92,64 +92,72 @@
     ? `${size / 3600e3} h` : `${size / 60e3} min`);
 
   // --- rendering ----------------------------------------------------------------------------
-  function kpis(data) {
-    let requests = 0, errors = 0, ok = 0, sum = 0, p50w = 0, p50n = 0, p95 = null, p99 = null;
-    for (const v of data.versions.values()) {
-      requests += v.requests; errors += v.errors; ok += v.ok; sum += v.sum;
-      p50w += v.p50w; p50n += v.p50n;
-      if (v.p95 !== null) p95 = Math.max(p95 ?? 0, v.p95);
-      if (v.p99 !== null) p99 = Math.max(p99 ?? 0, v.p99);
-    }
-    const items = [["requests", "Requests", Charts.formatNumber(requests)],
-                   ["errors", "Errors", `${Charts.formatNumber(errors)} (${pct(errors, requests)})`],
-                   ["teams", "Consuming teams", String(data.teams.size)],
-                   ["versions", "Versions called", String(data.versions.size)],
-                   ["p50", "p50 latency", ms(p50n ? p50w / p50n : null)],
-                   ["mean", "Mean latency", ms(ok ? sum / ok : null)],
-                   ["p95", "p95 latency (worst minute)", ms(p95)],
-                   ["p99", "p99 latency (worst minute)", ms(p99)]];
-    $("kpis").replaceChildren(...items.map(([key, label, value]) =>
-      el("div", { class: "kpi", dataset: { kpi: key } },
+  // summary: {all: row|undefined, versions: Map(version -> row), teams: Map(team -> row)}, each
+  // row {requests, errors, mean_ms, p50_ms, p95_ms, p99_ms} as the server computed it.
+  function kpis(summary) {
+    const all = summary.all || { requests: 0, errors: 0, mean_ms: null, p50_ms: null, p95_ms: null, p99_ms: null };
+    const items = [["requests", "Requests", Charts.formatNumber(all.requests)],
+                   ["errors", "Errors", `${Charts.formatNumber(all.errors)} (${pct(all.errors, all.requests)})`],
+                   ["teams", "Consuming teams", String(summary.teams.size)],
+                   ["versions", "Versions called", String(summary.versions.size)],
+                   ["mean", "Mean latency", ms(all.mean_ms), all.mean_ms],
+                   ["p50", "p50 latency", ms(all.p50_ms), all.p50_ms],
+                   ["p95", "p95 latency", ms(all.p95_ms), all.p95_ms],
+                   ["p99", "p99 latency", ms(all.p99_ms), all.p99_ms]];
+    $("kpis").replaceChildren(...items.map(([key, label, value, raw]) =>
+      el("div", { class: "kpi", dataset: raw === undefined ? { kpi: key } : { kpi: key, value: raw ?? "" } },
         el("span", { class: "kpi-value" }, value), el("span", { class: "kpi-label" }, label))));
   }
 
-  const NUMERIC = new Set(["Requests", "Successful", "Errors", "Error rate", "p50", "Mean",
-                           "p95 (worst minute)", "p99 (worst minute)"]);
+  const LATENCIES = ["Mean (ms)", "p50 (ms)", "p95 (ms)", "p99 (ms)"];
+  const NUMERIC = new Set(["Requests", "Successful", "Errors", "Error rate", ...LATENCIES]);
   const header = (h) => el("th", { class: NUMERIC.has(h) ? "num" : undefined }, h);
 
-  function teamTable(data) {
-    const rows = [...data.teams.entries()].sort((a, b) => b[1].requests - a[1].requests);
+  function latencyCells(row) {
+    return [["mean", row.mean_ms], ["p50", row.p50_ms], ["p95", row.p95_ms], ["p99", row.p99_ms]]
+      .map(([name, value]) => el("td", { class: `${name} num`, dataset: { value: value ?? "" },
+                                         title: ms(value) }, Charts.formatNumber(value)));
+  }
+
+  function teamTable(summary, data) {
+    const rows = [...summary.teams.entries()].sort((a, b) => b[1].requests - a[1].requests || byName(a, b));
     return el("table", { id: "summary-teams" },
       el("thead", {}, el("tr", {}, ...["Team", "Requests", "Successful", "Errors", "Error rate",
-                                       "Versions", "First call", "Last call"].map(header))),
-      el("tbody", {}, ...rows.map(([team, t]) => el("tr", { dataset: { team } },
-        el("td", { class: "team" }, team),
-        el("td", { class: "requests num" }, String(t.requests)),
-        el("td", { class: "successful num" }, String(t.ok)),
-        el("td", { class: "errors num" }, String(t.errors)),
-        el("td", { class: "error-rate num" }, pct(t.errors, t.requests)),
-        el("td", { class: "versions" }, [...t.others].sort().join(", ")),
-        el("td", { class: "first" }, Share.time(t.first)),
-        el("td", { class: "last" }, Share.time(t.last + 60e3 - 1))))));
+                                       ...LATENCIES, "Versions", "First call", "Last call"].map(header))),
+      el("tbody", {}, ...rows.map(([team, t]) => {
+        const seen = data.teams.get(team);
+        return el("tr", { dataset: { team } },
+          el("td", { class: "team" }, team),
+          el("td", { class: "requests num" }, String(t.requests)),
+          el("td", { class: "successful num" }, String(t.requests - t.errors)),
+          el("td", { class: "errors num" }, String(t.errors)),
+          el("td", { class: "error-rate num" }, pct(t.errors, t.requests)),
+          ...latencyCells(t),
+          el("td", { class: "versions" }, seen ? [...seen.others].sort(byText).join(", ") : ""),
+          el("td", { class: "first" }, seen ? Share.time(seen.first) : ""),
+          el("td", { class: "last" }, seen ? Share.time(seen.last + 60e3 - 1) : ""));
+      })));
   }
 
-  function versionTable(data) {
-    const rows = [...data.versions.entries()].sort((a, b) => Number(a[0]) - Number(b[0]));
+  function versionTable(summary, data) {
+    const rows = [...summary.versions.entries()].sort((a, b) => Number(a[0]) - Number(b[0]));
     return el("table", { id: "summary-versions" },
-      el("thead", {}, el("tr", {}, ...["Version", "Requests", "Errors", "Teams", "p50",
-                                       "Mean", "p95 (worst minute)", "p99 (worst minute)"].map(header))),
-      el("tbody", {}, ...rows.map(([version, v]) => el("tr", { dataset: { version } },
-        el("td", { class: "version" }, vname(version)),
-        el("td", { class: "requests num" }, String(v.requests)),
-        el("td", { class: "errors num" }, String(v.errors)),
-        el("td", { class: "teams" }, [...v.others].sort().join(", ")),
-        el("td", { class: "p50 num", dataset: { value: p50Of(v) ?? "" } }, ms(p50Of(v))),
-        el("td", { class: "mean num", dataset: { value: meanOf(v) ?? "" } }, ms(meanOf(v))),
-        el("td", { class: "p95 num", dataset: { value: v.p95 ?? "" } }, ms(v.p95)),
-        el("td", { class: "p99 num", dataset: { value: v.p99 ?? "" } }, ms(v.p99))))));
+      el("thead", {}, el("tr", {}, ...["Version", "Requests", "Errors", "Error rate", ...LATENCIES,
+                                       "Teams"].map(header))),
+      el("tbody", {}, ...rows.map(([version, v]) => {
+        const seen = data.versions.get(version);
+        return el("tr", { dataset: { version } },
+          el("td", { class: "version" }, vname(version)),
+          el("td", { class: "requests num" }, String(v.requests)),
+          el("td", { class: "errors num" }, String(v.errors)),
+          el("td", { class: "error-rate num" }, pct(v.errors, v.requests)),
+          ...latencyCells(v),
+          el("td", { class: "teams" }, seen ? [...seen.others].sort(byText).join(", ") : ""));
+      })));
   }
 
-  const byName = (a, b) => String(a[0]).localeCompare(String(b[0]), undefined, { numeric: true });
+  const byText = (a, b) => String(a).localeCompare(String(b), undefined, { numeric: true });
+  const byName = (a, b) => byText(a[0], b[0]);
 
   // One color per team (and per version) in every chart, whatever else a chart leaves out.
   function colors(map) {
@@ -163,18 +171,18 @@
                                points: buckets.map((b) => ({ x: b, y: item.byBucket.get(b) || 0 })) }));
   }
 
-  function render(model, rows) {
+  function render(model, rows, summary) {
     const data = aggregate(rows);
     const per = sizeText(data.size);
-    kpis(data);
-    $("summary-teams-wrap").replaceChildren(teamTable(data));
-    $("summary-versions-wrap").replaceChildren(versionTable(data));
+    kpis(summary);
+    $("summary-teams-wrap").replaceChildren(teamTable(summary, data));
+    $("summary-versions-wrap").replaceChildren(versionTable(summary, data));
     const teamsByRequests = [...data.teams.entries()].sort((a, b) => b[1].requests - a[1].requests);
     $("chart-team-totals").replaceChildren(Charts.bar({
       title: "Requests per consuming team", yLabel: "requests", integer: true,
       categories: teamsByRequests.map(([team]) => team),
       series: [{ name: "successful", color: "#1a7f37",
-                 values: Object.fromEntries(teamsByRequests.map(([team, t]) => [team, t.ok])) },
+                 values: Object.fromEntries(teamsByRequests.map(([team, t]) => [team, t.requests - t.errors])) },
                { name: "errors", color: "#c0262d",
                  values: Object.fromEntries(teamsByRequests.map(([team, t]) => [team, t.errors])) }],
     }));
@@ -194,10 +202,11 @@
         { name: "p95", points: lat.map(([x, l]) => ({ x, y: l.p95 })) },
         { name: "p99", points: lat.map(([x, l]) => ({ x, y: l.p99 })) },
       ] }));
-    $("latency-note").textContent = data.size > 60e3
-      ? `Each point covers ${per}: p50 is the per-minute medians weighted by calls, p95 and ` +
-        "p99 the worst minute's."
-      : "Per minute, as the gateway records them (p50, p95, p99), and the mean.";
+    $("latency-note").textContent = "The summary's latencies are over exactly the successful calls " +
+      "of the range. " + (data.size > 60e3
+      ? `In the chart each point covers ${per}: p50 is the per-minute medians weighted by calls, ` +
+        "p95 and p99 the worst minute's."
+      : "The chart shows each minute as the gateway recorded it (p50, p95, p99), and the mean.");
     const teamColor = colors(data.teams);
     const errorTeams = [...data.teams.entries()].filter(([, t]) => t.errors > 0).sort(byName);
     $("chart-errors").replaceChildren(Charts.bar({
@@ -236,14 +245,20 @@
     status.replaceChildren(el("p", { class: "muted" }, `Loading usage of ${model}…`));
     const query = new URLSearchParams({ model });
     if (range !== "all") query.set("since", String(Math.floor((Date.now() - Number(range)) / 60e3) * 60e3));
+    const by = (name) => { const q = new URLSearchParams(query); if (name) q.set("by", name); return q; };
     try {
-      const data = await Share.call("GET", `usage?${query}`);
+      const [data, all, versions, teams] = await Promise.all([
+        Share.call("GET", `usage?${query}`), Share.call("GET", `usage/summary?${by()}`),
+        Share.call("GET", `usage/summary?${by("version")}`), Share.call("GET", `usage/summary?${by("team")}`)]);
       if (mine !== generation) return;
       const rows = data.usage || [];
+      const summary = { all: all.summary[0],
+                        versions: new Map(versions.summary.map((v) => [String(v.version), v])),
+                        teams: new Map(teams.summary.map((t) => [String(t.team), t])) };
       status.replaceChildren(rows.length ? el("p", { class: "muted" },
         `${model}: ${rows.length} minute rows, updated ${Share.time(Date.now())} UTC.`)
         : el("p", { class: "muted" }, `No gateway calls of ${model} in this range.`));
-      render(model, rows);
+      render(model, rows, summary);
       dashboard.dataset.state = "ready";
     } catch (error) {
       if (mine !== generation) return;
