@@ -289,6 +289,15 @@ class ShareAdminClient:
     def revoke_package(self, package_id: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/packages/{package_id}/revoke")["package"])
 
+    def edit_package(self, package_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change an unpublished package (what create takes; ``None`` clears a field); it
+        is validated again."""
+        return dict(self._call("PATCH", f"/packages/{package_id}", changes)["package"])
+
+    def withdraw_package(self, package_id: str) -> None:
+        """Delete an unpublished package (the audit log keeps it)."""
+        self._call("DELETE", f"/packages/{package_id}")
+
     # -- semantic versions, lineage, discovery -------------------------------------------------
     def list_semvers(self, model: str) -> list[dict[str, Any]]:
         return list(self._call("GET", "/semver", params={"model": model})["versions"])

@@ -1,4 +1,5 @@
-"""``mlflow-share share ...``, ``semver``, ``lineage``, ``diff``, ``search``, ``subscribe``."""
+"""``mlflow-share share ...`` (also ``mlflow-share package ...``), ``semver``, ``lineage``,
+``diff``, ``search``, ``subscribe``."""
 
 from __future__ import annotations
 
@@ -20,10 +21,23 @@ def _team(value: str) -> tuple[str, str]:
     return team, permission
 
 
+def _alias_note(package: dict[str, Any]) -> str:
+    """Where the alias a package was pinned through points now (MLflow's registry), not
+    where it pointed when the package was made."""
+    alias = package.get("alias")
+    if not alias:
+        return ""
+    now = package.get("alias_version")
+    if now is None and "alias_version" in package:
+        return f" (pinned through @{alias}, since deleted)"
+    if now is None or str(now) in package["versions"]:
+        return f" (@{alias})"
+    return f" (pinned through @{alias}, which now points at version {now})"
+
+
 def _print_package(package: dict[str, Any]) -> None:
     click.echo(f"package {package['id']}: {package['model']} versions "
-               f"{', '.join(package['versions'])}"
-               + (f" (@{package['alias']})" if package.get("alias") else "")
+               f"{', '.join(package['versions'])}" + _alias_note(package)
                + (f" semver {package['semver']}" if package.get("semver") else "")
                + f"  [{package['status']}]")
     click.echo("  teams: " + ", ".join(f"{t['team']}:{t['permission']}"
@@ -46,7 +60,8 @@ def _print_package(package: dict[str, Any]) -> None:
 
 @click.group()
 def share() -> None:
-    """Sharing packages: create (validated at once), publish, revoke, show, list."""
+    """Sharing packages: create (validated at once), edit, withdraw, publish, revoke, show,
+    list."""
 
 
 @share.command("create")
@@ -113,6 +128,77 @@ def share_validate(ctx: click.Context, package_id: str) -> None:
         ctx.exit(1)
 
 
+def _edit_package(ctx: click.Context, package_id: str, body: dict[str, Any]) -> Any:
+    return _run(_client(ctx).edit_package, package_id, body)
+
+
+def _withdraw_package(ctx: click.Context, package_id: str) -> None:
+    _run(_client(ctx).withdraw_package, package_id)
+
+
+_CLEARABLE = {"semver": "semver", "intended-use": "intended_use",
+              "limitations": "limitations", "expiry": "expires_at"}
+
+
+@share.command("edit")
+@click.argument("package_id", metavar="ID")
+@click.option("--version", "versions", multiple=True,
+              help="Pin these versions instead (repeatable).")
+@click.option("--alias", default=None, help="Pin the version this alias names now instead.")
+@click.option("--team", "teams", multiple=True, type=_team, metavar="TEAM:PERMISSION",
+              help="The target teams instead (repeatable): TEAM:read, TEAM:execute or "
+                   "TEAM:write.")
+@click.option("--semver", default=None, help="Semantic version X.Y.Z of the pinned version.")
+@click.option("--description", default=None, help="What the model does (model card).")
+@click.option("--intended-use", default=None, help="What it is for (model card).")
+@click.option("--limitations", default=None, help="Where it must not be used (model card).")
+@click.option("--contact", "owner_contact", default=None, help="The owner contact.")
+@click.option("--expires-in-days", type=float, default=None,
+              help="The package's grants end this many days from now.")
+@click.option("--clear", "cleared", multiple=True, type=click.Choice(sorted(_CLEARABLE)),
+              help="Remove the semver, intended use, limitations or expiry (repeatable).")
+@click.pass_context
+def share_edit(ctx: click.Context, package_id: str, versions: tuple[str, ...],
+               alias: str | None, teams: tuple[tuple[str, str], ...], semver: str | None,
+               description: str | None, intended_use: str | None, limitations: str | None,
+               owner_contact: str | None, expires_in_days: float | None,
+               cleared: tuple[str, ...]) -> None:
+    """Change a package that is not published yet (validated or rejected) and validate it
+    again; what is not given stays. Prints the new validation report."""
+    body: dict[str, Any] = {key: value for key, value in (
+        ("versions", list(versions) or None), ("alias", alias),
+        ("teams", [{"team": t, "permission": p} for t, p in teams] or None),
+        ("semver", semver), ("description", description), ("intended_use", intended_use),
+        ("limitations", limitations), ("owner_contact", owner_contact)) if value is not None}
+    if expires_in_days is not None:
+        body["expires_at"] = int(time.time() * 1000 + expires_in_days * 86_400_000)
+    for name in cleared:
+        if _CLEARABLE[name] in body:
+            raise click.UsageError(f"--clear {name} and a new value for it: give one.")
+        body[_CLEARABLE[name]] = None
+    if not body:
+        raise click.UsageError("Nothing to change: give --version, --alias, --team, --semver, "
+                               "--description, --intended-use, --limitations, --contact, "
+                               "--expires-in-days or --clear.")
+    package = _edit_package(ctx, package_id, body)
+    _print_package(package)
+    if package["status"] == "rejected":
+        ctx.exit(1)
+
+
+@share.command("withdraw")
+@yes_option
+@click.argument("package_id", metavar="ID")
+@click.pass_context
+def share_withdraw(ctx: click.Context, package_id: str, yes: bool) -> None:
+    """Withdraw (delete) a package that is not published yet; the audit log keeps its
+    record. A published package is revoked instead."""
+    confirm(f"Withdraw package {package_id}? It is deleted (the audit log keeps its "
+            "record).", yes)
+    _withdraw_package(ctx, package_id)
+    click.echo(f"package {package_id}: withdrawn")
+
+
 @share.command("show")
 @click.argument("package_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
@@ -128,12 +214,14 @@ def share_show(ctx: click.Context, package_id: str, as_json: bool) -> None:
 
 @share.command("list")
 @click.option("--model", default=None, help="Only this registered model's packages.")
-@click.option("--status", default=None, help="draft, validated, rejected, published, revoked.")
+@click.option("--status", default=None,
+              help="validated or rejected (not published yet), published, expired, revoked.")
 @json_option
 @click.pass_context
 def share_list(ctx: click.Context, model: str | None, status: str | None,
                as_json: bool) -> None:
-    """Packages you may see (yours, and published ones shared with your teams)."""
+    """Packages you may see: every package of the models you may write, and the published
+    ones shared with your teams (never another team's unpublished one)."""
     show(_run(_client(ctx).list_packages, model, status), [
         ("package", "id"), ("model", "model"), ("versions", "versions"),
         ("semver", lambda p: p.get("semver")), ("status", "status"),
@@ -265,4 +353,8 @@ def subscribe(ctx: click.Context, model: str, url: str, team: str | None) -> Non
     click.echo(f"signing secret (shown once): {found['secret']}")
 
 
-COMMANDS = (share, semver, lineage, diff, search, subscribe)
+# ``mlflow-share package ...``: the same commands under the name of what they act on.
+package = click.Group("package", commands=share.commands, hidden=True,
+                      help="Sharing packages (the same commands as `mlflow-share share`).")
+
+COMMANDS = (share, package, semver, lineage, diff, search, subscribe)

@@ -2,11 +2,20 @@
 published (the grants take effect), revoked or expired (they stop at once).
 
 Life cycle: ``create`` validates at once and stores the package as ``validated`` or
-``rejected`` with its report; ``validate`` runs the checks again (after a fix); ``publish``
-(maintainers of the owner team) re-checks the bytes, writes the package's grants, the
-semantic version and the ``mlflow_share.semver`` tag of the version in one audited
-transaction; ``revoke`` removes the grants. A published package past ``expires_at`` reads as
-``expired`` and its grants no longer count.
+``rejected`` with its report (there is no separate draft state: a package that is not
+published yet is one of these two); ``validate`` runs the checks again (after a fix);
+``edit`` changes what ``create`` took (versions or alias, target teams, semantic version,
+model card, expiry) of a package not published yet and validates it again; ``withdraw``
+deletes a package not published yet (the audit event of the deletion keeps its whole
+record); ``publish`` (maintainers of the owner team) re-checks the bytes, writes the
+package's grants, the semantic version and the ``mlflow_share.semver`` tag of the version in
+one audited transaction; ``revoke`` removes the grants. A published package past
+``expires_at`` reads as ``expired`` and its grants no longer count.
+
+A validation runs outside the write transaction (it reads and runs the model); the write
+that stores its outcome then checks, in its transaction, that the package is still what was
+validated (``_unchanged``): an edit, a withdrawal or a publish that landed meanwhile makes it
+a 409 instead of a report or grants of another content.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from mlflow_share.mlflow_compat import tables as mt
 from mlflow_share.policy.enforcer import validate_choice, validate_identifier
 
 SHARE_PERMISSIONS = ("read", "execute", "write")
+UNPUBLISHED = ("validated", "rejected")  # what may be validated again, edited or withdrawn
 SEMVER_TAG = "mlflow_share.semver"
 DETAIL_FIELDS = ("description", "intended_use", "limitations", "owner_contact")
 _P = db.packages
@@ -101,6 +111,11 @@ def parse_draft(engine: sa.Engine, data: dict[str, Any], *, model: str, model_id
         unknown = sorted({t for t, _ in teams} - known)
         if unknown:
             raise NotFound(f"Unknown team(s) {unknown}.")
+        owner = conn.execute(sa.select(db.resources.c.owner_team).where(
+            db.resources.c.kind == MODEL, db.resources.c.resource_id == model_id)).scalar()
+        if owner is not None and owner in {t for t, _ in teams}:
+            raise InvalidInput(f"Team {owner!r} owns {model!r}: a package shares it with "
+                               "other teams, so its owner team cannot be a target.")
         if alias is not None:
             if not isinstance(alias, str) or not alias:
                 raise InvalidInput("'alias' must be an alias name.")
@@ -206,16 +221,133 @@ def _as_dict(row: Any) -> dict[str, Any]:
 def validate(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[str, Any]
              ) -> dict[str, Any]:
     """Run the checks again; a package not yet published becomes validated or rejected."""
-    if package["status"] not in ("validated", "rejected"):
-        raise Conflict(f"Sharing package {package['id']} is {package['status']}: only a "
-                       "package that is not published yet can be validated again.")
+    _require_unpublished(package, "validated again")
     report = _revalidate(engine, repo, package)
     status = "validated" if report["ok"] else "rejected"
     change = {"op": "package.validate", "package": package["id"], "status": status}
     with audited_write(engine, change) as conn:
+        _unchanged(conn, package, "validated")
         conn.execute(_P.update().where(_P.c.id == package["id"], _P.c.status.in_(
-            ("validated", "rejected"))).values(status=status, report=json.dumps(report)))
+            UNPUBLISHED)).values(status=status, report=json.dumps(report)))
     return get(engine, package["id"])
+
+
+def _require_unpublished(package: dict[str, Any], what: str) -> None:
+    if package["status"] not in UNPUBLISHED:
+        hint = " Revoke it instead." if package["status"] in ("published", "expired") else ""
+        raise Conflict(f"Sharing package {package['id']} is {package['status']}: only a "
+                       f"package that is not published yet (validated or rejected) can be "
+                       f"{what}.{hint}")
+
+
+def _content(package: dict[str, Any]) -> tuple[Any, ...]:
+    """What a validation or a publish acted on, as stored."""
+    return ([int(v) for v in package["versions"]], package["alias"], package["semver"],
+            [[t["team"], t["permission"]] for t in package["teams"]], package["expires_at"],
+            {k: package.get(k) for k in DETAIL_FIELDS})
+
+
+def _unchanged(conn: sa.Connection, package: dict[str, Any], what: str) -> None:
+    """Inside a write transaction: 409 unless the package is still as it was read (same
+    status and content), so a slow validation or publish never applies to another content."""
+    row = conn.execute(sa.select(_P).where(_P.c.id == package["id"])).first()
+    if row is None:
+        raise Conflict(f"Sharing package {package['id']} was withdrawn while it was {what}.")
+    details = json.loads(row.details)
+    stored = (json.loads(row.versions), row.alias, row.semver, json.loads(row.teams),
+              row.expires_at, {k: details.get(k) for k in DETAIL_FIELDS})
+    if str(row.status) != package["status"] or stored != _content(package):
+        raise Conflict(f"Sharing package {package['id']} changed while it was {what}: "
+                       "show it and try again.")
+
+
+EDITABLE = ("versions", "alias", "teams", "semver", *DETAIL_FIELDS, "expires_at")
+
+
+def parse_edit(engine: sa.Engine, package: dict[str, Any], data: dict[str, Any]) -> Draft:
+    """The package as the edit would leave it: each field given replaces the stored one, and
+    ``null`` clears an optional one (a cleared owner contact is the creator again); ``versions``
+    or ``alias`` replace what is pinned. Checked as ``create`` checks (400/404, nothing
+    stored)."""
+    if package["model"] is None:
+        raise NotFound(f"The model of sharing package {package['id']!r} no longer exists.")
+    model = data.get("model")
+    if model is not None and model != package["model"]:
+        raise InvalidInput(f"Sharing package {package['id']} packages {package['model']!r}: "
+                           "its model cannot change (create a package for the other model).")
+    unknown = sorted(str(k) for k in set(data) - {"model", *EDITABLE})
+    if unknown:
+        raise InvalidInput(f"Unknown field(s) {unknown}: an edit may change "
+                           f"{', '.join(EDITABLE)}.")
+    if not set(data) & set(EDITABLE):
+        raise InvalidInput(f"Nothing to change: give at least one of {', '.join(EDITABLE)}.")
+    merged: dict[str, Any] = {
+        "teams": [{"team": t["team"], "permission": t["permission"]} for t in package["teams"]],
+        "semver": package["semver"], "expires_at": package["expires_at"],
+        **{k: package.get(k) for k in DETAIL_FIELDS}}
+    repinned = "versions" in data or "alias" in data
+    if repinned:
+        merged["versions"], merged["alias"] = data.get("versions"), data.get("alias")
+    else:  # keep the versions pinned (not what the alias names now)
+        merged["versions"] = [int(v) for v in package["versions"]]
+    merged.update({k: v for k, v in data.items() if k in EDITABLE and k not in (
+        "versions", "alias")})
+    draft = parse_draft(engine, merged, model=package["model"], model_id=package["model_id"],
+                        created_by=package["created_by"])
+    if not repinned:
+        draft.alias = package["alias"]
+    return draft
+
+
+def edit(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[str, Any],
+         draft: Draft) -> dict[str, Any]:
+    """Store an edit of a package not published yet, validated again: it becomes validated
+    or rejected with the new report. The audit event carries the package before and after."""
+    _require_unpublished(package, "edited")
+    report = _report(engine, repo, model=draft.model, model_id=draft.model_id,
+                     versions=draft.versions, semver=draft.semver, details=draft.details,
+                     package_id=package["id"])
+    status = "validated" if report["ok"] else "rejected"
+    after = {"versions": draft.versions, "alias": draft.alias,
+             "teams": [list(t) for t in draft.teams], "semver": draft.semver,
+             "expires_at": draft.expires_at,
+             **{k: draft.details.get(k) for k in DETAIL_FIELDS}}
+    before = {"versions": [int(v) for v in package["versions"]], "alias": package["alias"],
+              "teams": [[t["team"], t["permission"]] for t in package["teams"]],
+              "semver": package["semver"], "expires_at": package["expires_at"],
+              **{k: package.get(k) for k in DETAIL_FIELDS}}
+    change = {"op": "package.edit", "package": package["id"], "model": draft.model,
+              "status": status, "previous_status": package["status"],
+              "changed": sorted(k for k in after if after[k] != before[k]),
+              "before": before, "after": after}
+    with audited_write(engine, change) as conn:
+        _unchanged(conn, package, "edited")
+        conn.execute(_P.update().where(_P.c.id == package["id"], _P.c.status.in_(
+            UNPUBLISHED)).values(
+            versions=json.dumps(draft.versions), alias=draft.alias, semver=draft.semver,
+            details=json.dumps(draft.details), teams=json.dumps([list(t) for t in draft.teams]),
+            status=status, report=json.dumps(report), expires_at=draft.expires_at))
+    return get(engine, package["id"])
+
+
+def withdraw(engine: sa.Engine, package: dict[str, Any]) -> None:
+    """Delete a package that is not published yet. Its row goes (lists, searches, semantic
+    version claims and the protected-alias check no longer see it); the audit event of the
+    deletion, committed in the same transaction, keeps its whole record."""
+    _require_unpublished(package, "withdrawn")
+    report = package.get("report") or {}
+    record = {k: v for k, v in package.items() if k not in ("report", "owner_team")}
+    record["report"] = {"ok": report.get("ok"), "checked_at": report.get("checked_at"),
+                        "problems": [p for c in report.get("checks") or []
+                                     for p in c.get("problems") or []]}
+    change = {"op": "package.withdraw", "package": package["id"], "model": package["model"],
+              "status": package["status"], "record": record}
+    with audited_write(engine, change) as conn:
+        _unchanged(conn, package, "withdrawn")
+        deleted = conn.execute(_P.delete().where(
+            _P.c.id == package["id"], _P.c.status.in_(UNPUBLISHED))).rowcount
+        if not deleted:
+            raise Conflict(f"Sharing package {package['id']} changed while it was withdrawn.")
 
 
 def _revalidate(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[str, Any]
@@ -236,6 +368,7 @@ def publish(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[s
     if not report["ok"]:
         with audited_write(engine, {"op": "package.validate", "package": package["id"],
                                     "status": "rejected"}) as conn:
+            _unchanged(conn, package, "published")
             conn.execute(_P.update().where(_P.c.id == package["id"],
                                            _P.c.status == "validated").values(
                 status="rejected", report=json.dumps(report)))
@@ -255,6 +388,7 @@ def publish(engine: sa.Engine, repo: ChecksumArtifactRepository, package: dict[s
 def _publish(engine: sa.Engine, package: dict[str, Any], change: dict[str, Any],
              report: dict[str, Any], by: str) -> None:
     with audited_write(engine, change) as conn:
+        _unchanged(conn, package, "published")  # an edit meanwhile: not these grants
         updated = conn.execute(_P.update().where(
             _P.c.id == package["id"], _P.c.status == "validated").values(
             status="published", report=json.dumps(report), published_by=by,
@@ -323,6 +457,24 @@ def list_packages(engine: sa.Engine, *, model_ids: list[str] | None, teams: list
             package["status"] == "published" and targets & set(teams))
         if visible and (status is None or package["status"] == status):
             found.append(package)
+    return found
+
+
+def with_alias_now(engine: sa.Engine, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each package pinned through an alias, with ``alias_version``: the version that alias
+    names now in MLflow's registry (``None`` once it is deleted). ``alias`` stays what the
+    package pinned through when it was created."""
+    wanted = {(p["model"], p["alias"]) for p in found if p.get("alias") and p.get("model")}
+    now: dict[tuple[str, str], str] = {}
+    if wanted:
+        a = mt.registered_model_aliases.c
+        with engine.connect() as conn:
+            rows: Any = conn.execute(sa.select(a.name, a.alias, a.version).where(
+                a.name.in_(sorted({m for m, _ in wanted})))).all()
+        now = {(str(n), str(al)): str(v) for n, al, v in rows}
+    for package in found:
+        if package.get("alias"):
+            package["alias_version"] = now.get((package["model"], package["alias"]))
     return found
 
 

@@ -2,12 +2,19 @@
 and webhook subscriptions.
 
 Who may do what (decided here; the interceptor has authenticated the caller):
-- create or re-validate a package: write on the model; publish or revoke: manage (a
-  maintainer of the owner team); show: read on the model, or a target team of a published
-  package;
+- create, re-validate, edit or withdraw a package (the last two only before it is
+  published): write on the model; publish or revoke: manage (a maintainer of the owner
+  team); show and list: write on the model (its authors see every package of it), or a
+  target team of a published package (that package only, never another team's draft);
+- package answers carry the caller's ``may_write``/``may_manage`` on the model (what the
+  portal offers) and, for a package pinned through an alias, ``alias_version``: where the
+  alias points now;
 - semantic versions, lineage, diff, subscriptions: read on the model (run details also need
   read on the run's experiment); the deliveries of a model's webhooks: manage;
-- search: only models the caller may read are ever considered.
+- search: only models the caller may read are ever considered; a model's
+  ``validation_status`` counts unpublished packages only for its writers;
+- lineage: the version's unpublished packages only for writers of the model; its other
+  consumers (teams, packages) only for its managers, as ``GET .../access`` shows them.
 
 Views are module-level functions of the services they use (``SharingServices``, given first);
 ``create_sharing_blueprint`` only binds them to their URLs (``ROUTES``).
@@ -66,6 +73,27 @@ def parse_version_uri(uri: str) -> tuple[str, int]:
 
 def _public(package: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in package.items() if k != "report"}
+
+
+def _for_caller(services: SharingServices, found: list[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """Packages as the caller gets them: with what the caller may do on each one's model
+    (``may_write``: edit, validate, withdraw; ``may_manage``: publish, revoke) and where an
+    alias they were pinned through points now."""
+    rights: dict[str, tuple[bool, bool]] = {}
+    for package in found:
+        model_id = package["model_id"]
+        if model_id not in rights:
+            rights[model_id] = (package["model"] is not None and
+                                _may(services.authorizer, model_id, "write"),
+                                package["model"] is not None and
+                                _may(services.authorizer, model_id, "manage"))
+        package["may_write"], package["may_manage"] = rights[model_id]
+    return packages.with_alias_now(services.engine, found)
+
+
+def _answer(services: SharingServices, package: dict[str, Any]) -> Response:
+    return jsonify({"package": _for_caller(services, [package])[0]})
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -135,8 +163,7 @@ def create_package(services: SharingServices) -> Response:
     principal = current_principal()
     draft = packages.parse_draft(services.engine, data, model=name, model_id=model_id,
                                  created_by=principal.name)
-    return jsonify({"package": packages.create(services.engine, _repo(), draft,
-                                               principal.name)})
+    return _answer(services, packages.create(services.engine, _repo(), draft, principal.name))
 
 
 def list_packages(services: SharingServices) -> Response:
@@ -156,30 +183,45 @@ def list_packages(services: SharingServices) -> Response:
                                    status=status)
     if name:
         found = [p for p in found if p["model"] == name]
-    return jsonify({"packages": [_public(p) for p in found]})
+    return jsonify({"packages": _for_caller(services, [_public(p) for p in found])})
 
 
 def show_package(services: SharingServices, package_id: str) -> Response:
-    return jsonify({"package": _package_for(services, package_id, "read")})
+    return _answer(services, _package_for(services, package_id, "read"))
 
 
 def validate_package(services: SharingServices, package_id: str) -> Response:
     package = _package_for(services, package_id, "write")
-    return jsonify({"package": packages.validate(services.engine, _repo(), package)})
+    return _answer(services, packages.validate(services.engine, _repo(), package))
+
+
+def edit_package(services: SharingServices, package_id: str) -> Response:
+    """Change a package that is not published yet (what ``create`` takes; fields left out
+    stay, ``null`` clears an optional one), then validate it again."""
+    package = _package_for(services, package_id, "write")
+    draft = packages.parse_edit(services.engine, package, json_body())
+    return _answer(services, packages.edit(services.engine, _repo(), package, draft))
+
+
+def withdraw_package(services: SharingServices, package_id: str) -> Response:
+    """Delete a package that is not published yet (the audit log keeps its record)."""
+    package = _package_for(services, package_id, "write")
+    packages.withdraw(services.engine, package)
+    return jsonify({"withdrawn": package["id"]})
 
 
 def publish_package(services: SharingServices, package_id: str) -> Response:
     package = _package_for(services, package_id, "manage")
     published = packages.publish(services.engine, _repo(), package, current_principal().name)
     notifications.emit(published["model_id"], "package.published", _public(published))
-    return jsonify({"package": published})
+    return _answer(services, published)
 
 
 def revoke_package(services: SharingServices, package_id: str) -> Response:
     package = _package_for(services, package_id, "manage")
     revoked = packages.revoke(services.engine, package, current_principal().name)
     notifications.emit(revoked["model_id"], "package.revoked", _public(revoked))
-    return jsonify({"package": _public(revoked)})
+    return _answer(services, _public(revoked))
 
 
 # -- semantic versions -------------------------------------------------------------------------
@@ -210,8 +252,18 @@ def resolve_semver(services: SharingServices) -> Response:
 def version_lineage(services: SharingServices) -> Response:
     name, version = parse_version_uri(request.args.get("uri") or "")
     model_id = _model(services.policy, name, "read", version)
-    return jsonify(lineage.lineage(services.engine, name=name, model_id=model_id,
-                                   version=version, run_visible=_runs_visible(services)))
+    found = lineage.lineage(services.engine, name=name, model_id=model_id, version=version,
+                            run_visible=_runs_visible(services))
+    principal = current_principal()
+    if not _may(services.authorizer, model_id, "write"):
+        # A reader sees the packages published to one of its teams, never a draft.
+        found["packages"] = [p for p in found["packages"] if p["status"] == "published" and
+                             {t["team"] for t in p["teams"]} & set(principal.teams)]
+    if not _may(services.authorizer, model_id, "manage"):
+        # Its own routes, not the other consumers (as GET .../access shows them).
+        found["consuming_teams"] = [t for t in found["consuming_teams"]
+                                    if t["team"] in principal.teams]
+    return jsonify(found)
 
 
 def version_diff(services: SharingServices) -> Response:
@@ -224,11 +276,23 @@ def version_diff(services: SharingServices) -> Response:
 
 def search_models(services: SharingServices) -> Response:
     args = request.args
-    return jsonify({"models": lineage.search(
+    status = args.get("status") or None
+    found = lineage.search(
         services.engine, _readable_models(services), _runs_visible(services),
         owner_team=args.get("owner_team"), tag=args.get("tag"),
-        semver_range=args.get("semver"), metric=args.get("metric"),
-        status=args.get("status"))})
+        semver_range=args.get("semver"), metric=args.get("metric"))
+    shown = []
+    for model in found:
+        model_id = services.policy.model_id(model["name"])
+        model["may_write"] = model_id is not None and _may(services.authorizer, model_id,
+                                                           "write")
+        model["may_manage"] = model_id is not None and _may(services.authorizer, model_id,
+                                                            "manage")
+        if not model["may_write"] and model["validation_status"] != "published":
+            model["validation_status"] = "none"  # another team's drafts are not news
+        if status is None or model["validation_status"] == status:
+            shown.append(model)
+    return jsonify({"models": shown})
 
 
 # -- notifications -----------------------------------------------------------------------------
@@ -284,6 +348,8 @@ ROUTES: tuple[Route, ...] = (
     ("/packages", "create_package", create_package, ("POST",)),
     ("/packages", "list_packages", list_packages, ("GET",)),
     ("/packages/<package_id>", "show_package", show_package, ("GET",)),
+    ("/packages/<package_id>", "edit_package", edit_package, ("PATCH",)),
+    ("/packages/<package_id>", "withdraw_package", withdraw_package, ("DELETE",)),
     ("/packages/<package_id>/validate", "validate_package", validate_package, ("POST",)),
     ("/packages/<package_id>/publish", "publish_package", publish_package, ("POST",)),
     ("/packages/<package_id>/revoke", "revoke_package", revoke_package, ("POST",)),

@@ -154,7 +154,8 @@ def _example_body(spec: dict[str, Any], files: dict[str, bytes]) -> bytes:
     info = spec.get("saved_input_example_info")
     if not isinstance(info, dict):
         raise InvalidInput("No input example was logged with the model (log it with "
-                           "input_example=...).")
+                           "mlflow_share_client.log_shareable(model, name=..., "
+                           "input_example=X), which also infers the signature's outputs).")
     serving, example = info.get("serving_input_path"), info.get("artifact_path")
     if isinstance(serving, str) and serving in files:
         return files[serving]
@@ -188,7 +189,8 @@ def _signature_problems(signature: Any, by_name: dict[str, Any], values: list[An
                         ) -> list[str]:
     if not isinstance(signature, dict) or not signature.get("outputs"):
         return ["The model has no output signature to check the example's outputs against "
-                "(log it with signature=infer_signature(X, predictions))."]
+                "(log it with mlflow_share_client.log_shareable(model, name=..., "
+                "input_example=X), or with signature=infer_signature(X, predictions))."]
     try:
         outputs = json.loads(signature["outputs"])
     except (TypeError, ValueError):

@@ -23,6 +23,21 @@ def test_walkthrough_runs_end_to_end() -> None:
     assert "PERMISSION_DENIED" in result.stdout
 
 
+def test_sharing_package_example_runs_end_to_end() -> None:
+    """log_shareable, a rejected package edited until it validates, a withdrawn one, publish,
+    use and revoke: with the stock client and the CLI, against its own server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_",
+                                                                     "MLFLOW_SHARE_"))}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "sharing_package.py")],
+                            capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "signature outputs ['label', 'probabilities']" in result.stdout
+    assert "validated after the edit" in result.stdout
+    assert "withdrawn (its record stays in the audit log)" in result.stdout
+    assert "predicted [1, 0]" in result.stdout
+
+
 @pytest.mark.postgres
 def test_scale_out_example_checks_itself() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_",

@@ -642,7 +642,263 @@ def test_consuming_teams_see_only_packages_published_to_them(share_server: Share
     if rejected.ok:
         assert rejected.json()["package"]["id"] not in listed("carl")
     assert draft["id"] in listed("aaron") and draft["id"] in listed("alice", model=name)
+    assert draft["id"] not in listed("ava", model=name)  # a viewer of the owner team reads
+
+    # Nor through the other lists: the CLI, a search's status, a version's lineage.
+    for user in ("bea", "carl"):
+        shown = _cli(share_server, user, "share", "list", "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert draft["id"] not in shown.stdout
+    assert draft["id"] in _cli(share_server, "aaron", "share", "list", "--json").stdout
+
+    def status_of(user: str, **filters: str) -> str | None:
+        found = share_server.api("GET", f"{SHARE}/models/search",
+                                 token=share_server.tokens[user], params=filters)
+        assert found.status_code == 200, found.text
+        return next((m["validation_status"] for m in found.json()["models"]
+                     if m["name"] == name), None)
+
+    assert status_of("alice") == "validated" and status_of("alice", status="validated")
+    assert status_of("carl") == "none" and status_of("carl", status="validated") is None
+    assert status_of("carl", status="rejected") is None
+    lineage_of = _cli(share_server, "carl", "lineage", f"models:/{name}/{version}", "--json")
+    assert lineage_of.returncode == 0, lineage_of.stderr
+    seen = json.loads(lineage_of.stdout)
+    assert seen["packages"] == []
+    assert {t["team"] for t in seen["consuming_teams"]} == {"team-c"}
+    authored = json.loads(_cli(share_server, "alice", "lineage", f"models:/{name}/{version}",
+                               "--json").stdout)
+    assert draft["id"] in {p["id"] for p in authored["packages"]}
+
     assert share_server.api("POST", f"{SHARE}/packages/{draft['id']}/publish", token=alice).ok
     assert draft["id"] in listed("bea") and draft["id"] not in listed("carl")
     assert share_server.api("GET", f"{SHARE}/packages/{draft['id']}",
                             token=share_server.tokens["bea"]).ok
+    assert draft["id"] in _cli(share_server, "bea", "share", "list", "--json").stdout
+    assert draft["id"] not in _cli(share_server, "carl", "share", "list", "--json").stdout
+    assert status_of("carl") == "published"  # a published package is news to its readers
+    seen = json.loads(_cli(share_server, "carl", "lineage", f"models:/{name}/{version}",
+                           "--json").stdout)
+    assert seen["packages"] == []  # published, but to team-b: not carl's
+    assert {t["team"] for t in seen["consuming_teams"]} == {"team-c"}
+
+
+def _audited(server: ShareServer, package_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(principal, change) of every package.* change the audit log holds for a package."""
+    engine = sa.create_engine(server.backend_uri)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT principal, details FROM share_audit_events WHERE details LIKE :p "
+                "ORDER BY seq"), {"p": f"%{package_id}%"}).all()
+    finally:
+        engine.dispose()
+    return [(principal, change) for principal, details in rows
+            for change in json.loads(details).get("changes") or []
+            if str(change.get("op", "")).startswith("package.")
+            and change.get("package") == package_id]
+
+
+def test_a_rejected_package_is_edited_until_it_validates(share_server: ShareServer,
+                                                         unique: str) -> None:
+    """Writers of the model edit what create took; each edit validates again; a refused edit
+    changes nothing; a published package is not edited (revoke it)."""
+    name = f"edit-{unique}"
+    first = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    second = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    rejected = _create(share_server, name, first, description=None, semver="1.0")
+    assert rejected["status"] == "rejected"
+    url = f"{SHARE}/packages/{rejected['id']}"
+
+    def edit(user: str, body: dict[str, Any]) -> requests.Response:
+        return share_server.api("PATCH", url, token=share_server.tokens[user], json=body)
+
+    # Only writers of the model: not its viewers (ava), nor the target or another team.
+    for user in ("ava", "bea", "bob", "carl", "nobody"):
+        refused = edit(user, {"description": "mine now"})
+        assert refused.status_code in (403, 404), (user, refused.text)
+    # Refused whole, in MLflow's envelope, and nothing half-written: each refused edit also
+    # carries a good change (a description), which must not be stored either.
+    for body, status, words in (
+            ({}, 400, "Nothing to change"),
+            ({"colour": "red"}, 400, "Unknown field(s) ['colour']"),
+            ({"model": "another-model"}, 400, "cannot change"),
+            ({"teams": [{"team": "team-a", "permission": "read"}]}, 400, "owns"),
+            ({"teams": []}, 400, "'teams'"),
+            ({"teams": [{"team": "team-z", "permission": "read"}]}, 404, "team-z"),
+            ({"versions": ["99"]}, 404, "99"),
+            ({"versions": [first], "alias": "champion"}, 400, "either"),
+            ({"expires_at": 1}, 400, "past"),
+            ({"description": 5}, 400, "'description'")):
+        response = edit("aaron", {"description": "half", **body} if body and
+                        "description" not in body else body)
+        assert response.status_code == status, (body, response.text)
+        assert words in response.json()["message"], (body, response.json())
+        assert response.json()["error_code"] in ("INVALID_PARAMETER_VALUE",
+                                                 "RESOURCE_DOES_NOT_EXIST")
+    stored = share_server.api("GET", url, token=share_server.tokens["alice"]).json()["package"]
+    assert (stored["status"], stored["description"], stored["semver"]) == ("rejected", None, "1.0")
+
+    # An engineer of the owner team fixes it: validated at once, the rest kept.
+    fixed = edit("aaron", {"description": "Churn scores", "semver": "1.0.0"})
+    assert fixed.status_code == 200, fixed.text
+    package = fixed.json()["package"]
+    # What was read before the edit is stale now: a validation or publish of it would apply
+    # to another content, so the write that stores it refuses (409) in its transaction.
+    from mlflow_share.errors import Conflict
+    from mlflow_share.governance import packages as store
+
+    engine = sa.create_engine(share_server.backend_uri)
+    try:
+        with engine.connect() as conn, pytest.raises(Conflict, match="changed while"):
+            store._unchanged(conn, stored, "published")
+        with engine.connect() as conn:
+            store._unchanged(conn, package, "published")  # the current one passes
+    finally:
+        engine.dispose()
+    assert package["status"] == "validated", package["report"]
+    assert package["report"]["ok"] and package["versions"] == [first]
+    assert package["teams"] == [{"team": "team-b", "permission": "execute"}]
+    assert (package["may_write"], package["may_manage"]) == (True, False)
+    # Versions, teams and expiry change too; null clears an optional field.
+    moved = edit("alice", {"versions": [second], "semver": None,
+                           "teams": [{"team": "team-c", "permission": "read"}],
+                           "limitations": "EU only"}).json()["package"]
+    assert (moved["status"], moved["versions"], moved["semver"], moved["limitations"]) == (
+        "validated", [second], None, "EU only")
+    assert moved["teams"] == [{"team": "team-c", "permission": "read"}]
+    broken = edit("alice", {"description": None}).json()["package"]
+    assert broken["status"] == "rejected"
+    assert any("description" in p for p in _problems(broken, "metadata"))
+    assert edit("alice", {"description": "Churn scores"}).json()["package"]["status"] == \
+        "validated"
+
+    # Published: neither edited nor withdrawn (409), and team-c got what the edit said.
+    assert share_server.api("POST", f"{url}/publish", token=share_server.tokens["alice"]).ok
+    for method, body in (("PATCH", {"description": "later"}), ("DELETE", None)):
+        late = share_server.api(method, url, token=share_server.tokens["alice"], json=body)
+        assert late.status_code == 409, late.text
+        assert "Revoke it instead" in late.json()["message"]
+    assert share_server.api("GET", f"{API}/registered-models/get", params={"name": name},
+                            token=share_server.tokens["carl"]).ok
+    assert not share_server.api("GET", f"{API}/registered-models/get", params={"name": name},
+                                token=share_server.tokens["bea"]).ok
+    ops = [(who, change["op"]) for who, change in _audited(share_server, rejected["id"])]
+    assert ops == [("alice", "package.create"), ("aaron", "package.edit"),
+                   ("alice", "package.edit"), ("alice", "package.edit"),
+                   ("alice", "package.edit"), ("alice", "package.publish")]
+    first_edit = _audited(share_server, rejected["id"])[1][1]
+    assert first_edit["changed"] == ["description", "semver"]
+    assert (first_edit["before"]["semver"], first_edit["after"]["semver"]) == ("1.0", "1.0.0")
+    assert (first_edit["previous_status"], first_edit["status"]) == ("rejected", "validated")
+
+
+def test_an_unpublished_package_is_withdrawn_and_stays_in_the_audit_log(
+        share_server: ShareServer, unique: str) -> None:
+    name = f"withdraw-{unique}"
+    version = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    validated = _create(share_server, name, version, semver="4.0.0",
+                        intended_use="weekly scoring")
+    rejected = _create(share_server, name, version, description=None)
+    assert (validated["status"], rejected["status"]) == ("validated", "rejected")
+
+    def listed(user: str) -> set[str]:
+        found = share_server.api("GET", f"{SHARE}/packages", token=share_server.tokens[user],
+                                 params={"model": name})
+        assert found.status_code == 200, found.text
+        return {p["id"] for p in found.json()["packages"]}
+
+    for package in (validated, rejected):
+        url = f"{SHARE}/packages/{package['id']}"
+        for user in ("ava", "bea", "carl"):
+            refused = share_server.api("DELETE", url, token=share_server.tokens[user])
+            assert refused.status_code in (403, 404), (user, refused.text)
+        assert package["id"] in listed("aaron")
+        done = share_server.api("DELETE", url, token=share_server.tokens["aaron"])
+        assert done.status_code == 200 and done.json() == {"withdrawn": package["id"]}
+        assert package["id"] not in listed("aaron") and package["id"] not in listed("alice")
+        gone = share_server.api("GET", url, token=share_server.tokens["alice"])
+        assert gone.status_code == 404 and gone.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+        again = share_server.api("DELETE", url, token=share_server.tokens["aaron"])
+        assert again.status_code == 404
+        assert share_server.api("PATCH", url, token=share_server.tokens["aaron"],
+                                json={"description": "x"}).status_code == 404
+    # The semantic version it claimed is free again.
+    assert _create(share_server, name, version, semver="4.0.0")["status"] == "validated"
+    # The model's search status no longer counts it.
+    found = share_server.api("GET", f"{SHARE}/models/search", token=share_server.tokens["aaron"],
+                             params={"status": "rejected"}).json()["models"]
+    assert name not in [m["name"] for m in found]
+
+    history = _audited(share_server, validated["id"])
+    assert [(who, change["op"]) for who, change in history] == [
+        ("alice", "package.create"), ("aaron", "package.withdraw")]
+    record = history[1][1]["record"]
+    assert record["id"] == validated["id"] and record["semver"] == "4.0.0"
+    assert record["intended_use"] == "weekly scoring" and record["versions"] == [version]
+    assert record["teams"] == validated["teams"] and record["report"]["ok"] is True
+    assert history[1][1]["status"] == "validated"
+
+
+def _tty_cli(server: ShareServer, user: str, answer: str, *args: str
+             ) -> tuple[int, str]:
+    """The CLI with a terminal on standard input (so it asks), answering ``answer``."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.url,
+           "MLFLOW_TRACKING_TOKEN": server.tokens[user]}
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "mlflow_share.cli", *args], env=env,
+                                   stdin=terminal, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        os.write(controller, answer.encode() + b"\n")
+        out, _ = process.communicate(timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return process.returncode, out
+
+
+def test_the_cli_edits_and_withdraws(share_server: ShareServer, unique: str) -> None:
+    name = f"cli-edit-{unique}"
+    version = _register_files(share_server, name, _onnx_files(X[:2].tolist()))
+    created = _cli(share_server, "aaron", "share", "create", name, "--version", version,
+                   "--team", "team-b:read")
+    assert created.returncode == 1 and "[rejected]" in created.stdout  # no description
+    package_id = created.stdout.strip().splitlines()[-1]
+
+    fixed = _cli(share_server, "aaron", "share", "edit", package_id, "--description",
+                 "Churn scores", "--team", "team-c:execute", "--team", "team-c:read",
+                 "--semver", "5.0.0")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "[validated]" in fixed.stdout and "teams: team-c:execute, team-c:read" in fixed.stdout
+    assert "validation: passed" in fixed.stdout
+    cleared = _cli(share_server, "aaron", "package", "edit", package_id, "--clear", "semver")
+    assert cleared.returncode == 0 and "semver" not in cleared.stdout.splitlines()[0]
+    nothing = _cli(share_server, "aaron", "share", "edit", package_id)
+    assert nothing.returncode == 2 and "Nothing to change" in nothing.stderr
+    refused = _cli(share_server, "bea", "share", "edit", package_id, "--description", "x")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().startswith("Error: PERMISSION_DENIED (403)")
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    # Withdraw asks at a terminal: "no" keeps it, "yes" withdraws it; --yes does not ask.
+    code, out = _tty_cli(share_server, "aaron", "n", "share", "withdraw", package_id)
+    assert code == 1 and "Withdraw package" in out and "Aborted" in out, out
+    assert _cli(share_server, "aaron", "share", "show", package_id).returncode == 0
+    code, out = _tty_cli(share_server, "aaron", "y", "package", "withdraw", package_id)
+    assert code == 0 and f"package {package_id}: withdrawn" in out, out
+    gone = _cli(share_server, "aaron", "share", "show", package_id)
+    assert gone.returncode == 1 and "RESOURCE_DOES_NOT_EXIST (404)" in gone.stderr
+
+    other = _cli(share_server, "alice", "share", "create", name, "--version", version,
+                 "--team", "team-b:read", "--description", "Churn scores")
+    other_id = other.stdout.strip().splitlines()[-1]
+    assert _cli(share_server, "alice", "share", "publish", other_id).returncode == 0
+    late = _cli(share_server, "alice", "share", "withdraw", other_id, "--yes")
+    assert late.returncode == 1 and "Traceback" not in late.stderr
+    assert late.stderr.strip().splitlines() == [
+        f"Error: RESOURCE_CONFLICT (409): Sharing package {other_id} is published: only a "
+        "package that is not published yet (validated or rejected) can be withdrawn. "
+        "Revoke it instead."]

@@ -1,7 +1,10 @@
 // The Model Registry portal at /share/: discover the models you may read (with their owner
 // team, versions, semantic versions, packages and contacts), create sharing packages, read
-// their validation report, publish and revoke them. Every call goes through the JSON API with
-// the session (the server decides and audits); data only ever reaches the page as text.
+// their validation report, edit or withdraw them before they are published, publish and
+// revoke them. Every call goes through the JSON API with the session (the server decides and
+// audits); data only ever reaches the page as text. The form checks what it can before it
+// submits (the server checks again) and is disabled for whoever may write on no model.
+// Aliases are read from MLflow's registry as it is now, never from what a package recorded.
 "use strict";
 
 (() => {
@@ -15,12 +18,21 @@
     input_example: "Input example runs and matches the signature",
   };
   const DAY_MS = 86_400_000;
+  const MAX_DAYS = 3650;
+  // SemVer 2.0 (semver.org's own expression); the server also refuses +build metadata.
+  const SEMVER = new RegExp("^(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)"
+    + "(?:-((?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\\.(?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    + "(?:\\+([0-9a-zA-Z-]+(?:\\.[0-9a-zA-Z-]+)*))?$");
 
   const state = {
     who: null,
-    models: [],        // merged summaries, see loadModels
+    models: [],        // merged summaries, see loadModels (as the filters choose them)
+    summaries: new Map(),  // name -> the unfiltered summary (what the caller may do on it)
+    aliases: new Map(),    // name -> Map(alias -> version), MLflow's registry as it is now
     packages: [],      // every package the caller may see
     current: null,     // the package whose report is shown
+    editing: null,     // the package the form edits (null: the form creates)
+    checked: false,    // the form was submitted once: its checks follow each change
   };
   const $ = (id) => document.getElementById(id);
 
@@ -29,6 +41,18 @@
   const mayWrite = (team) => state.who.is_admin || role(team) === "engineer" ||
                              role(team) === "maintainer";
   const mayManage = (team) => state.who.is_admin || role(team) === "maintainer";
+  // What the server says the caller may do on a model or a package (grants included);
+  // the caller's role in the owner team when it has not said.
+  function mayWriteModel(name) {
+    const summary = state.summaries.get(name);
+    if (summary && typeof summary.may_write === "boolean") return summary.may_write;
+    return Boolean(summary && summary.owner_team && mayWrite(summary.owner_team));
+  }
+  const mayEdit = (pkg) => (typeof pkg.may_write === "boolean" ? pkg.may_write
+    : mayWrite(pkg.owner_team));
+  const mayPublish = (pkg) => (typeof pkg.may_manage === "boolean" ? pkg.may_manage
+    : mayManage(pkg.owner_team));
+  const UNPUBLISHED = ["validated", "rejected"];
 
   function badge(text, kind, extra) {
     return el("span", { class: `badge ${kind || text}`, ...(extra || {}) }, text);
@@ -67,6 +91,25 @@
     return (published || any || {}).owner_contact || "";
   }
 
+  // Where the alias a package was pinned through points now, from MLflow's registry (the
+  // package keeps only the alias's name and the versions it pinned).
+  function aliasNow(pkg) {
+    const known = state.aliases.get(pkg.model);
+    if (known) return known.has(pkg.alias) ? known.get(pkg.alias) : null;
+    return pkg.alias_version === undefined ? undefined : pkg.alias_version;
+  }
+
+  function aliasNote(pkg) {
+    if (!pkg.alias) return null;
+    const now = aliasNow(pkg);
+    if (now === undefined || (now !== null && pkg.versions.includes(String(now)))) {
+      return el("span", { class: "alias", dataset: { alias: pkg.alias } }, ` (@${pkg.alias})`);
+    }
+    return el("span", { class: "alias-moved", dataset: { alias: pkg.alias, aliasNow: now ?? "" } },
+      now === null ? ` (pinned through @${pkg.alias}, since deleted)`
+        : ` (pinned through @${pkg.alias}, which now points at v${now})`);
+  }
+
   function teamsText(pkg) {
     const grouped = Object.create(null);
     for (const { team, permission } of pkg.teams || []) {
@@ -103,10 +146,14 @@
   async function loadModels() {
     const wanted = filters();
     const filtered = Object.keys(wanted).length > 0;
-    const [summaries, registry] = await Promise.all([
+    const [summaries, all, registry] = await Promise.all([
       call("GET", `models/search?${new URLSearchParams(wanted)}`),
+      filtered ? call("GET", "models/search") : null,
       registeredModels(),
     ]);
+    state.summaries = new Map(((all || summaries).models || []).map((m) => [m.name, m]));
+    state.aliases = new Map(registry.map((m) => [m.name,
+      new Map((m.aliases || []).map((a) => [a.alias, String(a.version)]))]));
     const stock = new Map(registry.map((m) => [m.name, m]));
     const merged = new Map();
     for (const summary of summaries.models || []) {
@@ -143,6 +190,7 @@
     renderPackages();
     renderModelChoices();
     renderTeamChoices();
+    if (state.current) renderReportAlias(state.current);
     $("discover").dataset.state = "ready";
     $("packages-section").dataset.state = "ready";
   }
@@ -246,39 +294,51 @@
     parts.push(el("h3", {}, "Sharing packages"), found.length
       ? el("ul", { class: "package-summaries" }, found.map((p) => el("li", {},
         statusBadge(p.status), ` ${p.semver || "(no semver)"} · `
-          + `${p.versions.length > 1 ? "versions" : "version"} ${p.versions.join(", ")}`
-          + ` · ${teamsText(p)}`,
+          + `${p.versions.length > 1 ? "versions" : "version"} ${p.versions.join(", ")}`,
+        aliasNote(p), ` · ${teamsText(p)}`,
         p.description ? el("div", {}, p.description) : null,
         p.intended_use ? el("div", {}, el("strong", {}, "Intended use: "), p.intended_use) : null,
         p.limitations ? el("div", {}, el("strong", {}, "Limitations: "), p.limitations) : null,
         p.owner_contact ? el("div", {}, el("strong", {}, "Contact: "), p.owner_contact) : null)))
       : el("p", { class: "muted" }, "No sharing package."));
-    if (model.owner_team && mayWrite(model.owner_team)) {
+    if (model.owner_team && mayWriteModel(model.name)) {
       parts.push(el("p", {}, el("button", { type: "button",
         onclick: () => packageModel(model.name) }, "Package a version of this model")));
     }
     cell.replaceChildren(...parts);
   }
 
-  // -- create --------------------------------------------------------------------------------
+  // -- create and edit -----------------------------------------------------------------------
+  function packageable() {
+    return [...state.summaries.values()].filter((m) => m.owner_team && mayWriteModel(m.name))
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
   function renderModelChoices() {
     const select = $("pkg-model");
     const previous = select.value;
-    const owned = state.models.filter((m) => m.owner_team && mayWrite(m.owner_team));
-    const others = state.models.filter((m) => m.owner_team && !mayWrite(m.owner_team));
+    const owned = packageable();
     const option = (m) => el("option", { value: m.name }, `${m.name} (${m.owner_team})`);
+    const editing = state.editing;
     select.replaceChildren(
-      el("option", { value: "" }, owned.length || others.length ? "Choose a model…"
-        : "No model to package"),
-      owned.length ? el("optgroup", { label: "Owned by your teams" }, owned.map(option)) : null,
-      others.length ? el("optgroup", { label: "Other teams' (needs write permission)" },
-        others.map(option)) : null);
-    $("create-hint").textContent = owned.length ? ""
-      : "You are not an engineer or maintainer of any model's owner team: packaging another "
-        + "team's model needs write permission on it.";
-    if (previous && state.models.some((m) => m.name === previous)) {
-      select.value = previous;
+      el("option", { value: "" }, owned.length ? "Choose a model…" : "No model to package"),
+      ...owned.map(option),
+      editing && !owned.some((m) => m.name === editing.model)
+        ? el("option", { value: editing.model }, editing.model) : null);
+    const form = $("create-package");
+    const able = owned.length > 0 || editing !== null;
+    form.dataset.state = able ? "ready" : "disabled";
+    for (const control of form.elements) {
+      control.disabled = !able || (control.id === "pkg-model" && editing !== null);
+    }
+    $("create-hint").textContent = able ? "" : "You cannot create a sharing package: none of "
+      + "your teams may write on a registered model. A model is packaged by the engineers and "
+      + "maintainers of its owner team, or of a team granted write on it.";
+    const keep = editing ? editing.model : previous;
+    if (keep && [...select.options].some((o) => o.value === keep)) {
+      select.value = keep;
     } else if (previous) {
+      select.value = "";
       loadVersions();
     }
   }
@@ -295,7 +355,7 @@
     owner.value = teams.has(chosen) ? chosen : "";
   }
 
-  async function loadVersions() {
+  async function loadVersions(pinned) {
     const name = $("pkg-model").value;
     const select = $("pkg-version");
     select.replaceChildren();
@@ -310,23 +370,28 @@
       if ($("pkg-model").value !== name) return;  // the choice changed meanwhile
       const versions = (answer.model_versions || []).filter((v) => v.name === name)
         .sort((a, b) => Number(b.version) - Number(a.version));
+      const aliases = [...(state.aliases.get(name) || new Map())];  // the registry, now
       select.replaceChildren(...(versions.length ? versions.map((v) => {
         const tags = Object.fromEntries((v.tags || []).map((t) => [t.key, t.value]));
         const semver = tags["mlflow_share.semver"];
         const label = [`v${v.version}`, semver ? `(${semver})` : "",
+          ...aliases.filter(([, to]) => to === String(v.version)).map(([a]) => `@${a}`),
           v.status && v.status !== "READY" ? `[${v.status}]` : "",
           v.creation_timestamp ? `· ${Share.time(Number(v.creation_timestamp))}` : ""]
           .filter(Boolean).join(" ");
-        return el("option", { value: String(v.version) }, label);
+        return el("option", { value: String(v.version),
+          selected: Array.isArray(pinned) && pinned.includes(String(v.version)) }, label);
       }) : [el("option", { value: "" }, "No versions")]));
     } catch (error) {
       select.replaceChildren(el("option", { value: "" }, "Versions unavailable"));
       fail($("create-error"), error);
     }
     select.dataset.state = "ready";
+    if (state.checked) checkForm();
   }
 
   function packageModel(name) {
+    if (state.editing) stopEdit();
     $("pkg-model").value = name;
     loadVersions();
     $("create").scrollIntoView({ behavior: "smooth" });
@@ -334,67 +399,154 @@
   }
 
   function teamRow(team, permission) {
+    const error = el("p", { class: "field-error", "aria-live": "polite" });
+    error.id = `team-error-${Math.random().toString(36).slice(2)}`;
     const row = el("div", { class: "team-row" },
       el("input", { name: "team", list: "known-teams", placeholder: "team name",
-        "aria-label": "Target team", autocomplete: "off", value: team || undefined }),
+        "aria-label": "Target team", autocomplete: "off", value: team || undefined,
+        "aria-describedby": error.id }),
       el("select", { name: "permission", "aria-label": "Permission" },
         PERMISSIONS.map((p) => el("option", { value: p, selected: p === permission }, p))),
       el("button", { type: "button", class: "remove-team", "aria-label": "Remove this team",
         onclick: () => {
           if ($("team-rows").children.length > 1) row.remove();
           else row.querySelector("input").value = "";
-        } }, "Remove"));
+          if (state.checked) checkForm();
+        } }, "Remove"),
+      error);
     return row;
   }
 
+  function setTeamRows(teams) {
+    const rows = teams.length ? teams.map((t) => teamRow(t.team, t.permission))
+      : [teamRow("", "read")];
+    $("team-rows").replaceChildren(...rows);
+  }
+
+  // A problem next to its field (aria-invalid on the field), or none.
+  function mark(field, message, target) {
+    const slot = target || $(`${field.id}-error`);
+    slot.textContent = message || "";
+    if (message) field.setAttribute("aria-invalid", "true");
+    else field.removeAttribute("aria-invalid");
+    return message ? field : null;
+  }
+
+  function semverProblem(text) {
+    if (!text) return "";
+    if (text.length > 128) return "At most 128 characters.";
+    const match = SEMVER.exec(text);
+    if (!match) {
+      return `"${text}" is not a semantic version: use MAJOR.MINOR.PATCH, e.g. 1.0.0 `
+        + "(optionally -rc.1).";
+    }
+    if (match[5] !== undefined) {
+      return `Leave out the build metadata (+${match[5]}): it does not tell versions apart.`;
+    }
+    return "";
+  }
+
+  // Every check the page can make before submitting; each problem shows next to its field.
+  // Returns the fields with a problem (the first is focused on submit).
+  function checkForm() {
+    const bad = [];
+    const add = (field) => { if (field) bad.push(field); };
+    const model = $("pkg-model");
+    add(mark(model, model.value ? "" : "Choose a model."));
+    const versions = $("pkg-version");
+    const chosen = [...versions.selectedOptions].map((o) => o.value).filter(Boolean);
+    add(mark(versions, !model.value || chosen.length ? "" : "Choose a version."));
+    const semver = $("pkg-semver");
+    add(mark(semver, semverProblem(semver.value.trim())));
+    const expires = $("pkg-expires");
+    const days = expires.value.trim();
+    const number = Number(days);
+    const unchanged = state.editing && expires.dataset.initial === days;
+    add(mark(expires, (!days && !expires.validity.badInput) || unchanged
+      || (Number.isInteger(number) && number >= 1 && number <= MAX_DAYS) ? ""
+      : `Expiry must be a whole number of days from 1 to ${MAX_DAYS}.`));
+
+    const owner = (state.summaries.get(model.value) || {}).owner_team
+      || (state.editing && state.editing.owner_team);
+    const seen = new Set();
+    let any = false;
+    for (const row of $("team-rows").querySelectorAll(".team-row")) {
+      const input = row.querySelector("[name=team]");
+      const team = input.value.trim();
+      const permission = row.querySelector("[name=permission]").value;
+      let problem = "";
+      if (team) {
+        any = true;
+        if (owner && team === owner) {
+          problem = `${team} owns this model: a package shares it with other teams.`;
+        } else if (seen.has(`${team}\n${permission}`)) {
+          problem = `${team} already has ${permission} in this package.`;
+        }
+        seen.add(`${team}\n${permission}`);
+      }
+      add(mark(input, problem, row.querySelector(".field-error")));
+    }
+    const first = $("team-rows").querySelector("[name=team]");
+    $("pkg-teams-error").textContent = any ? "" : "Add at least one target team.";
+    if (!any) bad.push(first);
+    return bad;
+  }
+
   function readForm() {
-    const problems = [];
-    const model = $("pkg-model").value;
-    const version = $("pkg-version").value;
-    if (!model) problems.push("Choose a model.");
-    if (!version) problems.push("Choose a version.");
-    const teams = [];
+    const editing = state.editing;
+    const body = {
+      versions: [...$("pkg-version").selectedOptions].map((o) => o.value).filter(Boolean),
+      teams: [],
+    };
+    if (!editing) body.model = $("pkg-model").value;
     for (const row of $("team-rows").querySelectorAll(".team-row")) {
       const team = row.querySelector("[name=team]").value.trim();
       const permission = row.querySelector("[name=permission]").value;
-      if (team) teams.push({ team, permission });
+      if (team) body.teams.push({ team, permission });
     }
-    if (!teams.length) problems.push("Add at least one target team.");
-    const body = { model, versions: [version], teams };
     for (const [key, id] of [["semver", "pkg-semver"], ["description", "pkg-description"],
       ["intended_use", "pkg-intended-use"], ["limitations", "pkg-limitations"],
       ["owner_contact", "pkg-contact"]]) {
       const value = $(id).value.trim();
       if (value) body[key] = value;
+      else if (editing) body[key] = null;  // an edit clears what was emptied
     }
-    const days = $("pkg-expires").value.trim();
-    if (days) {
-      const number = Number(days);
-      if (!Number.isInteger(number) || number < 1 || number > 3650) {
-        problems.push("Expiry must be a whole number of days between 1 and 3650.");
-      } else {
-        body.expires_at = Date.now() + number * DAY_MS;
-      }
+    const expires = $("pkg-expires");
+    const days = expires.value.trim();
+    if (editing && expires.dataset.initial === days) {
+      // Untouched: the stored expiry stays as it is.
+    } else if (days) {
+      body.expires_at = Date.now() + Number(days) * DAY_MS;
+    } else if (editing) {
+      body.expires_at = null;
     }
-    return { body, problems };
+    return body;
   }
 
   async function submitPackage(event) {
     event.preventDefault();
     const errors = $("create-error");
     errors.replaceChildren();
-    const { body, problems } = readForm();
-    if (problems.length) {
-      errors.replaceChildren(el("ul", { class: "error", role: "alert" },
-        problems.map((p) => el("li", {}, p))));
+    state.checked = true;
+    const bad = checkForm();
+    if (bad.length) {
+      errors.replaceChildren(el("p", { class: "error", role: "alert", id: "form-problems" },
+        `${bad.length === 1 ? "One field needs" : `${bad.length} fields need`} a change `
+        + "before the package can be submitted."));
+      bad[0].focus();
       return;
     }
+    const body = readForm();
+    const editing = state.editing;
     const button = $("submit-package");
     button.disabled = true;
     $("package-report").replaceChildren(el("p", { class: "muted", id: "validating" },
       "Validating the package…"));
     try {
-      const answer = await call("POST", "packages", body);
+      const answer = editing
+        ? await call("PATCH", `packages/${encodeURIComponent(editing.id)}`, body)
+        : await call("POST", "packages", body);
+      if (editing) stopEdit();
       showPackage(answer.package);
       await refresh();
     } catch (error) {
@@ -403,6 +555,71 @@
     } finally {
       button.disabled = false;
     }
+  }
+
+  function clearChecks() {
+    state.checked = false;
+    for (const slot of $("create-package").querySelectorAll(".field-error")) slot.textContent = "";
+    for (const field of $("create-package").querySelectorAll("[aria-invalid]")) {
+      field.removeAttribute("aria-invalid");
+    }
+    $("create-error").replaceChildren();
+  }
+
+  async function startEdit(id) {
+    let pkg;
+    try {
+      pkg = (await call("GET", `packages/${encodeURIComponent(id)}`)).package;
+    } catch (error) {
+      fail($("portal-error"), error);
+      return;
+    }
+    state.editing = pkg;
+    clearChecks();
+    const form = $("create-package");
+    form.dataset.mode = "edit";
+    form.dataset.package = pkg.id;
+    $("create-title").textContent = `Edit sharing package ${pkg.id}`;
+    $("submit-package").textContent = "Save and validate again";
+    $("cancel-edit").hidden = false;
+    renderModelChoices();
+    $("pkg-model").value = pkg.model;
+    const versions = $("pkg-version");
+    versions.multiple = pkg.versions.length > 1;
+    for (const [id2, key] of [["pkg-semver", "semver"], ["pkg-description", "description"],
+      ["pkg-intended-use", "intended_use"], ["pkg-limitations", "limitations"],
+      ["pkg-contact", "owner_contact"]]) {
+      $(id2).value = pkg[key] || "";
+    }
+    const expires = $("pkg-expires");
+    expires.value = pkg.expires_at
+      ? String(Math.max(1, Math.ceil((pkg.expires_at - Date.now()) / DAY_MS))) : "";
+    expires.dataset.initial = expires.value;
+    $("pkg-expires-now").textContent = pkg.expires_at
+      ? `Now expires ${Share.time(pkg.expires_at)}; leave it as it is to keep that.` : "";
+    setTeamRows(pkg.teams || []);
+    $("create").scrollIntoView({ behavior: "smooth" });
+    await loadVersions(pkg.versions);
+    $("pkg-semver").focus();
+  }
+
+  function stopEdit() {
+    state.editing = null;
+    clearChecks();
+    const form = $("create-package");
+    form.reset();
+    delete form.dataset.mode;
+    delete form.dataset.package;
+    $("pkg-version").multiple = false;
+    delete $("pkg-expires").dataset.initial;
+    $("pkg-expires-now").textContent = "";
+    $("create-title").textContent = "Create sharing package";
+    $("submit-package").textContent = "Create and validate";
+    $("cancel-edit").hidden = true;
+    $("pkg-contact").value = state.who.user;
+    setTeamRows([]);
+    renderModelChoices();
+    loadVersions();
   }
 
   // -- the validation report -----------------------------------------------------------------
@@ -430,7 +647,7 @@
       : failed ? `${failed} of ${checks.length} checks failed.`
         : `All ${checks.length} checks passed.`;
     const actions = el("div", { class: "actions", id: "package-actions" });
-    if (pkg.status === "validated" && mayManage(pkg.owner_team)) {
+    if (pkg.status === "validated" && mayPublish(pkg)) {
       actions.append(el("button", { type: "button", class: "primary", id: "publish-package",
         onclick: () => publish(pkg.id) }, "Publish"));
     } else if (pkg.status === "validated") {
@@ -438,9 +655,9 @@
         `Validated. A maintainer of ${pkg.owner_team || "the owner team"} can publish it.`));
     } else if (pkg.status === "rejected") {
       actions.append(el("p", { class: "muted" },
-        "Rejected: it cannot be published. Fix the problems, then create a new package or "
-        + "validate this one again."));
-      if (mayWrite(pkg.owner_team)) {
+        "Rejected: it cannot be published. Fix the problems (edit the package, or the model "
+        + "and validate it again), or withdraw it."));
+      if (mayEdit(pkg)) {
         actions.append(el("button", { type: "button", id: "revalidate-package",
           onclick: () => revalidate(pkg.id) }, "Validate again"));
       }
@@ -450,11 +667,16 @@
         + `${pkg.published_at ? ` at ${Share.time(pkg.published_at)}` : ""}: `
         + `${teamsText(pkg)} now ${pkg.teams.length > 1 ? "have" : "has"} access.`));
     }
+    if (UNPUBLISHED.includes(pkg.status) && mayEdit(pkg)) {
+      actions.append(el("button", { type: "button", id: "edit-package",
+        onclick: () => startEdit(pkg.id) }, "Edit"));
+    }
     $("package-report").replaceChildren(el("div", { class: "report", dataset: { package: pkg.id } },
       el("h3", {}, "Validation report"),
       el("dl", { class: "package-facts" },
         el("dt", {}, "Package"), el("dd", { id: "package-id" }, pkg.id),
-        el("dt", {}, "Model"), el("dd", {}, `${pkg.model} · version ${pkg.versions.join(", ")}`),
+        el("dt", {}, "Model"), el("dd", {}, `${pkg.model} · version ${pkg.versions.join(", ")}`,
+          el("span", { id: "report-alias" }, aliasNote(pkg))),
         el("dt", {}, "Semantic version"), el("dd", { id: "package-semver" }, pkg.semver || "—"),
         el("dt", {}, "Target teams"), el("dd", {}, teamsText(pkg)),
         el("dt", {}, "Status"), el("dd", {}, statusBadge(pkg.status, "package-status"))),
@@ -472,6 +694,13 @@
         `Checked ${Share.time(report.checked_at)}`) : null,
       actions,
       el("div", { id: "package-error", "aria-live": "polite" })));
+  }
+
+  function renderReportAlias(pkg) {
+    const slot = $("report-alias");
+    if (slot && slot.closest(`[data-package="${CSS.escape(pkg.id)}"]`)) {
+      slot.replaceChildren(aliasNote(pkg) || "");
+    }
   }
 
   async function act(path, id, button) {
@@ -519,13 +748,19 @@
   }
 
   function packageRow(pkg) {
-    const manage = mayManage(pkg.owner_team);
+    const manage = mayPublish(pkg);
     const buttons = [el("button", { type: "button", class: "show-report",
       onclick: () => showReport(pkg.id) }, "Report")];
     if (manage && pkg.status === "validated") {
       buttons.push(el("button", { type: "button", class: "primary publish",
         onclick: (e) => act("publish", pkg.id, e.currentTarget) },
       "Publish"));
+    }
+    if (UNPUBLISHED.includes(pkg.status) && mayEdit(pkg)) {
+      buttons.push(el("button", { type: "button", class: "edit",
+        onclick: () => startEdit(pkg.id) }, "Edit"));
+      buttons.push(el("button", { type: "button", class: "danger withdraw",
+        onclick: (e) => askWithdraw(e.currentTarget.closest("td"), pkg) }, "Withdraw"));
     }
     if (manage && (pkg.status === "validated" || pkg.status === "published"
                    || pkg.status === "expired")) {
@@ -540,8 +775,8 @@
     }
     return el("tr", { dataset: { package: pkg.id, model: pkg.model || "", status: pkg.status } },
       el("td", {}, pkg.model || el("span", { class: "muted" }, "(deleted)")),
-      el("td", {}, pkg.versions.map((v) => `v${v}`).join(", ")
-        + (pkg.alias ? ` (@${pkg.alias})` : "")),
+      el("td", { class: "versions" }, pkg.versions.map((v) => `v${v}`).join(", "),
+        aliasNote(pkg)),
       el("td", {}, pkg.semver || el("span", { class: "muted" }, "—")),
       el("td", {}, teamsText(pkg)),
       el("td", {}, statusBadge(pkg.status)),
@@ -553,6 +788,40 @@
       el("td", { class: "actions" }, buttons));
   }
 
+  // Withdrawing asks in the row itself: confirm, or cancel to get the buttons back.
+  function askWithdraw(cell, pkg) {
+    const before = [...cell.childNodes];
+    const cancel = el("button", { type: "button", class: "cancel-withdraw",
+      onclick: () => cell.replaceChildren(...before) }, "Cancel");
+    const confirm = el("button", { type: "button", class: "danger confirm-withdraw",
+      onclick: () => withdraw(pkg, confirm, cancel) }, "Withdraw it");
+    cell.replaceChildren(el("span", { class: "confirm-withdraw-text", role: "alert" },
+      `Withdraw package ${pkg.id}? It is deleted; the audit log keeps its record.`),
+    confirm, cancel);
+    cancel.focus();
+  }
+
+  async function withdraw(pkg, confirm, cancel) {
+    confirm.disabled = true;
+    cancel.disabled = true;
+    try {
+      await call("DELETE", `packages/${encodeURIComponent(pkg.id)}`);
+      if (state.editing && state.editing.id === pkg.id) stopEdit();
+      if (state.current && state.current.id === pkg.id) {
+        state.current = null;
+        $("package-report").replaceChildren(el("p", { class: "muted", id: "withdrawn" },
+          `Package ${pkg.id} was withdrawn.`));
+      }
+      await refresh();
+    } catch (error) {
+      fail($("portal-error"), error);
+      if (confirm.isConnected) {
+        confirm.disabled = false;
+        cancel.disabled = false;
+      }
+    }
+  }
+
   // -- start ---------------------------------------------------------------------------------
   async function start() {
     try {
@@ -562,14 +831,21 @@
       return;
     }
     $("pkg-contact").value = state.who.user;
-    $("team-rows").append(teamRow("", "read"));
+    setTeamRows([]);
     $("add-team").addEventListener("click", () => {
       const row = teamRow("", "read");
       $("team-rows").append(row);
       row.querySelector("input").focus();
     });
-    $("pkg-model").addEventListener("change", loadVersions);
+    $("pkg-model").addEventListener("change", () => loadVersions());
     $("create-package").addEventListener("submit", submitPackage);
+    for (const kind of ["input", "change"]) {
+      $("create-package").addEventListener(kind, () => { if (state.checked) checkForm(); });
+    }
+    $("cancel-edit").addEventListener("click", () => {
+      stopEdit();
+      $("create-title").scrollIntoView({ behavior: "smooth" });
+    });
     $("model-filters").addEventListener("submit", (event) => {
       event.preventDefault();
       refresh();
