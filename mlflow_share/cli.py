@@ -657,10 +657,12 @@ def alias_history(ctx: click.Context, model: str, alias_name: str | None,
 
 
 def _add_subcommands() -> None:
+    from mlflow_share.adopt.cli import adopt_group
     from mlflow_share.artifacts.cli import verify
     from mlflow_share.audit.cli import audit
     from mlflow_share.governance.cli import COMMANDS
 
+    cli.add_command(adopt_group)
     cli.add_command(audit)
     cli.add_command(verify)
     for command in COMMANDS:

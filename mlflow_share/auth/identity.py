@@ -63,6 +63,11 @@ def parse_authorization(header: str | None) -> Credentials | None:
     return None
 
 
+# The largest scrypt cost (n·r·p) a stored hash may ask for: werkzeug's default (MLflow
+# basic-auth's hashes, adopted as they are: 32768·8·1, 32 MiB) and this module's own.
+MAX_SCRYPT_COST = 32768 * 8 * 1
+
+
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(
@@ -84,6 +89,9 @@ def verify_password(password: str, stored: str | None) -> bool:
         algo, n, r, p, salt_b64, digest_b64 = stored.split("$")
         if algo != "scrypt":
             return False
+        cost = int(n) * int(r) * int(p)
+        if not 0 < cost <= MAX_SCRYPT_COST:
+            return False  # a stored cost no login should pay for
         digest = hashlib.scrypt(
             password.encode(),
             salt=base64.b64decode(salt_b64),
@@ -91,6 +99,7 @@ def verify_password(password: str, stored: str | None) -> bool:
             r=int(r),
             p=int(p),
             dklen=32,
+            maxmem=132 * cost + 1024 * 1024,  # scrypt needs ~128·n·r·p bytes
         )
     except (ValueError, binascii.Error):
         return False

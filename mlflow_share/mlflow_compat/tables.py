@@ -30,7 +30,7 @@ DECLARED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "experiment_tags": (_TRACKING, "SqlExperimentTag", ("experiment_id", "key", "value")),
     "runs": (_TRACKING, "SqlRun",
              ("run_uuid", "experiment_id", "name", "status", "start_time", "end_time",
-              "lifecycle_stage", "artifact_uri")),
+              "lifecycle_stage", "artifact_uri", "user_id")),
     "tags": (_TRACKING, "SqlTag", ("run_uuid", "key", "value")),
     "params": (_TRACKING, "SqlParam", ("run_uuid", "key", "value")),
     "latest_metrics": (_TRACKING, "SqlLatestMetric", ("run_uuid", "key", "value")),
@@ -52,7 +52,7 @@ DECLARED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "model_versions": (_REGISTRY, "SqlModelVersion",
                        ("name", "version", "source", "run_id", "storage_location",
                         "current_stage", "status", "status_message", "description",
-                        "creation_time", "last_updated_time", "workspace")),
+                        "creation_time", "last_updated_time", "workspace", "user_id")),
     "model_version_tags": (_REGISTRY, "SqlModelVersionTag",
                            ("workspace", "name", "version", "key", "value")),
 }
@@ -111,3 +111,68 @@ registered_model_tags = _load("registered_model_tags")
 registered_model_aliases = _load("registered_model_aliases")
 model_versions = _load("model_versions")
 model_version_tags = _load("model_version_tags")
+
+
+# -- MLflow's basic-auth database ----------------------------------------------------------------
+# A database of its own (basic-auth's ``database_uri``), read once by ``mlflow-share adopt
+# basic-auth``. Its tables are reflected from that database rather than loaded from MLflow's
+# models: importing ``mlflow.server.auth.db.models`` runs MLflow's basic-auth app module (it
+# reads its config and needs Flask-WTF), and the database was written by whichever MLflow ran
+# basic-auth, so it is the database's own columns that must be checked.
+_BASIC_AUTH = "mlflow.server.auth.db.models"
+
+# table name -> (module, ORM class or "" for a table MLflow keeps without a model, columns read)
+BASIC_AUTH_DECLARED: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "users": (_BASIC_AUTH, "SqlUser", ("id", "username", "password_hash", "is_admin")),
+    "roles": (_BASIC_AUTH, "SqlRole", ("id", "name", "workspace")),
+    "role_permissions": (_BASIC_AUTH, "SqlRolePermission",
+                         ("id", "role_id", "resource_type", "resource_pattern", "permission")),
+    "user_role_assignments": (_BASIC_AUTH, "SqlUserRoleAssignment", ("user_id", "role_id")),
+    # Per-user permissions before MLflow's role-based permissions (migration e5f6a7b8c9d0
+    # copies them into roles and keeps these tables, unread, for a rollback).
+    "experiment_permissions": (_BASIC_AUTH, "", ("experiment_id", "user_id", "permission")),
+    "registered_model_permissions": (_BASIC_AUTH, "", ("name", "user_id", "permission")),
+}
+BASIC_AUTH_USERS = ("users",)
+BASIC_AUTH_ROLES = ("roles", "role_permissions", "user_role_assignments")
+BASIC_AUTH_LEGACY = ("experiment_permissions", "registered_model_permissions")
+
+
+def reflect_basic_auth(engine: sa.Engine) -> tuple[dict[str, sa.Table], list[str]]:
+    """The declared basic-auth tables a database has, and what it lacks of them: a missing
+    table by name, a missing column as ``table.column``."""
+    present = set(sa.inspect(engine).get_table_names())
+    metadata = sa.MetaData()
+    found: dict[str, sa.Table] = {}
+    gone: list[str] = []
+    for name, (_module, _cls, columns) in BASIC_AUTH_DECLARED.items():
+        if name not in present:
+            gone.append(name)
+            continue
+        table = sa.Table(name, metadata, autoload_with=engine)
+        lacking = [f"{name}.{column}" for column in columns if column not in table.c]
+        if lacking:
+            gone.extend(lacking)
+        else:
+            found[name] = table
+    return found, gone
+
+
+def basic_auth_model_drift() -> list[str]:
+    """Declared basic-auth tables or columns the installed MLflow's models no longer have
+    (``[]`` also when basic-auth cannot be imported here: it needs ``mlflow[auth]``)."""
+    try:
+        module = importlib.import_module(_BASIC_AUTH)
+    except ImportError:
+        return []
+    gone = []
+    for name, (_module, cls, columns) in BASIC_AUTH_DECLARED.items():
+        if not cls:
+            continue
+        model = getattr(module, cls, None)
+        table = getattr(model, "__table__", None)
+        if table is None or table.name != name:
+            gone.append(name)
+            continue
+        gone.extend(f"{name}.{column}" for column in columns if column not in table.c)
+    return gone
