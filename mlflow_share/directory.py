@@ -48,6 +48,12 @@ class IssuedToken:
     expires_at: int | None
 
 
+def _maintainers(conn: sa.Connection, team: str) -> set[str]:
+    r = db.casbin_rules.c
+    return set(conn.execute(sa.select(r.v0).where(
+        r.ptype == "g", r.v2 == team, r.v1 == "maintainer")).scalars().all())
+
+
 POLICY_LOCK_KEY = 7219350002  # PostgreSQL advisory lock of policy writes (unique to mlflow-share)
 
 
@@ -263,12 +269,14 @@ class Directory:
     def _keep_a_maintainer(conn: sa.Connection, team: str, leaving: str) -> None:
         """A team always keeps a maintainer once it has one: someone must be able to manage
         its members and grants."""
-        r = db.casbin_rules.c
-        maintainers: set[str] = set(conn.execute(sa.select(r.v0).where(
-            r.ptype == "g", r.v2 == team, r.v1 == "maintainer")).scalars().all())
-        if maintainers == {leaving}:
-            raise Conflict(f"{leaving!r} is the last maintainer of team {team!r}: make "
-                           "another member maintainer first.")
+        r, u = db.casbin_rules.c, db.users.c
+        active: set[str] = set(conn.execute(
+            sa.select(r.v0).join(db.users, u.name == r.v0)
+            .where(r.ptype == "g", r.v2 == team, r.v1 == "maintainer",
+                   u.disabled_at.is_(None))).scalars().all())
+        if active <= {leaving} and leaving in _maintainers(conn, team):
+            raise Conflict(f"{leaving!r} is the last active maintainer of team {team!r}: "
+                           "make another member maintainer (or enable one) first.")
 
     def has_admin(self) -> bool:
         with self.engine.connect() as conn:

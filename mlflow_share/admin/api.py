@@ -48,6 +48,9 @@ class AdminServices:
     directory: Directory
 
 
+MAX_NAME = 256  # MLflow's longest registered model name (its column)
+
+
 # -- helpers -----------------------------------------------------------------------------------
 def _resource_of(policy: PolicyEngine, data: dict[str, Any]) -> tuple[str, str, str]:
     """(kind, resource_id, label) from ``model`` (a name) or ``experiment_id``."""
@@ -55,13 +58,17 @@ def _resource_of(policy: PolicyEngine, data: dict[str, Any]) -> tuple[str, str, 
     if (model is None) == (experiment_id is None):
         raise InvalidInput("Name exactly one of 'model' or 'experiment_id'.")
     if model is not None:
-        if not isinstance(model, str):
+        if not isinstance(model, str) or not model or len(model) > MAX_NAME:
             raise InvalidInput("'model' must be a registered model name.")
         model_id = policy.model_id(model)
         if model_id is None:
             raise NotFound(f"Registered model {model!r} has no owner team in mlflow-share.")
         note_resource(MODEL, model_id, model, policy.owner_of(MODEL, model_id))
         return MODEL, model_id, f"registered model {model!r}"
+    if isinstance(experiment_id, bool) or not isinstance(experiment_id, (str, int)) \
+            or not str(experiment_id).isascii() or not str(experiment_id).isdigit() \
+            or len(str(experiment_id)) > 19:
+        raise InvalidInput("'experiment_id' must be an experiment ID (digits).")
     experiment_id = str(experiment_id)
     owner = policy.owner_of(EXPERIMENT, experiment_id)
     if owner is None:
@@ -244,18 +251,9 @@ def list_grants(services: AdminServices) -> Response:
     owner = services.policy.owner_of(kind, resource_id)
     Authorizer(services.policy).check(principal, kind, resource_id, owner, "read", label)
     grants = services.directory.list_grants(kind, resource_id)
-    if not _sees_every_team(services.policy, principal, kind, resource_id, owner):
+    if not access.sees_every_team(services.policy, principal, kind, resource_id):
         grants = [g for g in grants if g["team"] in principal.teams]
     return jsonify({"owner_team": owner, "grants": grants})
-
-
-def _sees_every_team(policy: PolicyEngine, principal: Principal, kind: str, resource_id: str,
-                     owner: str | None) -> bool:
-    """Whether the caller may see every team that reaches the resource: its owner team's
-    members and whoever manages it. A consuming team sees the owner and its own routes, not
-    the other consumers."""
-    return (owner is not None and owner in principal.teams) \
-        or Authorizer(policy).may(principal, kind, resource_id, "manage")
 
 
 def _version_arg() -> int | None:
@@ -275,7 +273,7 @@ def effective(services: AdminServices) -> Response:
     owner = services.policy.owner_of(kind, resource_id)
     Authorizer(services.policy).check(principal, kind, resource_id, owner, "read", label)
     found = access.effective_access(services.policy, kind, resource_id, _version_arg())
-    if not _sees_every_team(services.policy, principal, kind, resource_id, owner):
+    if not access.sees_every_team(services.policy, principal, kind, resource_id):
         found.routes = [r for r in found.routes
                         if r.via == "owner" or r.team in principal.teams]
         found.admins = []

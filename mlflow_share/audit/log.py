@@ -581,10 +581,16 @@ def _spellings(name: str) -> list[list[str]]:
     """The word lists ``_readable`` could have made ``name`` from (checked by the caller)."""
     found = [name.split("_")] if "." not in name else []
     obj, dot, verb = name.rpartition(".")
-    if dot and obj and "." not in obj:
-        parts = [_RAW_VERBS.get(w, (w,)) for w in verb.split("_")]
+    verbs = verb.split("_")
+    # A verb is at most three words (``batch_get``, ``get_or_create``): longer ones are no
+    # verb, and their spellings would grow as 2^words (a filter must stay cheap to ask).
+    if dot and obj and "." not in obj and len(verbs) <= 3:
+        parts = [_RAW_VERBS.get(w, (w,)) for w in verbs]
         found += [list(raw) + obj.split("_") for raw in product(*parts)]
     return [w for w in found if all(w)]
+
+
+MAX_ACTION_FILTER = 200  # characters of an action filter that are expanded to spellings
 
 
 def _like(text: str) -> str:
@@ -596,6 +602,8 @@ def stored_actions(name: str) -> tuple[list[str], list[str]]:
     ``name`` (and ``name`` itself, so a stored spelling filters too) and ``LIKE`` patterns
     (escaped with a backslash) for the spellings whose namespace a name leaves out."""
     exact, like = {name}, set()
+    if len(name) > MAX_ACTION_FILTER:  # no action is that long: only itself can match
+        return [name], []
     candidates = [f"share.{name}"]
     for words in _spellings(name):
         camel, snake = "".join(w[:1].upper() + w[1:] for w in words), "_".join(words)

@@ -520,21 +520,17 @@ class Interceptor:
     def _resolve_model_alias(self, principal: Principal, rule: Rule, params: _Params,
                              decision: Decision) -> None:
         """Aliases need write on the model; a protected one needs manage (maintainers)."""
-        from mlflow_share.governance.aliases import is_protected, look_alike
+        from mlflow_share.governance.aliases import is_protected
 
         name = params.required(rule.fields[0])
         self._check_model(principal, name, "write")
         alias = params.optional(rule.fields[1])
         model_id = self.policy.model_id(name)
         if alias and model_id is not None:
+            # (A look-alike of a protected alias is refused where every alias is set: the
+            # registry store's write hook, governance/write_hooks.py.)
             with self.lookups.engine.connect() as conn:
                 protected = is_protected(conn, model_id, str(alias))
-                # Setting a look-alike is refused; deleting one made before is not.
-                reserved = look_alike(conn, model_id, str(alias)) \
-                    if params.method == "POST" else None
-            if reserved is not None:
-                raise Conflict(f"Alias {alias!r} looks like the protected alias {reserved!r} "
-                               f"of registered model {name!r}; choose another name.")
             if protected:
                 self._check_model(principal, name, "manage")
 

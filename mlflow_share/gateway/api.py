@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.http import PREFIX, bind_routes, json_errors, require_model
+from mlflow_share.directory import MODEL
+from mlflow_share.http import PREFIX, bind_routes, current_principal, json_errors, require_model
+from mlflow_share.policy.access import sees_every_team
 from mlflow_share.errors import InvalidInput
 from mlflow_share.gateway.usage import summarize, usage_rows
 from mlflow_share.policy.enforcer import PolicyEngine
@@ -51,22 +53,33 @@ def _by() -> tuple[str, ...]:
     unknown = sorted({part for part in asked if part not in SUMMARY_BY})
     if unknown:
         raise InvalidInput(f"'by' is {' or '.join(SUMMARY_BY)} (or both), not "
-                           f"{', '.join(repr(part) for part in unknown)}.")
+                           f"{', '.join(repr(part[:40]) for part in unknown[:5])}.")
     return tuple(name for name in SUMMARY_BY if name in asked)
+
+
+def _visible_teams(services: UsageServices, name: str) -> frozenset[str] | None:
+    """Whose calls the caller may see (None: every team's): the owner team's members and the
+    model's managers see every consumer; a consuming team only its own calls, as it sees
+    only its own routes in the model's access."""
+    model_id = require_model(services.policy, name, "read")
+    principal = current_principal()
+    if model_id is None or sees_every_team(services.policy, principal, MODEL, model_id):
+        return None
+    return frozenset(principal.teams)
 
 
 def usage(services: UsageServices) -> Response:
     name, since = _model_and_since()
-    require_model(services.policy, name, "read")
-    return jsonify({"model": name, "usage": usage_rows(services.engine, name, since)})
+    teams = _visible_teams(services, name)
+    return jsonify({"model": name, "usage": usage_rows(services.engine, name, since, teams)})
 
 
 def usage_summary(services: UsageServices) -> Response:
     name, since = _model_and_since()
     by = _by()
-    require_model(services.policy, name, "read")
+    teams = _visible_teams(services, name)
     return jsonify({"model": name, "since": since, "by": list(by),
-                    "summary": summarize(services.engine, name, since, by)})
+                    "summary": summarize(services.engine, name, since, by, teams)})
 
 
 # (rule, endpoint, view, methods): the endpoint is what the policy and the audit log name

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from collections.abc import Collection
+
 import sqlalchemy as sa
 from hdrh.histogram import HdrHistogram
 
@@ -160,20 +162,25 @@ class Usage:
         self.appender.append(context.event(status=200, source="gateway"))
 
 
-def usage_rows(engine: sa.Engine, model: str, since_ms: int | None = None) -> list[dict[str, Any]]:
-    """The model's rows (oldest first), without their histograms (``summarize`` reads them)."""
+def usage_rows(engine: sa.Engine, model: str, since_ms: int | None = None,
+               teams: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """The model's rows (oldest first; of the calling ``teams`` only, when given), without
+    their histograms (``summarize`` reads them)."""
     table = db.gateway_usage
     columns = [c for c in table.c if c.name != "latency_histogram"]
     query = sa.select(*columns).where(table.c.model == model)
     if since_ms is not None:
         query = query.where(table.c.minute >= since_ms)
+    if teams is not None:
+        query = query.where(table.c.team.in_(sorted(teams)))
     with engine.connect() as conn:
         rows = conn.execute(query.order_by(table.c.minute, table.c.version, table.c.team)).all()
     return [dict(row._mapping) for row in rows]
 
 
 def summarize(engine: sa.Engine, model: str, since_ms: int | None = None,
-              by: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+              by: tuple[str, ...] = (), teams: Collection[str] | None = None
+              ) -> list[dict[str, Any]]:
     """Requests, errors, mean and p50/p95/p99 over exactly the calls of the model's rows since
     ``since_ms``, in all or per value of ``by`` (``version``, ``team``): their histograms are
     added, never their percentiles averaged."""
@@ -181,6 +188,8 @@ def summarize(engine: sa.Engine, model: str, since_ms: int | None = None,
     query = sa.select(table).where(table.c.model == model)
     if since_ms is not None:
         query = query.where(table.c.minute >= since_ms)
+    if teams is not None:
+        query = query.where(table.c.team.in_(sorted(teams)))
     groups: dict[tuple[str, ...], dict[str, Any]] = {}
     with engine.connect() as conn:
         for row in conn.execute(query):

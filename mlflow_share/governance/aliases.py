@@ -145,7 +145,7 @@ def get_request(engine: sa.Engine, request_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(sa.select(_R).where(_R.c.id == str(request_id)[:32])).first()
     if row is None:
-        raise NotFound(f"Alias move request {request_id!r} does not exist.")
+        raise NotFound(f"Alias move request {str(request_id)[:64]!r} does not exist.")
     return dict(row._mapping)
 
 

@@ -38,6 +38,12 @@ def _move(conn: sa.Connection, name: str, alias: str, version: int | None) -> di
     model_id = _model_id(conn, name)
     ctx = AUDIT_CONTEXT.get()
     asked = ALIAS_MOVE.get() or AliasMove()
+    # A protected alias reserves its look-alikes (another case, a confusable letter) on every
+    # path that sets an alias; deleting one made before stays possible.
+    reserved = aliases.look_alike(conn, model_id, alias) if version is not None else None
+    if reserved is not None:
+        raise Conflict(f"Alias {alias!r} looks like the protected alias {reserved!r} of "
+                       f"registered model {name!r}; choose another name.")
     rule = aliases.protection(conn, model_id, alias)
     principal = ctx.principal if ctx is not None else system_principal()
     if rule is not None and rule.require_approval:

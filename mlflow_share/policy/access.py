@@ -17,6 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from mlflow_share import db
+from mlflow_share.auth.authorizer import Authorizer
+from mlflow_share.auth.identity import Principal
 from mlflow_share.policy.enforcer import IMPLIED_ACTIONS, PERMISSIONS, PolicyEngine
 
 ACTIONS = ("read", "execute", "write", "manage")  # what a reader of the resource may ask about
@@ -95,6 +97,16 @@ def effective_access(policy: PolicyEngine, kind: str, resource_id: str,
                                        versions, row.expires_at))
     access.admins = sorted(policy.snapshot().admins)
     return access
+
+
+def sees_every_team(policy: PolicyEngine, principal: Principal, kind: str,
+                    resource_id: str) -> bool:
+    """Whether the caller may see every team that reaches the resource (its routes, its
+    grants, its consumers' usage): its owner team's members and whoever manages it. A
+    consuming team sees the owner and its own routes, not the other consumers."""
+    owner = policy.owner_of(kind, resource_id)
+    return (owner is not None and owner in principal.teams) or principal.is_admin \
+        or Authorizer(policy).may(principal, kind, resource_id, "manage")
 
 
 def explain(policy: PolicyEngine, user: str, kind: str, resource_id: str, action: str,

@@ -367,7 +367,7 @@ def test_administration_completes(share_server, unique) -> None:  # type: ignore
                  ("team", "add-member", team, user, "--role", "viewer"),
                  ("user", "delete", user)):
         refused = _cli(share_server, *args, admin=True)
-        assert refused.returncode == 1 and "last maintainer" in refused.stderr, args
+        assert refused.returncode == 1 and "last active maintainer" in refused.stderr, args
     successor = f"adm2-{unique}"  # a user of its own: the shared world's teams stay as they are
     assert _cli(share_server, "user", "create", successor, "--service-account",
                 admin=True).returncode == 0

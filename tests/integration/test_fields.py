@@ -193,6 +193,16 @@ def test_a_protected_alias_reserves_its_look_alikes(share_server) -> None:  # ty
         message = _error(_call(share_server, "aaron", "POST", f"{API}/registered-models/alias",
                                json={"name": model, "alias": look_alike, "version": "1"}), 409)
         assert "champion" in message
+    # mlflow-share's own alias routes set aliases through the same store: the same refusal,
+    # for the owner team's maintainer too.
+    share = "/api/2.0/mlflow-share/aliases"
+    for user, look_alike in (("alice", "Champion"), ("alice", "champi\u03bfn"),
+                             ("aaron", "ch\u0430mpion")):
+        body = {"model": model, "alias": look_alike, "version": 1}
+        for route, extra in (("move", {}), ("rollback", {"reason": "spoof", "to_version": 1})):
+            message = _error(_call(share_server, user, "POST", f"{share}/{route}",
+                                   json={**body, **extra}), 409)
+            assert "looks like the protected alias 'champion'" in message, (route, message)
     _ok(_call(share_server, "aaron", "POST", f"{API}/registered-models/alias",
               json={"name": model, "alias": "challenger", "version": "1"}))
 

@@ -236,3 +236,39 @@ def test_reading_the_summary_is_audited_by_its_name(share_server: ShareServer,
                             params={"action": "usage.summary", "resource": model,
                                     "max_results": 1000}).json()["events"]
     assert request_id in [e["request_id"] for e in seen]
+
+
+def test_a_consuming_team_sees_only_its_own_calls(share_server: ShareServer,
+                                                  timed: dict[str, Any]) -> None:
+    """Usage names the teams that call a model and how much: the owner team's members and
+    the model's managers see every consumer; a consuming team only its own calls (as it sees
+    only its own routes in the model's access)."""
+    model, recent = timed["model"], timed["recent"]
+    grants = [{"model": model, "team": team, "permission": "read"} for team in ("team-b", "team-c")]
+    for grant in grants:
+        assert share_server.api("POST", f"{SHARE}/grants", token=share_server.tokens["alice"],
+                                json=grant).status_code == 200
+    try:
+        def teams(user: str, route: str, **params: Any) -> set[str]:
+            found = share_server.api("GET", f"{SHARE}/{route}", token=share_server.tokens[user],
+                                     params={"model": model, **params})
+            assert found.status_code == 200, found.text
+            rows = found.json()["usage" if route == "usage" else "summary"]
+            return {row["team"] for row in rows}
+
+        for user in ("alice", "aaron", "ava"):  # team-a: every consumer
+            assert teams(user, "usage") == {"team-a", "team-b"}
+            assert teams(user, "usage/summary", by="team") == {"team-a", "team-b"}
+        assert teams("bea", "usage") == {"team-b"}
+        assert teams("bea", "usage/summary", by="team") == {"team-b"}
+        assert teams("carl", "usage") == set()
+        # The overall figures are over the consumer's own calls only.
+        overall = _summary(share_server, "bea", model=model)["summary"]
+        own = _merged({key: value for key, value in recent.items() if key[1] == "team-b"})[()]
+        assert len(overall) == 1
+        _check(overall[0], *own)
+        assert _summary(share_server, "carl", model=model)["summary"] == []
+    finally:
+        for grant in grants:
+            share_server.api("DELETE", f"{SHARE}/grants", token=share_server.tokens["alice"],
+                             json=grant)

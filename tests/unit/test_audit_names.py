@@ -147,3 +147,12 @@ def test_odd_spellings_keep_their_spelling(odd: str) -> None:
     assert action_name(odd) == odd
     exact, _like = stored_actions(odd)
     assert odd in exact
+
+
+@pytest.mark.parametrize("name", ["x." + "_".join(["read"] * 40), "x_" * 3000,
+                                  "a.b." + "read_" * 30 + "read"])
+def test_an_action_filter_expands_to_a_bounded_number_of_spellings(name: str) -> None:
+    """Each verb word may have two spellings (read/get): a filter of many such words must not
+    expand to 2^words candidates (any maintainer may ask for one)."""
+    exact, like = stored_actions(name)
+    assert len(exact) + len(like) <= 64

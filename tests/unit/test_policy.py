@@ -160,5 +160,24 @@ def test_a_disabled_user_is_no_user_for_anything(world) -> None:  # type: ignore
     policy.refresh()
     assert policy.principal("en").teams == {"team-a": "engineer"}
     assert policy.authenticate(Credentials("bearer", secret=issued.token), 0).name == "en"
-    with pytest.raises(Conflict, match="last maintainer"):
+    with pytest.raises(Conflict, match="last active maintainer"):
         directory.set_disabled("ma", True, by="root")
+
+
+def test_a_disabled_maintainer_does_not_keep_a_team_led(world) -> None:  # type: ignore[no-untyped-def]
+    """The last-maintainer rule counts active maintainers: with its co-maintainer disabled,
+    a team's one active maintainer is not disabled, deleted, removed or demoted."""
+    directory, _ = world
+    directory.create_team("duo")
+    for user in ("d1", "d2"):
+        directory.create_user(user, PASSWORD)
+        directory.add_member("duo", user, "maintainer")
+    directory.set_disabled("d2", True, by="root")
+    for attempt in (lambda: directory.set_disabled("d1", True, by="root"),
+                    lambda: directory.delete_user("d1", by="root"),
+                    lambda: directory.remove_member("duo", "d1"),
+                    lambda: directory.add_member("duo", "d1", "engineer")):
+        with pytest.raises(Conflict, match="last active maintainer of team 'duo'"):
+            attempt()
+    directory.set_disabled("d2", False, by="root")
+    directory.remove_member("duo", "d1")  # d2 leads again
