@@ -41,7 +41,8 @@ class Setting:
 
     ``kind`` is ``int``, ``float``, ``bool`` (``1`` or ``0``), ``text``,
     ``secret`` (text never shown), ``password`` (a secret of at least
-    ``MIN_PASSWORD_LENGTH`` characters), ``path`` or ``networks`` (comma-separated CIDRs).
+    ``MIN_PASSWORD_LENGTH`` characters), ``path``, ``networks`` (comma-separated CIDRs) or
+    ``roots`` (comma-separated ``file://`` and ``s3://`` artifact root URIs).
     """
 
     attribute: str
@@ -84,6 +85,14 @@ DECLARED: tuple[Setting, ...] = (
     Setting("session_hours", "float", 8.0, "lifetime of a browser session", 0.01),
     Setting("insecure_cookies", "bool", False, "session cookies without Secure (plain HTTP "
             "beyond localhost)"),
+    Setting("device_code_minutes", "float", 10.0, "how long a device login's code waits for "
+            "approval in a browser (RFC 8628)", 0.01),
+    Setting("device_poll_seconds", "int", 5, "least interval between a device's polls; "
+            "faster polls get slow_down", 1),
+    Setting("device_token_max_days", "float", 90.0, "longest lifetime of a token a device "
+            "login issues", 0.001),
+    Setting("workload_token_minutes", "float", 60.0, "lifetime of a token a workload "
+            "identity (RFC 8693 token exchange) issues", 1),
     Setting("oidc_issuer", "text", "", "the OIDC provider's issuer URL (enables SSO)"),
     Setting("oidc_client_id", "text", "", "the OIDC client ID"),
     Setting("oidc_client_secret", "secret", "", "the OIDC client secret"),
@@ -92,6 +101,9 @@ DECLARED: tuple[Setting, ...] = (
     Setting("oidc_groups_claim", "text", "groups", "claim listing the user's groups"),
     Setting("oidc_admin_group", "text", "", "group whose members are org admins"),
     Setting("manifest_key", "path", None, "Ed25519 private key that signs version manifests"),
+    Setting("registration_source_roots", "roots", (), "artifact roots besides the server's "
+            "own (file:///path, s3://bucket/prefix; comma-separated) that registration may "
+            "copy a version's files from"),
 )
 # fmt: on
 
@@ -115,7 +127,7 @@ class Options:
             value = self._values[setting.attribute]
             if setting.kind in ("secret", "password"):
                 text = "(set)" if value else "(not set)"
-            elif setting.kind == "networks":
+            elif setting.kind in ("networks", "roots"):
                 text = ",".join(value) or "(none)"
             else:
                 text = "(not set)" if value in (None, "") else str(value)
@@ -149,6 +161,9 @@ def _parse_one(setting: Setting, raw: str) -> Any:
                     raise ValueError(f"{part.strip()!r} is not a network (e.g. 10.0.0.0/8)") \
                         from None
         return tuple(networks)
+    if setting.kind == "roots":
+        return tuple(dict.fromkeys(artifact_root_uri(part.strip())
+                                   for part in raw.split(",") if part.strip()))
     number: float
     try:
         number = int(raw) if setting.kind == "int" else float(raw)
@@ -160,6 +175,36 @@ def _parse_one(setting: Setting, raw: str) -> Any:
     if setting.minimum is not None and number < setting.minimum:
         raise ValueError(f"must be at least {setting.minimum:g}")
     return number
+
+
+def artifact_root_uri(raw: str) -> str:
+    """The canonical URI of an artifact root: ``file:///absolute/path`` or
+    ``s3://bucket[/prefix]`` without a trailing slash.
+
+    Raises:
+        ValueError: another scheme, a relative path, or a path with ``.``, ``..`` or empty
+            segments.
+    """
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(raw)
+    path = unquote(parsed.path)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost") and not parsed.query \
+            and not parsed.fragment:
+        if not path.startswith("/"):
+            raise ValueError(f"must name absolute folders ({raw!r} is relative)")
+        folder = "/" + path.strip("/")
+        kind = "file://"
+    elif parsed.scheme == "s3" and parsed.netloc and not parsed.query and not parsed.fragment:
+        folder = "/".join(p for p in (parsed.netloc, path.strip("/")) if p)
+        kind = "s3://"
+    else:
+        raise ValueError(f"must list file:///path or s3://bucket/prefix URIs ({raw!r} is not "
+                         "one)")
+    if any(segment in (".", "..") for segment in folder.split("/")) or "\\" in folder \
+            or "\x00" in folder or "//" in folder.lstrip("/"):
+        raise ValueError(f"must name folders without '.', '..' or empty segments ({raw!r})")
+    return kind + folder
 
 
 def parse_options(environ: Mapping[str, str]) -> Options:

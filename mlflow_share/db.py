@@ -98,7 +98,11 @@ state = sa.Table(
 )
 
 # The SHA-256 and size of every file written through a checksum+ artifact repository, keyed
-# by its path under the server's artifact root, and the audit event that recorded it.
+# by its path under the server's artifact root, and the audit event that recorded it. Files
+# found already stored (``mlflow-share adopt artifacts``) are recorded as they were read, with
+# ``origin`` "adoption": under the server's root by path, in a declared registration source
+# root by their full URI (``file:///...``, ``s3://...``; never a valid path under the root).
+DIGEST_UPLOAD, DIGEST_ADOPTION = "upload", "adoption"
 artifact_digests = sa.Table(
     "share_artifact_digests",
     metadata,
@@ -107,6 +111,10 @@ artifact_digests = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("audit_seq", sa.BigInteger, nullable=True),
     sa.Column("recorded_at", sa.BigInteger, nullable=False),
+    # "upload": hashed as the bytes came in through mlflow-share; "adoption": trusted on
+    # adoption, hashed as found in storage (what was there before cannot be checked).
+    sa.Column("origin", sa.String(16), nullable=False,
+              server_default=sa.text(f"'{DIGEST_UPLOAD}'")),
 )
 
 # The manifest of each registered model version's files (an in-toto statement, canonical

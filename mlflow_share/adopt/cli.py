@@ -244,3 +244,12 @@ def apply_command(file: Path, home: Path | None, backend_store_uri: str | None, 
                    "nothing applied.")
     else:
         click.echo(f"Applied {len(result.changes)} change(s) ({counts}).")
+
+
+def _add_artifacts_command() -> None:
+    from mlflow_share.adopt.artifacts import artifacts_command
+
+    adopt_group.add_command(artifacts_command)
+
+
+_add_artifacts_command()

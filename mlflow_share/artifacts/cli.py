@@ -91,6 +91,10 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
     label = f"models:/{report['name']}/{report['version']}"
+    if report["ok"] and not report.get("files", report["checked"]):
+        click.echo(f"OK: {label}: the version has no files (its manifest lists none); "
+                   f"identity {report['identity']}")
+        return
     if report["ok"]:
         click.echo(f"OK: {label}: {report['checked']} files match the manifest; "
                    f"identity {report['identity']}")

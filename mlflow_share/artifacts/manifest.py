@@ -45,11 +45,15 @@ def params_digest(params: dict[str, str]) -> str:
 
 def build_statement(name: str, version: int, files: list[tuple[str, int, str]], *,
                     run_id: str | None, params_sha256: str, source: str,
-                    unverified_sources: list[str] | None = None) -> dict[str, Any]:
-    """The manifest: an in-toto statement over the version's files.
+                    unverified_sources: list[str] | None = None,
+                    adopted_sources: list[str] | None = None) -> dict[str, Any]:
+    """The manifest: an in-toto statement over the version's files (possibly none: a logged
+    model without files, such as an externally hosted model, registers with an empty list).
 
     ``unverified_sources`` names files copied from sources with no recorded digest (stored
     before mlflow-share): their digests are of the bytes as read at registration.
+    ``adopted_sources`` names files whose source digest was trusted on adoption (hashed as
+    found in storage by ``mlflow-share adopt artifacts``), and matched at registration.
     """
     resources = [{"name": path, "size": size, "digest": digest, "algorithm": "sha256"}
                  for path, size, digest in sorted(files)]
@@ -65,7 +69,9 @@ def build_statement(name: str, version: int, files: list[tuple[str, int, str]], 
             "mlflow": {"run_id": run_id or "", "params_sha256": params_sha256,
                        "source": source,
                        **({"unverified_sources": sorted(unverified_sources)}
-                          if unverified_sources else {})},
+                          if unverified_sources else {}),
+                       **({"adopted_sources": sorted(adopted_sources)}
+                          if adopted_sources else {})},
         },
     }
 

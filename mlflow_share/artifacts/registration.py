@@ -13,6 +13,12 @@ When the server's artifact root is a ``checksum+`` repository, ``create_model_ve
 
 Later writes or deletions under the run's artifacts cannot change the registered copy, and
 nothing writes under ``models/`` but registration (409).
+
+A source is read from the server's artifact root, or from a root an admin declared in
+``MLFLOW_SHARE_REGISTRATION_SOURCE_ROOTS`` (runs of experiments stored elsewhere before
+mlflow-share); any other location is refused, so no request can make the server copy a path
+of its choosing. A logged model with no files (an externally hosted model, a GenAI agent
+version) registers with a manifest that lists none.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import sqlalchemy as sa
 
 from mlflow_share import db
 from mlflow_share.artifacts import manifest as mf
+from mlflow_share.artifacts import roots
 from mlflow_share.artifacts.repository import MODELS_DIR, ChecksumArtifactRepository
 from mlflow_share.errors import DataLoss, InvalidInput, NotFound
 from mlflow_share.mlflow_compat import tables as mt
@@ -64,21 +71,76 @@ def version_location(model_id: str, version: int | str) -> str:
     return f"{MODELS_DIR}/{model_id}/{version}"
 
 
-def source_folder(conn: sa.Connection, source: str, storage_location: str | None) -> str:
-    """The folder under the artifact root that holds a version's source files (400 if none)."""
+@dataclass(frozen=True)
+class SourceFolder:
+    """Where a version's source files are: ``key`` under the server's artifact root, or
+    under ``root``, a declared registration source root."""
+
+    key: str
+    root: roots.Root | None = None
+
+    def files(self, repo: ChecksumArtifactRepository) -> list[str]:
+        """The keys of its files (none if it does not exist); 400 if it holds a link."""
+        storage = self.root.storage() if self.root is not None else repo.storage
+        return storage.files_under(self.key) if storage.exists(self.key) else []
+
+
+def source_folder(conn: sa.Connection, source: str, storage_location: str | None,
+                  repo: ChecksumArtifactRepository) -> SourceFolder:
+    """The folder that holds a version's source files (400 if it is in no root it may be
+    copied from)."""
+    from mlflow_share.auth.resolvers import validate_artifact_path
+
     for uri in (storage_location, source):
         if uri and uri.startswith(PROXY_SCHEME) and not uri.startswith(PROXY_SCHEME + "/"):
-            return uri[len(PROXY_SCHEME):].strip("/")
+            return SourceFolder("/".join(validate_artifact_path(
+                uri[len(PROXY_SCHEME):].strip("/"))))
+    location = storage_location or source
     if source.startswith("runs:/"):
         run_id, _, path = source[len("runs:/"):].partition("/")
         artifact_uri = conn.execute(sa.select(mt.runs.c.artifact_uri).where(
             mt.runs.c.run_uuid == run_id)).scalar()
-        if artifact_uri and str(artifact_uri).startswith(PROXY_SCHEME):
-            base = str(artifact_uri)[len(PROXY_SCHEME):].strip("/")
-            return "/".join(p for p in (base, path.strip("/")) if p)
+        artifact_uri = str(artifact_uri or "")
+        path = "/".join(validate_artifact_path(path.strip("/"), allow_empty=True))
+        if artifact_uri.startswith(PROXY_SCHEME):
+            base = artifact_uri[len(PROXY_SCHEME):].strip("/")
+            return SourceFolder("/".join(p for p in (base, path) if p))
+        location = "/".join(p for p in (artifact_uri.rstrip("/"), path) if p)
+    found = _declared_folder(location, repo)
+    if found is not None:
+        return found
     raise InvalidInput(
         f"Model version source {source!r} is not stored on this server's artifact root; "
-        "register a runs:/, models:/ or mlflow-artifacts:/ source logged through this server.")
+        "register a runs:/, models:/ or mlflow-artifacts:/ source logged through this server "
+        "(an administrator may declare other roots to register from: "
+        "MLFLOW_SHARE_REGISTRATION_SOURCE_ROOTS).")
+
+
+def _declared_folder(location: str, repo: ChecksumArtifactRepository) -> SourceFolder | None:
+    """``location`` as a folder of a declared root, unless it lies in the server's own root
+    (whose files are registered by their runs:/ or mlflow-artifacts:/ URI, with its rules)."""
+    if not location or roots.of_storage(repo.storage).key_of(location) is not None:
+        return None
+    for root in roots.declared():
+        key = root.key_of(location)
+        if key is not None:
+            return SourceFolder(key, root)
+    return None
+
+
+def logged_model_id(source: str) -> str | None:
+    """The logged model a ``models:/<model_id>`` source names, else ``None``."""
+    if not source.startswith("models:/"):
+        return None
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_share.mlflow_compat import private
+
+    try:
+        parsed = private("mlflow.store.artifact.utils.models", "_parse_model_uri")(source)
+    except MlflowException:
+        return None
+    return str(parsed.model_id) if parsed.model_id else None
 
 
 def run_params(conn: sa.Connection, run_id: str | None) -> dict[str, str]:
@@ -98,19 +160,21 @@ class Registered:
 
 
 def copy_and_describe(repo: ChecksumArtifactRepository, *, name: str, version: int,
-                      model_id: str, source: str, source_base: str, run_id: str | None,
-                      params: dict[str, str]) -> Registered:
-    """Copy the source files to the version's location and build its manifest."""
-    sources = repo.files_under(source_base)
+                      model_id: str, source: str, folder: SourceFolder, sources: list[str],
+                      run_id: str | None, params: dict[str, str]) -> Registered:
+    """Copy the source files (``sources``, keys in ``folder``'s root) to the version's
+    location and build its manifest (no files: an empty manifest, nothing copied)."""
     target = version_location(model_id, version)
-    files, unverified = repo.copy_verified(sources, source_base, target,
-                                           {"op": "model_version.copy", "name": name,
-                                            "version": version, "from": source_base,
-                                            "to": target})
+    change: dict[str, Any] = {"op": "model_version.copy", "name": name, "version": version,
+                              "from": folder.key, "to": target}
+    if folder.root is not None:
+        change["root"] = folder.root.uri
+    copied = repo.copy_verified(sources, folder.key, target, change, origin=folder.root)
     params_sha256 = mf.params_digest(params)
-    statement = mf.build_statement(name, version, files, run_id=run_id,
+    statement = mf.build_statement(name, version, copied.files, run_id=run_id,
                                    params_sha256=params_sha256, source=source,
-                                   unverified_sources=unverified)
+                                   unverified_sources=copied.unverified,
+                                   adopted_sources=copied.adopted)
     manifest_sha256 = mf.statement_digest(statement)
     return Registered(statement, manifest_sha256,
                       mf.identity(manifest_sha256, run_id, params_sha256), mf.sign(statement))
@@ -216,6 +280,7 @@ class Report:
     version: str
     identity: str
     checked: int = 0
+    files: int = 0  # in the manifest
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     changed: list[dict[str, Any]] = field(default_factory=list)
@@ -228,8 +293,9 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "identity": self.identity,
-                "ok": self.ok, "checked": self.checked, "missing": self.missing,
-                "extra": self.extra, "changed": self.changed, "problems": self.problems}
+                "ok": self.ok, "checked": self.checked, "files": self.files,
+                "missing": self.missing, "extra": self.extra, "changed": self.changed,
+                "problems": self.problems}
 
 
 def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
@@ -246,6 +312,7 @@ def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: st
     if audited is not None and audited != (record.manifest_sha256, record.identity):
         report.problems.append("The manifest does not match the one the audit log recorded.")
     expected = mf.resources(statement)
+    report.files = len(expected)  # none is a fact, not a problem: a logged model without files
     base = record.location
     present = {key[len(base) + 1:]: key for key in _files(repo, base)}
     report.missing = sorted(set(expected) - set(present))

@@ -26,8 +26,8 @@ import os
 import posixpath
 import tempfile
 from collections.abc import AsyncIterable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlparse
 
 from mlflow.entities import FileInfo
@@ -35,15 +35,41 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository, StreamUpload
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from mlflow_share.artifacts.ledger import Digest, Ledger
-from mlflow_share.artifacts.storage import STAGING_PREFIX, LocalStorage, S3Storage, Staged
+from mlflow_share.artifacts.storage import (
+    STAGING_PREFIX,
+    LocalStorage,
+    S3Storage,
+    Staged,
+    storage_errors,
+)
 from mlflow_share.audit.log import AUDIT_CONTEXT
 from mlflow_share.errors import Conflict, DataLoss, InvalidInput, Unavailable
+
+if TYPE_CHECKING:
+    from mlflow_share.artifacts.roots import Root
 
 _logger = logging.getLogger(__name__)
 
 SCHEMES = ("checksum+file", "checksum+s3")
 CHUNK = 1024 * 1024
 MODELS_DIR = "models"
+
+
+@dataclass
+class Copied:
+    """What ``copy_verified`` copied: ``(relative path, size, sha256)`` per file, and the
+    files whose source had no recorded digest or one recorded on adoption."""
+
+    files: list[tuple[str, int, str]] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+
+    def add(self, relative: str, size: int, sha256: str, recorded: Digest | None) -> None:
+        self.files.append((relative, size, sha256))
+        if recorded is None:
+            self.unverified.append(relative)
+        elif recorded.adopted:
+            self.adopted.append(relative)
 
 
 @dataclass
@@ -57,8 +83,9 @@ class Verified:
 
 
 def mismatch(key: str, expected: Digest, size: int, sha256: str) -> DataLoss:
+    recorded = "digest recorded on adoption" if expected.adopted else "recorded digest"
     return DataLoss(
-        f"Artifact {key!r} does not match its recorded digest: expected SHA-256 "
+        f"Artifact {key!r} does not match its {recorded}: expected SHA-256 "
         f"{expected.sha256} ({expected.size} bytes), actual {sha256} ({size} bytes).")
 
 
@@ -294,28 +321,37 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
 
     def _open_verified(self, artifact_path: str) -> Verified:
         key = self.key(artifact_path)
-        stream, size = self.storage.open(key)
+        return self.open_recorded(self.storage, key, key, registered=_under_models(key))
+
+    def open_recorded(self, storage: LocalStorage | S3Storage, key: str, ledger_key: str, *,
+                      label: str | None = None, registered: bool = False) -> Verified:
+        """Open ``key`` of ``storage`` with the digest the ledger holds at ``ledger_key``; the
+        size is checked here, the SHA-256 by ``iter_verified``. ``label`` names the file in
+        errors (default: ``ledger_key``); ``registered``: a file without digest is data loss.
+        """
+        label = label or ledger_key
+        stream, size = storage.open(key)
         try:
-            digest, audited = self.ledger.get_audited(key)
-            if digest is None and _under_models(key):
-                raise DataLoss(f"Artifact {key!r} is in a registered version's storage but "
+            digest, audited = self.ledger.get_audited(ledger_key)
+            if digest is None and registered:
+                raise DataLoss(f"Artifact {label!r} is in a registered version's storage but "
                                "has no recorded digest: it was not put there by registration.")
             if digest is not None and size != digest.size:
                 actual = hashlib.sha256()
                 while chunk := stream.read(CHUNK):  # name the actual digest too
                     actual.update(chunk)
-                raise mismatch(key, digest, size, actual.hexdigest())
+                raise mismatch(label, digest, size, actual.hexdigest())
             if digest is not None and audited is not None and audited != digest.sha256:
-                raise DataLoss(f"The recorded digest of {key!r} does not match the audit log.")
+                raise DataLoss(f"The recorded digest of {label!r} does not match the audit log.")
         except BaseException:
             stream.close()
             raise
         if digest is None:
             _logger.warning("mlflow-share: artifact %r has no recorded digest; served "
-                            "unverified", key)
+                            "unverified", label)
             if (ctx := AUDIT_CONTEXT.get()) is not None:
-                ctx.extra["integrity"] = f"unverified: {key}"[:1024]
-        return Verified(key, size, digest, stream)
+                ctx.extra["integrity"] = f"unverified: {label}"[:1024]
+        return Verified(label, size, digest, stream)
 
     @staticmethod
     def iter_verified(opened: Verified, chunk_size: int = CHUNK) -> Iterator[bytes]:
@@ -397,45 +433,51 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
         return self.storage.open(key)[0]
 
     def copy_verified(self, sources: list[str], source_base: str, target_base: str,
-                      change: dict[str, Any]) -> tuple[list[tuple[str, int, str]], list[str]]:
+                      change: dict[str, Any], origin: Root | None = None) -> Copied:
         """Copy files to ``target_base``, checking each against its recorded digest.
 
-        Returns ``(relative path, size, sha256)`` per file, and the files that had no recorded
-        digest (written before mlflow-share; copied as read). The copies are published and
-        recorded together; ``target_base`` must not exist yet (write-once). S3 copies inside
-        the bucket (CopyObject, checked by S3's own SHA-256); otherwise the bytes are read,
-        checked and written in one pass.
+        ``sources`` are keys under the artifact root, or under ``origin`` (a declared
+        registration source root, read through its own storage). Returns the copies'
+        ``(relative path, size, sha256)``, and which had no recorded digest (written before
+        mlflow-share and never adopted; copied as read) or a digest recorded on adoption.
+        The copies are published and recorded together, or none is; ``target_base`` must not
+        exist yet (write-once). S3 copies inside the server's bucket with CopyObject, checked
+        by S3's own SHA-256; otherwise each file is read, checked and written in one pass.
         """
         if self.storage.exists(target_base):
             raise Conflict(f"Artifact folder {target_base!r} already exists.")
-        unverified: list[str] = []  # copied from files with no recorded digest
+        result = Copied()
+        source_storage = origin.storage() if origin is not None else self.storage
         root = self.at_root()
         staged: list[tuple[Staged, int, str]] = []
         copied: list[tuple[str, int, str]] = []
-        manifest: list[tuple[str, int, str]] = []
         try:
             for key in sources:
                 relative = key[len(source_base):].lstrip("/") if source_base else key
                 relative = relative or posixpath.basename(key)
                 target = f"{target_base}/{relative}"
-                recorded = self.ledger.get(key)
-                if recorded is not None and self.storage.server_side_copy(key, target,
-                                                                          recorded.sha256):
-                    copied.append((target, recorded.size, recorded.sha256))
-                    manifest.append((relative, recorded.size, recorded.sha256))
-                    continue
+                if origin is None:
+                    recorded = self.ledger.get(key)
+                    if recorded is not None and self.storage.server_side_copy(
+                            key, target, recorded.sha256):
+                        copied.append((target, recorded.size, recorded.sha256))
+                        result.add(relative, recorded.size, recorded.sha256, recorded)
+                        continue
+                    opened = root.open_verified(key)
+                else:
+                    opened = self.open_recorded(source_storage, key, origin.ledger_key(key),
+                                                label=relative)
                 item = self.storage.stage(target)
                 staged.append((item, 0, ""))
-                size, digest = self._fill_from(root.open_verified(key), item)
+                size, digest = self._fill_from(opened, item)
                 staged[-1] = (item, size, digest)
-                manifest.append((relative, size, digest))
-                if recorded is None:
-                    unverified.append(relative)
+                result.add(relative, size, digest, opened.digest)
         except BaseException:
             for item, _, _ in staged:
                 item.discard()
             for target, _, _ in copied:
                 self.storage.remove(target)
+            self._remove_unpublished(target_base)
             raise
 
         published: list[Staged] = []
@@ -456,11 +498,21 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                     self.storage.undo(item)
                 for target, _, _ in copied:
                     self.storage.remove(target)
+                self._remove_unpublished(target_base)
                 raise
             finally:
                 for item, _, _ in staged:
                     item.discard()
-        return manifest, unverified
+        return result
+
+    def _remove_unpublished(self, target_base: str) -> None:
+        """Remove what a failed copy left at ``target_base`` (the folders staging made): it
+        did not exist before the copy, and nothing but this copy writes there."""
+        try:
+            self.storage.remove(target_base)
+        except storage_errors() as exc:
+            _logger.warning("mlflow-share: could not remove the folders of a failed copy at "
+                            "%r: %s", target_base, exc)
 
     def _fill_from(self, opened: Verified, staged: Staged) -> tuple[int, str]:
         sha, size = hashlib.sha256(), 0

@@ -1,8 +1,8 @@
 """Where a checksum repository's bytes live: a local folder or an S3 bucket.
 
 Both give the repository the same few operations on keys (paths under the artifact root):
-stage a file and publish it atomically, open one for reading with its size, list, remove,
-and copy. Neither hashes: the repository does, in the pass that moves the bytes.
+stage a file and publish it atomically, open one for reading with its size, list, walk,
+remove, and copy. Neither hashes: the repository does, in the pass that moves the bytes.
 """
 
 from __future__ import annotations
@@ -50,6 +50,31 @@ class Entry:
     name: str
     is_dir: bool
     size: int | None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A stored file met by ``walk``: its key and size, or why it cannot be read as one
+    (``transient``: an error reading it, rather than what it is)."""
+
+    key: str
+    size: int
+    problem: str | None = None
+    transient: bool = False
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What a storage operation may raise that is about the storage, not a bug: the file
+    system's errors and, when boto is installed, S3's client errors."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(_HIDDEN)
 
 
 class LocalStorage:
@@ -151,6 +176,36 @@ class LocalStorage:
                     relative = os.path.relpath(os.path.join(folder, name), self.root)
                     found.append(relative.replace(os.sep, "/"))
         return sorted(found)
+
+    def walk(self, key: str = "") -> Iterator[Found]:
+        """Every file under ``key``, one folder read at a time, in name order.
+
+        A symbolic link or anything that is not a regular file is reported, never followed.
+        """
+        folder = self.path(key)
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            yield Found(key, 0, f"cannot be listed ({exc.strerror or type(exc).__name__})",
+                        transient=True)
+            return
+        for entry in entries:
+            if _hidden(entry.name):
+                continue
+            child = f"{key}/{entry.name}" if key else entry.name
+            try:
+                if entry.is_symlink():
+                    yield Found(child, 0, "is a symbolic link")
+                elif entry.is_dir(follow_symlinks=False):
+                    yield from self.walk(child)
+                elif entry.is_file(follow_symlinks=False):
+                    yield Found(child, entry.stat(follow_symlinks=False).st_size)
+                else:
+                    yield Found(child, 0, "is not a regular file")
+            except OSError as exc:
+                yield Found(child, 0, f"cannot be read ({exc.strerror or type(exc).__name__})",
+                            transient=True)
 
     def remove(self, key: str) -> None:
         path = self.path(key)
@@ -258,6 +313,16 @@ class S3Storage:
         except ClientError:
             pass
         return sorted(self._key_of(item["Key"]) for item in self._objects(key))
+
+    def walk(self, key: str = "") -> Iterator[Found]:
+        """Every object under ``key``, a listing page (1,000 keys) at a time, in key order."""
+        for item in self._objects(key):
+            name = self._key_of(str(item["Key"]))
+            if not name or name.endswith("/"):  # a "folder" marker some tools write
+                continue
+            if _hidden(name.rsplit("/", 1)[-1]):
+                continue
+            yield Found(name, int(item["Size"]))
 
     def remove(self, key: str) -> None:
         keys = [{"Key": self.object_key(k)} for k in self.files_under(key)]

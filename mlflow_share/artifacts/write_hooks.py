@@ -3,7 +3,8 @@
 - ``create_model_version``: with a checksum artifact root, a new version's files are copied
   write-once to its own location and its manifest taken (``registration``); MLflow's row and
   the version's PENDING_REGISTRATION state commit in one transaction, the copy follows, and
-  READY (or FAILED_REGISTRATION, with the reason) is the last write.
+  READY (or FAILED_REGISTRATION, with the reason) is the last write. A source with no files
+  is refused (nothing is created), unless it is a logged model: those may have none.
 - the identity tags (``mlflow_share.*`` on a version) are set by registration only: a client
   can neither set nor delete them, nor pass them when it creates or copies a version.
 """
@@ -40,8 +41,11 @@ def register_files(store: Any, proceed: Proceed, arguments: Mapping[str, Any]) -
         version = int(created.version)
         row = conn.execute(sa.select(v.storage_location, v.run_id).where(
             v.name == name, v.version == version)).one()
-        source_base = registration.source_folder(conn, source, row.storage_location)
-        if not repo.exists(source_base) or not repo.files_under(source_base):
+        folder_of_source = registration.source_folder(conn, source, row.storage_location, repo)
+        sources = folder_of_source.files(repo)
+        # A logged model may have no files (MLflow 3: externally hosted models, GenAI agent
+        # versions); any other source without files is most likely a mistyped path.
+        if not sources and registration.logged_model_id(source) is None:
             raise InvalidInput(f"Model version source {source!r} has no files to register.")
         folder = registration.model_key(conn, name)
         location = registration.version_location(folder, version)
@@ -53,7 +57,7 @@ def register_files(store: Any, proceed: Proceed, arguments: Mapping[str, Any]) -
     try:
         registered = registration.copy_and_describe(
             repo, name=name, version=version, model_id=folder, source=source,
-            source_base=source_base, run_id=source_run, params=params)
+            folder=folder_of_source, sources=sources, run_id=source_run, params=params)
         registration.finish(repo, model_id=folder, name=name, version=version,
                             registered=registered)
     except Exception as exc:

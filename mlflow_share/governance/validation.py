@@ -98,6 +98,9 @@ def validate_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: 
         return [*checks, check("onnx", version, [not_run]),
                 check("input_example", version, [not_run])]
     try:
+        if manifest.get("files") == 0:
+            raise InvalidInput("The version has no files (a logged model without artifacts, "
+                               "as MLflow 3 allows): nothing for the gateway to run.")
         spec = _mlmodel(files.get("MLmodel"))
         check_flavors(files.get("MLmodel"))
         if "onnx" not in (spec.get("flavors") or {}):

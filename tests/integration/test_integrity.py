@@ -275,6 +275,61 @@ def test_registration_needs_files_and_leaves_prompts_alone(share_server: ShareSe
     assert prompt.version == 1
 
 
+def test_a_logged_model_without_files_registers_with_an_empty_manifest(
+        share_server: ShareServer, as_user: Any, unique: str, tmp_path: Path) -> None:
+    """MLflow 3 logged models may have no files (externally hosted models, GenAI agent
+    versions): they register as in stock MLflow, the identity binding run and params."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow_share_client import download_verified
+
+    as_user("alice")
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"fileless-{unique}")
+    run = client.create_run(experiment_id)
+    client.log_param(run.info.run_id, "alpha", "0.5")
+    logged = client.create_logged_model(experiment_id, source_run_id=run.info.run_id)
+    client.finalize_logged_model(logged.model_id, "READY")
+    name = f"fileless-{unique}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"models:/{logged.model_id}",
+                                          run_id=run.info.run_id, model_id=logged.model_id)
+    assert version.status == "READY", version.status_message
+    record = share_server.api("GET", f"{SHARE}/model-versions/manifest",
+                              token=share_server.tokens["alice"],
+                              params={"name": name, "version": version.version}).json()
+    assert record["manifest"]["predicate"]["resources"] == []
+    canonical = lambda v: json.dumps(v, sort_keys=True, separators=(",", ":")).encode()  # noqa: E731
+    params = hashlib.sha256(canonical([["alpha", "0.5"]])).hexdigest()
+    assert record["manifest"]["predicate"]["mlflow"]["params_sha256"] == params
+    assert record["identity"] == hashlib.sha256(canonical(
+        {"manifest": record["manifest_sha256"], "params": params, "run_id": run.info.run_id}
+    )).hexdigest()
+    assert client.get_model_version(name, version.version).tags["mlflow_share.identity"] == \
+        record["identity"]
+    checked = share_server.api("GET", f"{SHARE}/model-versions/verify",
+                               token=share_server.tokens["alice"],
+                               params={"name": name, "version": version.version}).json()
+    assert checked["ok"] and checked["files"] == 0 and checked["checked"] == 0
+    report = _cli(share_server, "verify", f"models:/{name}/{version.version}",
+                  token=share_server.tokens["alice"])
+    assert report.returncode == 0, report.stderr
+    assert "has no files" in report.stdout
+    assert list(Path(download_verified(f"models:/{name}/{version.version}",
+                                       str(tmp_path))).iterdir()) == []
+    # The fluent API registers it the same way.
+    assert mlflow.register_model(f"models:/{logged.model_id}", name).status == "READY"
+    # An external model (MLflow writes one MLmodel file for it) registers with that file.
+    external = mlflow.create_external_model(name=f"external-{unique}",
+                                            experiment_id=experiment_id)
+    registered = mlflow.register_model(f"models:/{external.model_id}", name)
+    assert registered.status == "READY"
+    described = share_server.api("GET", f"{SHARE}/model-versions/manifest",
+                                 token=share_server.tokens["alice"],
+                                 params={"name": name, "version": registered.version}).json()
+    assert [r["name"] for r in described["manifest"]["predicate"]["resources"]] == ["MLmodel"]
+
+
 def test_edited_digest_row_is_caught_by_the_audit_chain(share_server: ShareServer, as_user: Any,
                                                         unique: str, tmp_path: Path) -> None:
     from mlflow import MlflowClient
