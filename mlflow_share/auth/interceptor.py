@@ -540,7 +540,8 @@ class Interceptor:
         # logged model it links are decided as fields (auth/fields.py).
         self._check_model(principal, params.required("name"), "write")
 
-    def _check_source(self, principal: Principal, source: str) -> None:
+    def _check_source(self, principal: Principal, source: str, run_id: str | None = None
+                      ) -> None:
         if source in _PROMPT_SOURCES:  # prompt versions: a placeholder, no bytes behind it
             return
         if "\\" in source or "\x00" in source or any(
@@ -574,10 +575,25 @@ class Interceptor:
                 raise InvalidInput(f"Invalid model version source {source!r}.")
             segments = validate_artifact_path(path)
             self._check_artifact(principal, segments, "read")
-        elif not principal.is_admin:
+        elif not principal.is_admin and not self._under_run_artifacts(principal, source, run_id):
             raise InvalidInput(
-                "A model version source must be a runs:/, models:/ or mlflow-artifacts:/ URI."
+                "A model version source must be a runs:/, models:/ or mlflow-artifacts:/ URI "
+                "(or lie under the artifact location of the run_id it names)."
             )
+
+    def _under_run_artifacts(self, principal: Principal, source: str,
+                             run_id: str | None) -> bool:
+        """Whether a raw storage URI is a folder of the registration's own run, which the
+        caller may read (``mlflow.register_model("runs:/RUN/model")`` sends the run's stored
+        location when the run logged no model). Registration still copies only from the
+        server's root or a declared source root."""
+        if not run_id:
+            return False
+        location = self.lookups.artifact_uri_of_run(run_id)
+        if not location or not source.startswith(location.rstrip("/") + "/"):
+            return False
+        self._check_run(principal, run_id, "read")
+        return True
 
     def _resolve_create_experiment(self, principal: Principal, rule: Rule, params: _Params,
                                    decision: Decision) -> None:
@@ -713,7 +729,7 @@ class Interceptor:
 
     def _field_model_version_source(self, principal: Principal, value: Any, action: str,
                                     params: _Params) -> None:
-        self._check_source(principal, _text(value))
+        self._check_source(principal, _text(value), params.optional("run_id"))
 
     def _field_logged_model_json(self, principal: Principal, value: Any, action: str,
                                  params: _Params) -> None:

@@ -90,6 +90,10 @@ class MlflowLookups:
         return self._run_experiment.get_or_load(run_id, functools.partial(
             self._scalar_where, mt.runs.c.experiment_id, mt.runs.c.run_uuid))
 
+    def artifact_uri_of_run(self, run_id: str) -> str | None:
+        """Where the run's artifacts are stored (not cached: read only by registrations)."""
+        return self._scalar_where(mt.runs.c.artifact_uri, mt.runs.c.run_uuid, run_id)
+
     def experiment_of_logged_model(self, model_id: str) -> str | None:
         return self._logged_model_experiment.get_or_load(model_id, functools.partial(
             self._scalar_where, mt.logged_models.c.experiment_id, mt.logged_models.c.model_id))

@@ -411,6 +411,46 @@ def test_without_the_setting_the_declared_root_is_refused_as_before(
         assert "not stored on this server's artifact root" in refused.value.message
 
 
+def test_a_team_registers_its_adopted_old_run_as_the_stock_client_sends_it(
+        adopted: Adopted, legacy: Legacy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Once the old experiment is adopted by a team, its engineer registers the run with
+    `mlflow.register_model("runs:/RUN/model")`: for a run that logged no model the stock
+    client sends the run's stored location (file:///old-root/...), allowed as a folder of the
+    request's own run; another run's location stays refused."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_share.adopt.owners import PlanOptions, Rule, apply_plan, make_plan
+
+    server = adopted.server
+    server.admin("POST", "/teams", json={"name": "legacy-team"})
+    server.admin("POST", "/users", json={"name": "leg", "password": "leg-password-for-tests"})
+    server.admin("POST", "/teams/members",
+                 json={"team": "legacy-team", "user": "leg", "role": "engineer"})
+    engine = sa.create_engine(legacy.database)
+    try:
+        plan = make_plan(engine, PlanOptions(rules=(Rule.parse("experiment:old=legacy-team"),),
+                                             default_experiment="admins-only"))
+        apply_plan(engine, plan.text, by="test")
+    finally:
+        engine.dispose()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "leg")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "leg-password-for-tests")
+    mlflow.set_tracking_uri(server.url)
+    try:
+        run = legacy.runs["old"]
+        version = mlflow.register_model(f"runs:/{run}/model", "legacy-team-model")
+        assert version.status == "READY", version.status_message
+        with pytest.raises(MlflowException) as refused:  # not the request's own run
+            mlflow.MlflowClient().create_model_version(
+                "legacy-team-model", f"file://{legacy.old_root}/{legacy.runs['other']}"
+                "/artifacts/model", run_id=run)
+        assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_adoption_cli_errors_are_one_line(legacy: Legacy, tmp_path: Path) -> None:
     bad_setting = _adopt(legacy, "--dry-run", env={ROOTS_SETTING: "http://example.com/x"})
     assert bad_setting.returncode == 1
