@@ -98,6 +98,9 @@ def preflight(argv: list[str], environ: Any) -> str | None:
 
     try:
         options = config.parse_options(environ)
+        from mlflow_share.artifacts.oms import SigningKeys
+
+        SigningKeys.from_options(options)  # a signing key that cannot sign stops it here
         uri = _option(argv, "--backend-store-uri") or environ.get("MLFLOW_BACKEND_STORE_URI")
         if uri:
             config.checked_backend_uri(uri)
@@ -139,6 +142,7 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.admin.api import create_blueprint
     from mlflow_share.artifacts import serving
     from mlflow_share.artifacts.api import create_artifacts_blueprint
+    from mlflow_share.artifacts.signing_api import create_signing_blueprint
     from mlflow_share.audit.api import create_audit_blueprint
     from mlflow_share.audit.log import AuditAppender
     from mlflow_share.stores import install_audited_stores
@@ -155,10 +159,18 @@ def create_app(flask_app: Any = None) -> Any:
     from mlflow_share.governance.api import create_alias_blueprint
     from mlflow_share.governance.sharing_api import create_sharing_blueprint
     from mlflow_share.health import create_health_blueprint
+    from mlflow_share.scim.admin import create_scim_admin_blueprint
+    from mlflow_share.scim.api import create_scim_blueprint
     from mlflow_share.policy.enforcer import PolicyEngine
     from mlflow_share.policy.routes import RouteTable
     from mlflow_share.web.oidc import OidcClient, OidcSettings
     from mlflow_share.web.account import create_account_blueprint
+    from mlflow_share.admin.trust_api import create_trust_blueprint
+    from mlflow_share.auth.device import DeviceGrants
+    from mlflow_share.auth.trust import TrustRules
+    from mlflow_share.auth.workload import JwksCache, WorkloadIdentity
+    from mlflow_share.oauth_api import create_oauth_blueprint
+    from mlflow_share.web.device import create_device_blueprint
     from mlflow_share.web.pages import create_web_blueprint, install_ui_tab
     from mlflow_share.web.sessions import SessionStore
 
@@ -192,12 +204,25 @@ def create_app(flask_app: Any = None) -> Any:
         flask_app.register_blueprint(create_blueprint(policy, directory))
         flask_app.register_blueprint(create_audit_blueprint(policy, engine))
         flask_app.register_blueprint(create_artifacts_blueprint(policy, engine))
+        flask_app.register_blueprint(create_signing_blueprint(engine))
         flask_app.register_blueprint(create_usage_blueprint(policy, engine))
         flask_app.register_blueprint(create_alias_blueprint(policy, engine))
         flask_app.register_blueprint(create_sharing_blueprint(policy, engine))
         flask_app.register_blueprint(create_health_blueprint(policy, gate.appender))
         flask_app.register_blueprint(create_web_blueprint(policy, directory, sessions, oidc))
         flask_app.register_blueprint(create_account_blueprint(policy, directory, sessions))
+        flask_app.register_blueprint(create_scim_blueprint(policy, directory))  # /scim/v2/
+        flask_app.register_blueprint(create_scim_admin_blueprint(directory))
+        # Identity for organizations: device logins (RFC 8628), workload identity (RFC 8693).
+        options = config.options()
+        devices = DeviceGrants(engine, code_minutes=options.device_code_minutes,
+                               poll_seconds=options.device_poll_seconds,
+                               max_days=options.device_token_max_days)
+        trust = TrustRules(engine)
+        workloads = WorkloadIdentity(trust, JwksCache(), engine, options.workload_token_minutes)
+        flask_app.register_blueprint(create_oauth_blueprint(devices, workloads))
+        flask_app.register_blueprint(create_device_blueprint(devices))
+        flask_app.register_blueprint(create_trust_blueprint(trust))
         install_ui_tab(flask_app)
         flask_app.after_request(gate.flask_after_request)
 

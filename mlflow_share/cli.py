@@ -659,14 +659,23 @@ def alias_history(ctx: click.Context, model: str, alias_name: str | None,
 def _add_subcommands() -> None:
     from mlflow_share.adopt.cli import adopt_group
     from mlflow_share.artifacts.cli import verify
+    from mlflow_share.artifacts.signing_cli import COMMANDS as SIGNING_COMMANDS
     from mlflow_share.audit.cli import audit
+    from mlflow_share.auth.cli import COMMANDS as IDENTITY_COMMANDS
     from mlflow_share.governance.cli import COMMANDS
 
+    for command in IDENTITY_COMMANDS:  # login (device flow), trust (workload identity)
+        cli.add_command(command)
     cli.add_command(adopt_group)
     cli.add_command(audit)
     cli.add_command(verify)
+    for command in SIGNING_COMMANDS:  # signature (OpenSSF Model Signing), signing keygen/keys
+        cli.add_command(command)
     for command in COMMANDS:
         cli.add_command(command)
+    from mlflow_share.scim.cli import scim_group
+
+    cli.add_command(scim_group)
 
 
 _add_subcommands()

@@ -58,6 +58,8 @@ class ShareAdminClient:
             self.session.auth = (username, password)
         elif token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        elif (stored := _stored_token(self.base)) is not None:  # `mlflow-share login`'s
+            self.session.headers["Authorization"] = f"Bearer {stored}"
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
               params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -170,6 +172,21 @@ class ShareAdminClient:
 
     def import_policy(self, text: str, *, dry_run: bool = False) -> dict[str, Any]:
         return self._call("POST", "/policy", {"policy": text, "dry_run": dry_run})
+
+    # -- workload identity: trust rules ------------------------------------------------------
+    def add_trust_rule(self, issuer: str, audience: str, subject: str, service_account: str,
+                       *, claims: dict[str, str] | None = None,
+                       jwks_uri: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/trust-rules", _drop_none({
+            "issuer": issuer, "audience": audience, "subject": subject,
+            "service_account": service_account, "claims": claims or None,
+            "jwks_uri": jwks_uri}))["rule"])
+
+    def list_trust_rules(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/trust-rules")["rules"])
+
+    def remove_trust_rule(self, rule_id: str) -> None:
+        self._call("DELETE", "/trust-rules", {"id": rule_id})
 
     # -- audit -----------------------------------------------------------------------
     def audit_events(self, *, page_token: str | None = None, max_results: int = 1000,
@@ -335,6 +352,21 @@ class ShareAdminClient:
     def deliveries(self, model: str) -> list[dict[str, Any]]:
         return list(self._call("GET", "/subscriptions/deliveries", params={"model": model})[
             "deliveries"])
+
+def _stored_token(base: str) -> str | None:
+    """The token ``mlflow-share login`` stored for ``base`` (mlflow-share-client's private
+    file, renewed when due), or None: no file entry, or the client package not installed."""
+    try:
+        from mlflow_share_client.auth import stored_token
+    except ImportError:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return stored_token(base)
+    except MlflowException as exc:  # a file others can read, a failed renewal
+        raise ShareClientError(exc.message) from None
+
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}

@@ -101,6 +101,12 @@ DECLARED: tuple[Setting, ...] = (
     Setting("oidc_groups_claim", "text", "groups", "claim listing the user's groups"),
     Setting("oidc_admin_group", "text", "", "group whose members are org admins"),
     Setting("manifest_key", "path", None, "Ed25519 private key that signs version manifests"),
+    Setting("signing_key", "path", None, "ECDSA private key (PEM; P-256, P-384 or P-521) "
+            "that signs every registered version in OpenSSF Model Signing format "
+            "(`mlflow-share signing keygen` makes one)"),
+    Setting("signing_key_pem", "secret", "", "the same key as PEM text, instead of a file"),
+    Setting("signing_public_keys", "path", None, "file or folder of PEM public keys of earlier "
+            "signing keys: versions they signed still verify after a rotation"),
     Setting("registration_source_roots", "roots", (), "artifact roots besides the server's "
             "own (file:///path, s3://bucket/prefix; comma-separated) that registration may "
             "copy a version's files from"),

@@ -31,6 +31,9 @@ users = sa.Table(
     sa.Column("sso_subject", sa.String(512), nullable=True),
     # Set while the user is disabled: no password, token or session of theirs authenticates.
     sa.Column("disabled_at", sa.BigInteger, nullable=True),
+    # "scim" for a user an identity provider provisions through SCIM (share_scim_users):
+    # its SCIM groups, not an SSO login's groups claim, decide its teams.
+    sa.Column("provisioned_by", sa.String(16), nullable=True),
 )
 
 tokens = sa.Table(
@@ -309,6 +312,104 @@ web_logins = sa.Table(
     sa.Column("next_path", sa.String(512), nullable=False),
     sa.Column("binding_hash", sa.String(64), nullable=False),  # the starting browser's cookie
     sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# Device logins under way (OAuth device authorization grant, RFC 8628). The device code is a
+# bearer secret: only its SHA-256 is kept. The user code is short, lives minutes and works
+# once; ``id`` names the login in the audit log (neither code is ever logged).
+device_grants = sa.Table(
+    "share_device_grants",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("device_code_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_code", sa.String(16), nullable=False, unique=True),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("client_name", sa.String(128), nullable=True),  # as the device describes itself
+    sa.Column("client_address", sa.String(64), nullable=True),
+    sa.Column("requested_days", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending, approved, denied, issued
+    sa.Column("interval_s", sa.Integer, nullable=False),
+    sa.Column("last_poll_at", sa.BigInteger, nullable=True),
+    sa.Column("user_name", sa.String(128), nullable=True),  # who approved or denied it
+    sa.Column("approved_days", sa.Float, nullable=True),
+    sa.Column("token_id", sa.String(32), nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("decided_at", sa.BigInteger, nullable=True),
+)
+
+# Workload identity (RFC 8693 token exchange): JWTs of ``issuer`` for ``audience`` whose
+# ``sub`` matches ``subject`` (a glob) and whose claims match ``claims`` (a JSON object of
+# claim -> glob) are exchanged for short-lived tokens of ``service_account``.
+trust_rules = sa.Table(
+    "share_trust_rules",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("issuer", sa.String(512), nullable=False, index=True),
+    sa.Column("audience", sa.String(256), nullable=False),
+    sa.Column("subject", sa.String(256), nullable=False),
+    sa.Column("claims", sa.Text, nullable=False),
+    sa.Column("service_account", sa.String(128), nullable=False),
+    sa.Column("jwks_uri", sa.String(512), nullable=True),  # else the issuer's discovery document
+    sa.Column("created_by", sa.String(160), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# How a token was issued when an OAuth grant issued it ("device_code" or "token_exchange"):
+# a workload's short-lived token may not mint longer-lived ones.
+token_origins = sa.Table(
+    "share_token_origins",
+    metadata,
+    sa.Column("token_id", sa.String(32), primary_key=True),
+    sa.Column("grant_type", sa.String(32), nullable=False),
+    sa.Column("detail", sa.String(512), nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# SCIM provisioning (mlflow_share.scim): the identity provider's bearer tokens (only their
+# SHA-256; they open /scim/v2/ and nothing else), the users and groups it provisioned under
+# stable ids, and each group's members. A group is a team and role ("fraud:maintainer").
+scim_tokens = sa.Table(
+    "share_scim_tokens",
+    metadata,
+    sa.Column("token_id", sa.String(32), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("description", sa.String(256), nullable=True),
+    sa.Column("created_by", sa.String(160), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+)
+
+scim_users = sa.Table(
+    "share_scim_users",
+    metadata,
+    sa.Column("scim_id", sa.String(36), primary_key=True),
+    sa.Column("user_name", sa.String(128), nullable=False, unique=True),
+    sa.Column("external_id", sa.String(256), nullable=True, index=True),
+    sa.Column("attributes", sa.Text, nullable=False),  # JSON: name, emails, ... as sent
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+scim_groups = sa.Table(
+    "share_scim_groups",
+    metadata,
+    sa.Column("scim_id", sa.String(36), primary_key=True),
+    sa.Column("display_name", sa.String(256), nullable=False, unique=True),
+    sa.Column("team", sa.String(128), nullable=False, index=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("external_id", sa.String(256), nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+scim_members = sa.Table(
+    "share_scim_members",
+    metadata,
+    sa.Column("group_id", sa.String(36), primary_key=True),
+    sa.Column("user_name", sa.String(128), primary_key=True),
+    sa.Index("share_scim_members_user_idx", "user_name"),
 )
 
 # -- the audit log: append-only, enforced by the database itself ---------------------------

@@ -114,8 +114,10 @@ class Directory:
         ``then`` (which opens the session) in the same audited transaction.
 
         The claims are the truth for an SSO user: memberships of teams the claims do not name
-        are removed, roles follow the claims, org admin follows the admin group. Teams that
-        do not exist are ignored (and named in the event). A local account of the same name
+        are removed, roles follow the claims, org admin follows the admin group (a user
+        provisioned through SCIM keeps the teams its SCIM groups give it; it has no password,
+        so it logs in here). Teams that do not exist are ignored (and named in the event).
+        A local account of the same name
         (with a password) or a service account is never taken over by an SSO login, nor an
         SSO user by another identity at the provider (``subject``, bound at provisioning) that
         claims the same name. Two first logins at once: one provisions, the other retries.
@@ -159,6 +161,11 @@ class Directory:
             rules = db.casbin_rules
             current = {r.v2: r.v1 for r in conn.execute(sa.select(rules.c.v1, rules.c.v2).where(
                 rules.c.ptype == "g", rules.c.v0 == name, rules.c.v2 != ORG_DOMAIN))}
+            if row is not None and row.provisioned_by == "scim":
+                # The identity provider's SCIM groups decide this user's teams: a login
+                # whose ID token carries no (or other) groups must not undo them.
+                change["teams"] = "scim"
+                wanted = current
             if wanted != current:
                 change["teams"] = {"before": current, "after": wanted}
                 conn.execute(rules.delete().where(rules.c.ptype == "g", rules.c.v0 == name,
@@ -218,9 +225,14 @@ class Directory:
             for r in rows
         ]
 
-    def set_disabled(self, name: str, disabled: bool, *, by: str) -> None:
+    def set_disabled(self, name: str, disabled: bool, *, by: str, keep_maintainers: bool = True,
+                     then: Callable[[sa.Connection], object] | None = None) -> None:
         """Disable a user (their passwords, tokens and browser sessions stop authenticating
-        on every worker at its next request; their sessions end) or enable them again."""
+        on every worker at its next request; their sessions end) or enable them again.
+
+        ``keep_maintainers=False``: the identity provider deprovisions (SCIM): a team's last
+        maintainer leaving is not refused (org admins still manage the team). ``then`` runs
+        in the same transaction."""
         if disabled and name == by:
             raise InvalidInput("You cannot disable yourself.")
         op = "disable_user" if disabled else "enable_user"
@@ -228,21 +240,68 @@ class Directory:
             self._require(conn, db.users, name, "User")
             if disabled:
                 self._keep_an_admin(conn, name)
-                self._keep_maintainers_of(conn, name)
+                if keep_maintainers:
+                    self._keep_maintainers_of(conn, name)
             conn.execute(db.users.update().where(db.users.c.name == name)
                          .values(disabled_at=db.now_ms() if disabled else None))
             conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == name))
+            if then is not None:
+                then(conn)
             db.bump(conn, db.POLICY_VERSION)
 
-    def delete_user(self, name: str, *, by: str) -> None:
+    def provision_user(self, name: str, *, disabled: bool,
+                       then: Callable[[sa.Connection], T]) -> T:
+        """Create a user of the identity provider (SCIM: no password, logs in by SSO), or
+        take over the SSO user of that name, then run ``then`` in the same transaction.
+
+        A local account (with a password) or a service account is never taken over, as an
+        SSO login never takes one over. An SSO user taken over leaves the teams its groups
+        claim gave it (its SCIM groups decide them from now on) and keeps its state
+        (``disabled`` is for new users; the caller disables one through ``set_disabled``).
+        """
+        validate_identifier("user name", name)
+        change: dict[str, Any] = {"op": "provision_user", "name": name, "via": "scim"}
+        with self._write(change) as conn:
+            row = conn.execute(sa.select(db.users).where(db.users.c.name == name)).first()
+            if row is not None and (row.password_hash or row.is_service_account):
+                raise Conflict(f"User {name!r} exists as a local account or service account: "
+                               "the identity provider cannot take it over.")
+            if row is None:
+                conn.execute(db.users.insert().values(
+                    name=name, password_hash=None, is_admin=False, is_service_account=False,
+                    created_at=db.now_ms(), disabled_at=db.now_ms() if disabled else None,
+                    provisioned_by="scim"))
+                change["created"] = True
+            elif row.provisioned_by != "scim":
+                # From now on its SCIM groups decide its teams: what its last SSO login's
+                # groups claim gave it must not outlive a group the provider never sends.
+                rules = db.casbin_rules
+                change["teams_cleared"] = sorted(conn.execute(sa.select(rules.c.v2).where(
+                    rules.c.ptype == "g", rules.c.v0 == name, rules.c.v2 != ORG_DOMAIN
+                )).scalars().all())
+                conn.execute(rules.delete().where(rules.c.ptype == "g", rules.c.v0 == name,
+                                                  rules.c.v2 != ORG_DOMAIN))
+                conn.execute(db.users.update().where(db.users.c.name == name)
+                             .values(provisioned_by="scim"))
+            result = then(conn)
+            db.bump(conn, db.POLICY_VERSION)
+            return result
+
+    def delete_user(self, name: str, *, by: str, keep_maintainers: bool = True,
+                    then: Callable[[sa.Connection], object] | None = None) -> None:
         """Delete a user with their tokens, sessions and memberships (the audit log keeps
-        what they did). A team's last maintainer must be replaced first."""
+        what they did). A team's last maintainer must be replaced first, unless
+        ``keep_maintainers=False`` (as for ``set_disabled``); ``then`` runs in the same
+        transaction."""
         if name == by:
             raise InvalidInput("You cannot delete yourself.")
         with self._write({"op": "delete_user", "name": name}) as conn:
             self._require(conn, db.users, name, "User")
             self._keep_an_admin(conn, name)
-            self._keep_maintainers_of(conn, name)
+            if keep_maintainers:
+                self._keep_maintainers_of(conn, name)
+            if then is not None:
+                then(conn)
             conn.execute(db.casbin_rules.delete().where(
                 db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == name))
             conn.execute(db.tokens.delete().where(db.tokens.c.user_name == name))

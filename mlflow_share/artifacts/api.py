@@ -1,7 +1,9 @@
-"""``/api/2.0/mlflow-share/model-versions/{manifest,verify}``: a version's manifest and a check.
+"""``/api/2.0/mlflow-share/model-versions/{manifest,verify,signature}``: a version's manifest,
+a check of its stored bytes, and its OpenSSF Model Signing signature.
 
-Both need read access to the model version (a sharing package gives it for the versions it
-pins).
+All need read access to the model version (a sharing package gives it for the versions it
+pins). A version with no signature by a trusted key is signed when its signature is first
+asked for (``signing.signature_for``), if the server has a signing key.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
 from mlflow_share.http import PREFIX, bind_routes, json_errors, require_model
-from mlflow_share.artifacts import registration
+from mlflow_share.artifacts import oms, registration, signatures, signing
 from mlflow_share.errors import InvalidInput
 from mlflow_share.policy.enforcer import PolicyEngine
 
 
 @dataclass(frozen=True)
 class ArtifactsServices:
-    """What the views work with: the policy deciding reads, the database holding manifests."""
+    """What the views work with: the policy deciding reads, the database holding manifests,
+    the keys signatures are made and checked with."""
 
     policy: PolicyEngine
     engine: Engine
+    keys: oms.SigningKeys
 
 
 def readable_version(policy: PolicyEngine) -> tuple[str, str]:
@@ -50,17 +54,38 @@ def verify(services: ArtifactsServices) -> Response:
     return jsonify(registration.verify_version(services.engine, repo, name, version).to_dict())
 
 
+def get_signature(services: ArtifactsServices) -> Response:
+    """The version's OMS bundle as signed (``bundle``: the text ``model_signing`` reads)."""
+    name, version = readable_version(services.policy)
+    key_id = request.args.get("key_id") or None
+    if key_id is not None and (len(key_id) != 64 or not key_id.isascii()
+                               or not all(c in "0123456789abcdef" for c in key_id)):
+        raise InvalidInput("'key_id' is the SHA-256 (hex) of a signing key's public PEM.")
+    record = registration.find_manifest(services.engine, name, version)
+    stored = signing.signature_for(services.engine, record, services.keys, key_id=key_id)
+    return jsonify({"name": name, "version": version, "identity": record.identity,
+                    **stored.to_dict(), "trusted": stored.key_id in services.keys.public})
+
+
 # (rule, endpoint, view, methods): the endpoint is what the policy and the audit log name.
 Route = tuple[str, str, Callable[[ArtifactsServices], Response], tuple[str, ...]]
 ROUTES: tuple[Route, ...] = (
     ("/manifest", "get_manifest", get_manifest, ("GET",)),
     ("/verify", "verify", verify, ("GET",)),
+    ("/signature", "get_signature", get_signature, ("GET",)),
 )
 
 
-def create_artifacts_blueprint(policy: PolicyEngine, engine: Engine) -> Blueprint:
+def create_artifacts_blueprint(policy: PolicyEngine, engine: Engine,
+                               keys: oms.SigningKeys | None = None) -> Blueprint:
+    """The blueprint; ``keys`` default to the server's settings, loaded now so that a bad
+    signing key stops the server at start (fail closed), not a registration later."""
+    keys = keys if keys is not None else oms.server_keys()
+    keys.warm()
+    if keys.configured:
+        signatures.ensure_table(engine)
     api = json_errors(Blueprint("mlflow_share_artifacts", __name__,
                                 url_prefix=PREFIX + "/model-versions"))
-    services = ArtifactsServices(policy, engine)
+    services = ArtifactsServices(policy, engine, keys)
     bind_routes(api, ROUTES, services)
     return api

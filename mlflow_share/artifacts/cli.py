@@ -3,7 +3,10 @@
 Checks every stored byte of a registered version against its manifest and prints the missing,
 extra and changed files; exit 1 if there is any, or if the manifest no longer matches its
 digest, the version's identity or the audit log. Through the server (read access to the
-model) or directly on the database and artifact root.
+model) or directly on the database and artifact root. The version's OpenSSF Model Signing
+signature is named by its key id; ``--key`` with an ECDSA public key checks that the
+signature of that key verifies and signs exactly the manifest's files (an Ed25519 key checks
+the older manifest signature, ``MLFLOW_SHARE_MANIFEST_KEY``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from mlflow_share.commands import admin_client, call_server
 @click.option("--artifacts-destination", default=None,
               help="The server's checksum+ artifact root (with --backend-store-uri).")
 @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Ed25519 public key that must have signed the manifest.")
+              default=None, help="Public key that must have signed the version: ECDSA (its "
+              "OpenSSF Model Signing signature) or Ed25519 (the manifest signature).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def verify(ctx: click.Context, model_uri: str, backend_store_uri: str | None,
@@ -32,14 +36,22 @@ def verify(ctx: click.Context, model_uri: str, backend_store_uri: str | None,
     """Check a registered model version's bytes against its manifest."""
     from mlflow_share.artifacts.manifest import check_signature
 
+    oms_keys = _oms_key(key_path) if key_path is not None else None
+    wanted = next(iter(oms_keys.public)) if oms_keys is not None else None
     if backend_store_uri or artifacts_destination:
-        report, manifest = _direct(model_uri, backend_store_uri, artifacts_destination)
+        report, manifest, bundle = _direct(model_uri, backend_store_uri, artifacts_destination,
+                                           wanted)
     else:
         client = admin_client(ctx)
         name, version = call_server(client.resolve_model_version, model_uri)
         report = call_server(client.verify_model_version, name, version)
         manifest = call_server(client.model_version_manifest, name, version)
-    if key_path is not None:
+        bundle = _served_signature(client, name, version, wanted)
+    if bundle is not None:
+        report["signing_key"] = bundle["key_id"]
+    if oms_keys is not None:
+        _check_oms(report, manifest, bundle, oms_keys)
+    elif key_path is not None:
         signature = manifest.get("signature")
         if not signature or not check_signature(manifest["manifest"], signature, key_path):
             report["ok"] = False
@@ -50,12 +62,62 @@ def verify(ctx: click.Context, model_uri: str, backend_store_uri: str | None,
     ctx.exit(0 if report["ok"] else 1)
 
 
-def _direct(model_uri: str, backend_store_uri: str | None,
-            artifacts_destination: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _oms_key(key_path: Path) -> Any:
+    """The OMS keys of an ECDSA key file (public, or private: its public half); ``None`` for
+    any other key (the Ed25519 manifest-signature check takes it)."""
+    from mlflow_share.artifacts import oms
+    from mlflow_share.errors import InvalidInput
+
+    pem = key_path.read_bytes()
+    try:
+        if b"PRIVATE KEY" in pem:
+            keys = oms.SigningKeys.load(pem, where=str(key_path))
+            return oms.SigningKeys.load(None, [k.pem for k in keys.public.values()])
+        return oms.SigningKeys.load(None, [pem], where=str(key_path))
+    except InvalidInput:
+        return None
+
+
+def _served_signature(client: Any, name: str, version: str, key_id: str | None
+                      ) -> dict[str, Any] | None:
+    from mlflow_share.client import ShareApiError
+
+    params = {"name": name, "version": version, **({"key_id": key_id} if key_id else {})}
+    try:
+        return dict(client._call("GET", "/model-versions/signature", params=params))
+    except ShareApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _check_oms(report: dict[str, Any], manifest: dict[str, Any],
+               bundle: dict[str, Any] | None, keys: Any) -> None:
+    """The signature of ``keys``' key must verify and sign exactly the manifest's files."""
+    from mlflow_share.artifacts import oms
+    from mlflow_share.errors import DataLoss
+
+    if bundle is None:
+        report["ok"] = False
+        report.setdefault("problems", []).append("The version has no signature by the given key.")
+        return
+    files = {str(r["name"]): str(r["digest"])
+             for r in manifest["manifest"]["predicate"]["resources"]}
+    label = f"models:/{report['name']}/{report['version']}"
+    try:
+        oms.check(keys, bundle["bundle"], files, label)
+    except DataLoss as exc:
+        report["ok"] = False
+        report.setdefault("problems", []).append(exc.message)
+
+
+def _direct(model_uri: str, backend_store_uri: str | None, artifacts_destination: str | None,
+            key_id: str | None = None
+            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     import sqlalchemy as sa
 
     from mlflow_share import db
-    from mlflow_share.artifacts import registration
+    from mlflow_share.artifacts import registration, signatures
     from mlflow_share.artifacts.ledger import Ledger
     from mlflow_share.artifacts.repository import ChecksumArtifactRepository
     from mlflow_share.client import parse_model_uri
@@ -80,10 +142,12 @@ def _direct(model_uri: str, backend_store_uri: str | None,
                                       root=artifacts_destination)
     try:
         report = registration.verify_version(engine, repo, name, str(version)).to_dict()
-        manifest = registration.find_manifest(engine, name, str(version)).to_dict()
+        record = registration.find_manifest(engine, name, str(version))
     except MlflowShareError as exc:
         raise click.ClickException(exc.message) from None
-    return report, manifest
+    stored = signatures.stored(engine, record.model_id, record.version)
+    chosen = next((s for s in stored if key_id in (None, s.key_id)), None)
+    return report, record.to_dict(), chosen.to_dict() if chosen is not None else None
 
 
 def _print(report: dict[str, Any], as_json: bool) -> None:
@@ -96,8 +160,10 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
                    f"identity {report['identity']}")
         return
     if report["ok"]:
+        signed = (f"; signed by key {report['signing_key']}" if report.get("signing_key")
+                  else "")
         click.echo(f"OK: {label}: {report['checked']} files match the manifest; "
-                   f"identity {report['identity']}")
+                   f"identity {report['identity']}{signed}")
         return
     click.echo(f"FAILED: {label} (identity {report['identity']})", err=True)
     for path in report.get("missing", []):

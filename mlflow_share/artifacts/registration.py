@@ -7,9 +7,11 @@ When the server's artifact root is a ``checksum+`` repository, ``create_model_ve
    (``mlflow-artifacts:/models/...``: clients download it through the checked proxy);
 2. copies every file of the source there, each checked against its recorded digest while it
    is read, and records the copies' digests (one audit event);
-3. stores the manifest, sets the identity tags and marks the version ``READY`` (a second
-   event, carrying the manifest digest and identity). A failure marks it
-   ``FAILED_REGISTRATION`` with the reason.
+3. stores the manifest (and, with a signing key, its OpenSSF Model Signing signature, made
+   from the digests step 2 computed: no second pass over the bytes, see ``oms``), sets the
+   identity tags and marks the version ``READY`` (a second event, carrying the manifest
+   digest, identity and signing key). A failure marks it ``FAILED_REGISTRATION`` with the
+   reason.
 
 Later writes or deletions under the run's artifacts cannot change the registered copy, and
 nothing writes under ``models/`` but registration (409).
@@ -33,7 +35,7 @@ import sqlalchemy as sa
 
 from mlflow_share import db
 from mlflow_share.artifacts import manifest as mf
-from mlflow_share.artifacts import roots
+from mlflow_share.artifacts import oms, roots, signatures
 from mlflow_share.artifacts.repository import MODELS_DIR, ChecksumArtifactRepository
 from mlflow_share.errors import DataLoss, InvalidInput, NotFound
 from mlflow_share.mlflow_compat import tables as mt
@@ -156,14 +158,17 @@ class Registered:
     statement: dict[str, Any]
     manifest_sha256: str
     identity: str
-    signature: str | None
+    signature: str | None  # Ed25519 over the canonical statement (MLFLOW_SHARE_MANIFEST_KEY)
+    oms: oms.Bundle | None = None  # OpenSSF Model Signing bundle (MLFLOW_SHARE_SIGNING_KEY)
 
 
 def copy_and_describe(repo: ChecksumArtifactRepository, *, name: str, version: int,
                       model_id: str, source: str, folder: SourceFolder, sources: list[str],
-                      run_id: str | None, params: dict[str, str]) -> Registered:
+                      run_id: str | None, params: dict[str, str],
+                      keys: oms.SigningKeys | None = None) -> Registered:
     """Copy the source files (``sources``, keys in ``folder``'s root) to the version's
-    location and build its manifest (no files: an empty manifest, nothing copied)."""
+    location and build its manifest (no files: an empty manifest, nothing copied); sign it
+    in OMS format with ``keys``' current key, if it has one."""
     target = version_location(model_id, version)
     change: dict[str, Any] = {"op": "model_version.copy", "name": name, "version": version,
                               "from": folder.key, "to": target}
@@ -176,16 +181,26 @@ def copy_and_describe(repo: ChecksumArtifactRepository, *, name: str, version: i
                                    unverified_sources=copied.unverified,
                                    adopted_sources=copied.adopted)
     manifest_sha256 = mf.statement_digest(statement)
+    bundle = None
+    if keys is not None and keys.current is not None:
+        bundle = oms.sign(keys, f"{name}/{version}",
+                          ((path, sha) for path, _, sha in copied.files))
     return Registered(statement, manifest_sha256,
-                      mf.identity(manifest_sha256, run_id, params_sha256), mf.sign(statement))
+                      mf.identity(manifest_sha256, run_id, params_sha256), mf.sign(statement),
+                      bundle)
 
 
 def finish(repo: ChecksumArtifactRepository, *, model_id: str, name: str, version: int,
            registered: Registered) -> None:
     """Store the manifest, set the identity tags and mark the version READY: one event."""
-    change = {"op": "model_version.manifest", "name": name, "version": version,
-              "manifest_sha256": registered.manifest_sha256, "identity": registered.identity,
-              "signed": registered.signature is not None}
+    change: dict[str, Any] = {
+        "op": "model_version.manifest", "name": name, "version": version,
+        "manifest_sha256": registered.manifest_sha256, "identity": registered.identity,
+        "signed": registered.signature is not None}
+    bundle = registered.oms
+    if bundle is not None:
+        signatures.ensure_table(repo.ledger.engine)
+        change.update(signing_key=bundle.key_id, signature_sha256=bundle.sha256)
 
     mv, mv_tags = mt.model_versions, mt.model_version_tags
 
@@ -204,6 +219,9 @@ def finish(repo: ChecksumArtifactRepository, *, model_id: str, name: str, versio
                 mv_tags.c.name == name, mv_tags.c.version == version, mv_tags.c.key == tag))
             conn.execute(mv_tags.insert().values(workspace=workspace, name=name, version=version,
                                                  key=tag, value=value))
+        if bundle is not None:
+            signatures.insert(conn, model_id=model_id, version=version, key_id=bundle.key_id,
+                              bundle=bundle.text, bundle_sha256=bundle.sha256, seq=seq)
         conn.execute(mv.update().where(*this_version).values(
             status="READY", status_message=None, last_updated_time=db.now_ms()))
 
@@ -269,6 +287,21 @@ def find_manifest(engine: sa.Engine, name: str, version: str) -> ManifestRecord:
                 t.c.location == str(location)[len(PROXY_SCHEME):])).first()
     if row is None:
         raise NotFound(f"Model version {name!r} version {version!r} has no manifest.")
+    return _record(row)
+
+
+def find_manifest_by_id(engine: sa.Engine, model_id: str, version: int) -> ManifestRecord:
+    """The manifest stored for mlflow-share's model ``model_id``, version ``version``."""
+    t = db.model_manifests
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.model_id == model_id,
+                                              t.c.version == version)).first()
+    if row is None:
+        raise NotFound(f"Model {model_id} version {version} has no manifest.")
+    return _record(row)
+
+
+def _record(row: Any) -> ManifestRecord:
     return ManifestRecord(str(row.model_id), int(row.version), str(row.name), str(row.location),
                           json.loads(row.manifest), str(row.manifest_sha256), str(row.identity),
                           row.signature, row.audit_seq)
@@ -307,10 +340,7 @@ def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: st
     record = find_manifest(engine, name, version)
     report = Report(name, str(version), record.identity)
     statement = record.statement
-    report.problems.extend(record.problems())
-    audited = _audited_manifest(engine, record.audit_seq)
-    if audited is not None and audited != (record.manifest_sha256, record.identity):
-        report.problems.append("The manifest does not match the one the audit log recorded.")
+    report.problems.extend(manifest_problems(engine, record))
     expected = mf.resources(statement)
     report.files = len(expected)  # none is a fact, not a problem: a logged model without files
     base = record.location
@@ -334,6 +364,16 @@ def verify_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: st
                                    "actual_sha256": digest.hexdigest(),
                                    "expected_size": size, "actual_size": length})
     return report
+
+
+def manifest_problems(engine: sa.Engine, record: ManifestRecord) -> list[str]:
+    """What no longer matches in a stored manifest: its digest, the version's identity and
+    the manifest the audit log recorded at registration."""
+    found = record.problems()
+    audited = _audited_manifest(engine, record.audit_seq)
+    if audited is not None and audited != (record.manifest_sha256, record.identity):
+        found.append("The manifest does not match the one the audit log recorded.")
+    return found
 
 
 def _files(repo: ChecksumArtifactRepository, base: str) -> list[str]:

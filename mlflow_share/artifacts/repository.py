@@ -13,12 +13,15 @@ digest.
 Paths are refused (400) before any byte is touched when they are absolute, contain ``..``,
 ``.``, empty segments, backslashes, NUL or a scheme, or (locally) pass through a symbolic
 link. The ``models/`` folder holds registered versions' copies: only registration writes
-there (409 otherwise).
+there (409 otherwise), and a listing or folder download under a version's folder reports a
+file its manifest lists but storage lacks, or one storage holds that it does not list
+(DATA_LOSS, ``registered_folder``), rather than leaving it out or passing it on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
@@ -34,7 +37,9 @@ from mlflow.entities import FileInfo
 from mlflow.store.artifact.artifact_repo import ArtifactRepository, StreamUploadMixin
 from mlflow.utils.file_utils import local_file_uri_to_path
 
+from mlflow_share.artifacts import registered_folder
 from mlflow_share.artifacts.ledger import Digest, Ledger
+from mlflow_share.artifacts.registered_folder import MODELS_DIR
 from mlflow_share.artifacts.storage import (
     STAGING_PREFIX,
     LocalStorage,
@@ -43,7 +48,7 @@ from mlflow_share.artifacts.storage import (
     storage_errors,
 )
 from mlflow_share.audit.log import AUDIT_CONTEXT
-from mlflow_share.errors import Conflict, DataLoss, InvalidInput, Unavailable
+from mlflow_share.errors import Conflict, DataLoss, InvalidInput, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from mlflow_share.artifacts.roots import Root
@@ -52,7 +57,6 @@ _logger = logging.getLogger(__name__)
 
 SCHEMES = ("checksum+file", "checksum+s3")
 CHUNK = 1024 * 1024
-MODELS_DIR = "models"
 
 
 @dataclass
@@ -321,7 +325,24 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
 
     def _open_verified(self, artifact_path: str) -> Verified:
         key = self.key(artifact_path)
-        return self.open_recorded(self.storage, key, key, registered=_under_models(key))
+        try:
+            return self.open_recorded(self.storage, key, key, registered=_under_models(key))
+        except NotFound:
+            expected, inside = self._registered(key)
+            lost = registered_folder.missing_file(expected, inside) if expected else None
+            if lost is not None:
+                raise lost from None
+            raise
+
+    def _registered(self, key: str) -> tuple[registered_folder.Expected | None, str]:
+        """The files listed by the manifest of the registered version whose folder holds
+        ``key`` (``None``: in no version's folder, or its manifest is not stored yet), and
+        ``key``'s path inside that folder."""
+        located = registered_folder.locate(key)
+        if located is None:
+            return None, ""
+        folder, inside = located
+        return registered_folder.expected(self.ledger.engine, folder), inside
 
     def open_recorded(self, storage: LocalStorage | S3Storage, key: str, ledger_key: str, *,
                       label: str | None = None, registered: bool = False) -> Verified:
@@ -388,10 +409,21 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
             local = self._create_download_destination(artifact_path, dst)
             self._download_file(artifact_path, local)
             return str(local)
-        for file_key in self.storage.files_under(key):
+        files = self.storage.files_under(key)
+        expected, inside = self._registered(key)
+        if expected is not None:
+            folder = key[:len(key) - len(inside)].rstrip("/")
+            with _noted():
+                registered_folder.check_files(expected, inside,
+                                              (f[len(folder) + 1:] for f in files))
+        for file_key in files:
             relative = file_key[len(self.prefix):].lstrip("/") if self.prefix else file_key
             self._download_file(relative, self._create_download_destination(relative, dst))
-        return os.path.join(dst, os.path.normpath(artifact_path)) if artifact_path else dst
+        # The folder itself, even empty: MLflow's /get-artifact then says it is a folder (400)
+        # instead of failing to open a path that was never created (a bare 500).
+        local = os.path.join(dst, os.path.normpath(artifact_path)) if artifact_path else dst
+        os.makedirs(local, exist_ok=True)
+        return local
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
         try:
@@ -407,7 +439,15 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
             raise
 
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
-        entries = self.storage.list_dir(self.key(path))
+        key = self.key(path)
+        entries = self.storage.list_dir(key)
+        expected, inside = self._registered(key)
+        if expected is not None:
+            stored_as = ("folder" if entries or self.storage.is_dir(key) else
+                         "file" if self.storage.exists(key) else "nothing")
+            with _noted():
+                registered_folder.check_listing(expected, inside,
+                                                ((e.name, e.is_dir) for e in entries), stored_as)
         infos = [FileInfo(posixpath.join(path, e.name) if path else e.name, e.is_dir, e.size)
                  for e in entries]
         return sorted(infos, key=lambda f: f.path)
@@ -522,6 +562,18 @@ class ChecksumArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 out.write(chunk)
                 size += len(chunk)
         return size, sha.hexdigest()
+
+
+@contextlib.contextmanager
+def _noted() -> Iterator[None]:
+    """A registered folder found damaged: the request's audit event says why (the stock
+    client retries a 500 and then shows only its status)."""
+    try:
+        yield
+    except DataLoss as exc:
+        if (ctx := AUDIT_CONTEXT.get()) is not None:
+            ctx.extra["integrity"] = exc.message[:1024]
+        raise
 
 
 def _out_of_space(exc: BaseException) -> BaseException:

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlflow_share.artifacts import registration
+from mlflow_share.artifacts import oms, registration
 from mlflow_share.artifacts.manifest import RESERVED_TAG_PREFIX
 from mlflow_share.audit.store import Proceed, add_write_hook
 from mlflow_share.errors import Conflict, InvalidInput, MlflowShareError
@@ -57,7 +57,8 @@ def register_files(store: Any, proceed: Proceed, arguments: Mapping[str, Any]) -
     try:
         registered = registration.copy_and_describe(
             repo, name=name, version=version, model_id=folder, source=source,
-            folder=folder_of_source, sources=sources, run_id=source_run, params=params)
+            folder=folder_of_source, sources=sources, run_id=source_run, params=params,
+            keys=oms.server_keys())
         registration.finish(repo, model_id=folder, name=name, version=version,
                             registered=registered)
     except Exception as exc:

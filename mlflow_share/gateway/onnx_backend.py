@@ -2,8 +2,10 @@
 
 A version is loaded from its registered copy through the checksum repository: every file of
 its manifest is read and checked (size and SHA-256, against the manifest and the digest
-ledger), the manifest itself against its digest and the version's identity, and only then is
-``model.onnx`` handed to onnxruntime, from memory, with the providers the gateway pins.
+ledger), the manifest itself against its digest and the version's identity, and, when signing
+keys are configured, its OpenSSF Model Signing signature against the digests of that same
+read (no second pass: once per load, then the loaded model is cached by identity); only then
+is ``model.onnx`` handed to onnxruntime, from memory, with the providers the gateway pins.
 Nothing from the model is imported or unpickled: a model whose MLmodel declares any flavor
 but ONNX (or a ``loader_module`` other than MLflow's ONNX loader) is refused, and so is an
 ONNX graph with external data (it could name files outside the model).
@@ -19,7 +21,7 @@ import sqlalchemy as sa
 import yaml
 
 from mlflow_share.artifacts import manifest as mf
-from mlflow_share.artifacts import registration
+from mlflow_share.artifacts import oms, registration, signing
 from mlflow_share.artifacts.repository import ChecksumArtifactRepository
 from mlflow_share.errors import DataLoss, InvalidInput
 from mlflow_share.gateway.backend import LoadedModel, TensorSpec
@@ -117,14 +119,17 @@ def parse_onnx(model_bytes: bytes) -> Any:
 
 
 def read_files(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, version: int,
-               keep: tuple[str, ...]) -> tuple[registration.ManifestRecord, dict[str, bytes]]:
-    """Check every file of a version against its manifest; return the bytes of ``keep``."""
+               keep: tuple[str, ...], keys: oms.SigningKeys | None = None
+               ) -> tuple[registration.ManifestRecord, dict[str, bytes]]:
+    """Check every file of a version against its manifest (and, with ``keys`` that hold
+    any key, against its OMS signature); return the bytes of ``keep``."""
     record = registration.find_manifest(engine, name, str(version))
     if record.problems():
         raise DataLoss(f"The manifest of {name!r} version {version} does not match its identity.")
     files = mf.resources(record.statement)
     root = repo.at_root()
     kept: dict[str, bytes] = {}
+    read: dict[str, str] = {}
     for relative, (size, sha) in sorted(files.items()):
         opened = root.open_verified(f"{record.location}/{relative}")
         hasher, length, chunks = hashlib.sha256(), 0, []
@@ -138,13 +143,17 @@ def read_files(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, v
                            f"(expected SHA-256 {sha}, actual {hasher.hexdigest()}).")
         if relative in keep:
             kept[relative] = b"".join(chunks)
+        read[relative] = hasher.hexdigest()
+    if keys is not None:
+        signing.check_files(engine, record, keys, read)
     return record, kept
 
 
 def read_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
-                 version: int) -> tuple[registration.ManifestRecord, bytes, bytes | None]:
+                 version: int, keys: oms.SigningKeys | None = None
+                 ) -> tuple[registration.ManifestRecord, bytes, bytes | None]:
     """The version's manifest, ``model.onnx`` and ``MLmodel`` bytes, every file checked."""
-    record, kept = read_files(engine, repo, name, version, (MODEL_FILE, "MLmodel"))
+    record, kept = read_files(engine, repo, name, version, (MODEL_FILE, "MLmodel"), keys)
     if MODEL_FILE not in kept:
         raise InvalidInput(f"{name!r} version {version} has no {MODEL_FILE}.")
     return record, kept[MODEL_FILE], kept.get("MLmodel")
@@ -168,8 +177,9 @@ def new_session(model_bytes: bytes, name: str, version: int, *, intra_op_threads
 
 
 def load_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str, version: int,
-                 *, intra_op_threads: int = 1) -> LoadedModel:
-    record, model_bytes, mlmodel = read_version(engine, repo, name, version)
+                 *, intra_op_threads: int = 1, keys: oms.SigningKeys | None = None
+                 ) -> LoadedModel:
+    record, model_bytes, mlmodel = read_version(engine, repo, name, version, keys)
     check_flavors(mlmodel)
     session = new_session(model_bytes, name, version, intra_op_threads=intra_op_threads)
     return LoadedModel(name, version, record.model_id, record.identity, session,
@@ -179,20 +189,24 @@ def load_version(engine: sa.Engine, repo: ChecksumArtifactRepository, name: str,
 
 class OnnxBackend:
     """The gateway's ``InferenceBackend``: versions read through the checksum repository
-    ``repo`` (manifests found in ``engine``), run by onnxruntime with ``intra_op_threads``
-    threads per run (the gateway runs calls side by side, a thread each)."""
+    ``repo`` (manifests found in ``engine``), their signatures checked with ``keys`` (default:
+    the ``MLFLOW_SHARE_SIGNING_*`` settings; none configured, none checked), run by
+    onnxruntime with ``intra_op_threads`` threads per run (the gateway runs calls side by
+    side, a thread each)."""
 
     def __init__(self, engine: sa.Engine, repo: ChecksumArtifactRepository, *,
-                 intra_op_threads: int = 1) -> None:
+                 intra_op_threads: int = 1, keys: oms.SigningKeys | None = None) -> None:
         import onnxruntime  # at start-up: a gateway without its runtime does not start
 
         self.engine, self.repo = engine, repo
         self.intra_op_threads = intra_op_threads
+        self.keys = keys if keys is not None else oms.server_keys()  # bad keys: no start
+        self.keys.warm()
         self._runtime_version = str(onnxruntime.__version__)
 
     def load(self, name: str, version: int) -> LoadedModel:
         return load_version(self.engine, self.repo, name, version,
-                            intra_op_threads=self.intra_op_threads)
+                            intra_op_threads=self.intra_op_threads, keys=self.keys)
 
     def run(self, model: LoadedModel, feeds: dict[str, np.ndarray]) -> list[Any]:
         values: list[Any] = model.session.run(None, feeds)

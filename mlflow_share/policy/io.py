@@ -1,6 +1,7 @@
 """Policy as code: export the whole policy as reviewable YAML, import one as a whole.
 
-An import describes the desired state of teams, memberships, org admins and grants. It is
+An import describes the desired state of teams, memberships, org admins and grants (and,
+with a ``trust:`` list, the trust rules of workload identity: ``auth/trust.py``). It is
 validated completely before anything is written, the difference is computed and returned,
 and it is applied in one transaction (or not at all with ``dry_run``).
 """
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 import yaml
 
 from mlflow_share import db
+from mlflow_share.auth.trust import apply_rules, desired_rules, export_rules
 from mlflow_share.directory import EXPERIMENT, MODEL, Directory, lock_policy
 from mlflow_share.errors import InvalidInput, InvalidPolicy
 from mlflow_share.policy.enforcer import (
@@ -37,6 +39,7 @@ def export_policy(directory: Directory) -> str:
         names: dict[str, str] = dict(conn.execute(  # type: ignore[arg-type]
             sa.select(db.resources.c.resource_id, db.resources.c.name)
                                   .where(db.resources.c.kind == MODEL)).all())
+        trust = export_rules(conn)
     members_by_team: dict[str, list[dict[str, str]]] = {t: [] for t in state["teams"]}
     for team, user, role in sorted(state["members"]):
         members_by_team.setdefault(team, []).append({"user": user, "role": role})
@@ -50,6 +53,7 @@ def export_policy(directory: Directory) -> str:
         "admins": sorted(state["admins"]),
         "teams": [{"name": t, "members": members_by_team[t]} for t in sorted(members_by_team)],
         "grants": grants,
+        "trust": trust,  # workload identity: issuer/audience/subject → service account
     }
     header = "# mlflow-share policy: teams, memberships, org admins and grants.\n"
     return header + yaml.safe_dump(document, sort_keys=False)
@@ -75,7 +79,7 @@ def _parse(text: str) -> dict[str, Any]:
         raise InvalidPolicy(f"The policy is not valid YAML: {exc}") from None
     if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
         raise InvalidPolicy(f"The policy must be a mapping with 'version: {FORMAT_VERSION}'.")
-    unknown = set(document) - {"version", "admins", "teams", "grants"}
+    unknown = set(document) - {"version", "admins", "teams", "grants", "trust"}
     if unknown:
         raise InvalidPolicy(f"Unknown policy keys: {', '.join(sorted(unknown))}.")
     return document
@@ -173,6 +177,15 @@ def import_policy(directory: Directory, text: str, *, by: str, dry_run: bool = F
                                                   {str(u) for u in current["users"]})
         _check_guards(current, teams, members, grants, owners, names)
         changes = _describe(current, admins, teams, members, grants, names)
+        # Trust rules: a document without a ``trust:`` list (one exported before there were
+        # any) leaves them as they are; with one, they become what it lists.
+        trust_errors: list[str] = []
+        trust = desired_rules(document["trust"] or [], conn, trust_errors) \
+            if "trust" in document else None
+        if trust_errors:
+            raise InvalidPolicy("The policy was not applied:\n- " + "\n- ".join(trust_errors))
+        if trust is not None:
+            changes += apply_rules(conn, trust, by=by, dry_run=True)
         if dry_run or not changes:
             conn.rollback()
             return changes
@@ -198,6 +211,8 @@ def import_policy(directory: Directory, text: str, *, by: str, dry_run: bool = F
             conn.execute(db.grants.insert().values(kind=kind, resource_id=rid, team=team,
                                                    permission=permission, granted_by=by,
                                                    granted_at=db.now_ms()))
+        if trust is not None:
+            apply_rules(conn, trust, by=by, dry_run=False)
         db.bump(conn, db.POLICY_VERSION)
     return changes
 

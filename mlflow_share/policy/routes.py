@@ -228,6 +228,22 @@ FLASK_RULES: Mapping[str, Rule] = {
     # mlflow-share's own API and pages: authenticated here, authorised inside each view.
     "mlflow_share_api.whoami": AUTHENTICATED,
     "mlflow_share_health.ready": PUBLIC,
+    # Public keys verifiers check OMS signatures with: public, for holders of a model.sig
+    # without an account here. Signing every unsigned version is the org admins'.
+    "mlflow_share_signing.list_signing_keys": PUBLIC,
+    "mlflow_share_signing.sign_existing": ADMIN,
+    # SCIM 2.0 (mlflow_share.scim.api): the blueprint authenticates every request itself
+    # (the provisioning token, which nothing else accepts, or an org admin) so that each
+    # answer, a refusal too, is in SCIM's error schema; every request is audited.
+    **{f"mlflow_share_scim.{endpoint}": Rule(Resolver.LOGIN) for endpoint in (
+        "list_scim_users", "create_scim_user", "search_scim_users", "get_scim_user",
+        "replace_scim_user", "patch_scim_user", "delete_scim_user", "list_scim_groups",
+        "create_scim_group", "search_scim_groups", "get_scim_group", "replace_scim_group",
+        "patch_scim_group", "delete_scim_group", "service_provider_config", "resource_types",
+        "resource_type", "schemas", "schema", "elsewhere")},
+    "mlflow_share_scim_admin.create_scim_token": ADMIN,
+    "mlflow_share_scim_admin.list_scim_tokens": ADMIN,
+    "mlflow_share_scim_admin.revoke_scim_token": ADMIN,
     # Browser pages: the login routes check what they receive themselves (and are audited).
     # MLflow UI's own account calls: who is signed in (and its Logout, which asks it with
     # made-up credentials), answered by a view that reads the credentials itself.
@@ -241,6 +257,18 @@ FLASK_RULES: Mapping[str, Rule] = {
     "mlflow_share_web.page": Rule(Resolver.PAGE),
     "mlflow_share_web.page_access": Rule(Resolver.PAGE),
     "mlflow_share_web.page_monitoring": Rule(Resolver.PAGE),
+    # OAuth endpoints (device login, workload identity): their callers have no credentials
+    # yet; the views check what they receive and every call is audited (not PUBLIC, which
+    # is not). The device login page needs a session; its routes accept sessions only.
+    "mlflow_share_oauth.device_authorization": Rule(Resolver.LOGIN),
+    "mlflow_share_oauth.token": Rule(Resolver.LOGIN),
+    "mlflow_share_device.page": Rule(Resolver.PAGE),
+    "mlflow_share_device.show_device_request": AUTHENTICATED,
+    "mlflow_share_device.approve_device_request": AUTHENTICATED,
+    "mlflow_share_device.reject_device_request": AUTHENTICATED,
+    "mlflow_share_trust.add_trust_rule": ADMIN,
+    "mlflow_share_trust.list_trust_rules": ADMIN,
+    "mlflow_share_trust.remove_trust_rule": ADMIN,
 }
 
 # Routes uvicorn serves natively (FastAPI), keyed by route name.

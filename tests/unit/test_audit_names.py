@@ -25,6 +25,12 @@ BLUEPRINTS = {
     "mlflow_share_health": "mlflow_share.health",
     "mlflow_share_web": "mlflow_share.web.pages",
     "mlflow_share_account": "mlflow_share.web.account",
+    "mlflow_share_oauth": "mlflow_share.oauth_api",
+    "mlflow_share_device": "mlflow_share.web.device",
+    "mlflow_share_trust": "mlflow_share.admin.trust_api",
+    "mlflow_share_scim": "mlflow_share.scim.api",
+    "mlflow_share_scim_admin": "mlflow_share.scim.admin",
+    "mlflow_share_signing": "mlflow_share.artifacts.signing_api",
 }
 # Actions named by mlflow-share itself (not route keys), and changes made outside a request.
 OWN = ("unrouted", "request.outcome", "store.write", "health.audit_probe", "gateway.usage",

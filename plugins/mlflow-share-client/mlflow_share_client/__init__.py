@@ -13,7 +13,14 @@ Depends on ``mlflow-skinny`` only and uses the stock client's tracking URI and c
 """
 
 from mlflow_share_client.shareable import ShareableModelError, log_shareable
-from mlflow_share_client.verify import IntegrityError, download_verified, fetch_manifest
+from mlflow_share_client.verify import (
+    IntegrityError,
+    download_verified,
+    fetch_manifest,
+    fetch_signature,
+    published_keys,
+)
 
 __all__ = ["IntegrityError", "ShareableModelError", "download_verified", "fetch_manifest",
+           "fetch_signature", "published_keys",
            "log_shareable"]

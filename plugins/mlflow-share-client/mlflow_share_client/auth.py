@@ -1,9 +1,14 @@
 """``MLFLOW_TRACKING_AUTH=mlflow-share``: the stock MLflow client authenticates with a token
 kept in a private file, and renews it before it expires, so no secret is pasted into a notebook.
 
-    python -m mlflow_share_client.auth login --tracking-uri http://mlflow.example:5000
-    # paste the token created on the server's Access Control page (/share/access), once
+    python -m mlflow_share_client.auth login --device --tracking-uri http://mlflow.example:5000
+    # confirm the code it shows at http://mlflow.example:5000/share/device, signed in (SSO)
+    # (or without --device: paste a token created on /share/access)
     export MLFLOW_TRACKING_AUTH=mlflow-share   # then any mlflow call in any notebook
+
+With ``MLFLOW_TRACKING_AUTH=mlflow-share`` and no token stored for the server yet, the provider
+starts that device login itself when someone can answer it (a terminal, a Jupyter kernel, or
+``MLFLOW_SHARE_DEVICE_LOGIN=1``; ``0`` never), and stores the token it gets.
 
 The file (``$MLFLOW_SHARE_TOKEN_FILE``, default ``~/.mlflow-share/tokens.json``) maps a
 tracking URI to ``{token, token_id, expires_at}``. It must be readable by its owner only (mode
@@ -150,21 +155,70 @@ def _renew(tracking_uri: str, entry: dict[str, Any]) -> dict[str, Any]:
     return renewed
 
 
-def current_token(tracking_uri: str) -> str:
+def _device_entry(tracking_uri: str, expires_in_days: float | None) -> dict[str, Any]:
+    """A token for ``tracking_uri`` through a device login (the browser approves it)."""
+    from mlflow_share_client.device import DeviceLoginError, device_login
+
+    try:
+        answer = device_login(tracking_uri, expires_in_days=expires_in_days)
+    except DeviceLoginError as exc:
+        raise MlflowException(exc.message) from None
+    return {"token": answer["access_token"], "token_id": answer.get("token_id"),
+            "user": answer.get("user"), "expires_at": answer.get("expires_at"),
+            "created_at": int(time.time() * 1000), "via": "device"}
+
+
+def login_with_device(tracking_uri: str, expires_in_days: float | None = None) -> dict[str, Any]:
+    """Log in through a device login and store the token (mode 0600); returns its entry."""
+    path = token_file()
+    with _locked(path):
+        _read(path)  # a file others can read is refused before anything is asked
+        entry = _device_entry(_key(tracking_uri), expires_in_days)
+        data = _read(path)
+        data[_key(tracking_uri)] = entry
+        _write(path, data)
+    return entry
+
+
+def _may_ask_someone() -> bool:
+    """Whether a device login started here can be answered by a person: a terminal or a
+    Jupyter kernel (``MLFLOW_SHARE_DEVICE_LOGIN``: 1 always, 0 never)."""
+    choice = os.environ.get("MLFLOW_SHARE_DEVICE_LOGIN", "")
+    if choice in ("0", "1"):
+        return choice == "1"
+    return sys.stdin is not None and sys.stdin.isatty() or "ipykernel" in sys.modules
+
+
+def stored_token(tracking_uri: str, *, device_login: bool = False) -> str | None:
+    """The token stored for ``tracking_uri``, renewed first when due; None when there is none
+    (after a device login, with ``device_login``, when someone can answer it)."""
     key = _key(tracking_uri)
     path = token_file()
     with _locked(path):
         data = _read(path)
         entry = data.get(key)
         if not isinstance(entry, dict) or not entry.get("token"):
-            raise MlflowException(
-                f"No mlflow-share token for {key} in {path}: run "
-                f"`python -m mlflow_share_client.auth login --tracking-uri {key}`.")
-        if _due(entry, int(time.time() * 1000)):
+            if not (device_login and _may_ask_someone()):
+                return None
+            entry = _device_entry(key, None)
+            data[key] = entry
+            _write(path, data)
+        elif _due(entry, int(time.time() * 1000)):
             entry = _renew(key, entry)
             data[key] = entry
             _write(path, data)
         return str(entry["token"])
+
+
+def current_token(tracking_uri: str) -> str:
+    token = stored_token(tracking_uri, device_login=True)
+    if token is None:
+        key = _key(tracking_uri)
+        raise MlflowException(
+            f"No mlflow-share token for {key} in {token_file()}: run "
+            f"`python -m mlflow_share_client.auth login --device --tracking-uri {key}` "
+            "(or `mlflow-share login --device`).")
+    return token
 
 
 class _Bearer(requests.auth.AuthBase):
@@ -195,13 +249,23 @@ def main(argv: list[str] | None = None) -> int:
     login.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
     login.add_argument("--token-stdin", action="store_true",
                        help="read the token from standard input instead of a prompt")
+    login.add_argument("--device", action="store_true",
+                       help="log in through the browser: confirm a code at <server>/share/device")
+    login.add_argument("--expires-in", type=float, default=None, metavar="DAYS",
+                       help="with --device: the token lifetime to ask for, in days")
     args = parser.parse_args(argv)
     if not args.tracking_uri:
         parser.error("--tracking-uri (or MLFLOW_TRACKING_URI) is required")
-    token = sys.stdin.readline().strip() if args.token_stdin else getpass.getpass(
-        f"Token for {args.tracking_uri} (create one on {args.tracking_uri}/share/access): ")
+    if args.expires_in is not None and not args.device:
+        parser.error("--expires-in goes with --device")
     try:
-        entry = save_token(args.tracking_uri, token)
+        if args.device:
+            entry = login_with_device(args.tracking_uri, args.expires_in)
+        else:
+            token = sys.stdin.readline().strip() if args.token_stdin else getpass.getpass(
+                f"Token for {args.tracking_uri} (create one on "
+                f"{args.tracking_uri}/share/access): ")
+            entry = save_token(args.tracking_uri, token)
     except MlflowException as exc:
         print(exc.message, file=sys.stderr)
         return 1
