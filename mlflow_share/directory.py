@@ -306,6 +306,10 @@ class Directory:
                 db.casbin_rules.c.ptype == "g", db.casbin_rules.c.v0 == name))
             conn.execute(db.tokens.delete().where(db.tokens.c.user_name == name))
             conn.execute(db.web_sessions.delete().where(db.web_sessions.c.user_name == name))
+            # What SCIM knew of the user goes too: a later account of the same name (local,
+            # a service account) is not that identity provider's record.
+            conn.execute(db.scim_members.delete().where(db.scim_members.c.user_name == name))
+            conn.execute(db.scim_users.delete().where(db.scim_users.c.user_name == name))
             conn.execute(db.users.delete().where(db.users.c.name == name))
             db.bump(conn, db.POLICY_VERSION)
 

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 from mlflow_share.audit.log import note_resource
 from mlflow_share.auth.authorizer import Authorizer
 from mlflow_share.auth.identity import Principal
-from mlflow_share.auth.issuance import minted_by_exchange
+from mlflow_share.auth.issuance import DEVICE, TOKEN_EXCHANGE, minted_by
 from mlflow_share.directory import EXPERIMENT, MODEL, Directory
 from mlflow_share.errors import (
     InvalidInput,
@@ -195,11 +195,16 @@ def create_token(services: AdminServices) -> Response:
     user = string_field(data, "user", required=False) or principal.name
     if user != principal.name and not principal.is_admin:
         raise PermissionDenied("Only org administrators create tokens for other users.")
-    if principal.via == "token" and minted_by_exchange(services.directory.engine,
-                                                       request.headers.get("Authorization")):
-        # A workload's token lives minutes by design; it must not outlive itself this way.
+    origin = minted_by(services.directory.engine, request.headers.get("Authorization")) \
+        if principal.via == "token" else None
+    # A workload's token lives minutes, a device login's as long as its approver allowed:
+    # neither may outlive itself through a token it creates.
+    if origin == TOKEN_EXCHANGE:
         raise PermissionDenied("A token from a workload identity exchange cannot create "
                                "tokens: exchange a new JWT when it expires.")
+    if origin == DEVICE:
+        raise PermissionDenied("A token from a device login cannot create tokens: log in "
+                               "again (`mlflow-share login --device`) when it expires.")
     expires = data.get("expires_in_days")
     if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
         raise InvalidInput("'expires_in_days' must be a number.")

@@ -2,8 +2,8 @@
 a check of its stored bytes, and its OpenSSF Model Signing signature.
 
 All need read access to the model version (a sharing package gives it for the versions it
-pins). A version with no signature by a trusted key is signed when its signature is first
-asked for (``signing.signature_for``), if the server has a signing key.
+pins). A version with no signature by a trusted key (registered before the key) is signed
+when an org admin first asks for its signature, or by ``signature sign-existing``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.engine import Engine
 
-from mlflow_share.http import PREFIX, bind_routes, json_errors, require_model
+from mlflow_share.http import PREFIX, bind_routes, current_principal, json_errors, require_model
 from mlflow_share.artifacts import oms, registration, signatures, signing
 from mlflow_share.errors import InvalidInput
 from mlflow_share.policy.enforcer import PolicyEngine
@@ -62,7 +62,10 @@ def get_signature(services: ArtifactsServices) -> Response:
                                or not all(c in "0123456789abcdef" for c in key_id)):
         raise InvalidInput("'key_id' is the SHA-256 (hex) of a signing key's public PEM.")
     record = registration.find_manifest(services.engine, name, version)
-    stored = signing.signature_for(services.engine, record, services.keys, key_id=key_id)
+    # An org admin's fetch signs a version registered before the key (as sign-existing does);
+    # anyone else gets what registration or an admin signed.
+    stored = signing.signature_for(services.engine, record, services.keys, key_id=key_id,
+                                   sign_missing=current_principal().is_admin)
     return jsonify({"name": name, "version": version, "identity": record.identity,
                     **stored.to_dict(), "trusted": stored.key_id in services.keys.public})
 

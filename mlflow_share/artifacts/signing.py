@@ -33,9 +33,12 @@ def _label(record: registration.ManifestRecord) -> str:
 
 def signature_for(engine: sa.Engine, record: registration.ManifestRecord,
                   keys: oms.SigningKeys, *, key_id: str | None = None,
-                  sign_missing: bool = True) -> StoredSignature:
+                  sign_missing: bool = False) -> StoredSignature:
     """The signature a version is served with: ``key_id``'s if named, else the current key's,
     else the newest by a trusted key; none of those and ``sign_missing``: made now.
+
+    Only registration and an org admin sign (``sign_missing``): a check that signed what it
+    was asked to verify would vouch for bytes someone changed in the database and storage.
 
     Raises:
         NotFound: no such signature, and none can be made (no signing key, or ``key_id``).
@@ -54,9 +57,13 @@ def signature_for(engine: sa.Engine, record: registration.ManifestRecord,
             return row
     if trusted and key_id is None:
         return trusted[0]
-    if keys.current is None or not sign_missing:
+    if keys.current is None:
         raise NotFound(f"{_label(record)} has no signature by a key this server trusts, and "
                        "this server has no signing key (MLFLOW_SHARE_SIGNING_KEY).")
+    if not sign_missing:
+        raise NotFound(f"{_label(record)} has no signature by a key this server trusts (it "
+                       "was registered before the key): an org admin signs it with "
+                       "`mlflow-share signature sign-existing`.")
     return sign_version(engine, record, keys)
 
 
@@ -103,7 +110,7 @@ def check_files(engine: sa.Engine, record: registration.ManifestRecord, keys: om
     if not keys.configured:
         return None
     try:
-        row = signature_for(engine, record, keys)
+        row = signature_for(engine, record, keys)  # never signs: a check only checks
     except NotFound:
         raise DataLoss(f"{_label(record)} has no signature by a trusted key; an administrator "
                        "can sign it (`mlflow-share signature sign-existing`).") from None

@@ -63,14 +63,13 @@ def _token_id(authorization: str | None) -> str | None:
     return parts[1]
 
 
-def minted_by_exchange(engine: Engine, authorization: str | None) -> bool:
-    """Whether the bearer token of an ``Authorization`` header came from a workload identity
-    exchange. The id inside a token is only a lookup key: the interceptor has already
-    authenticated the whole token."""
+def minted_by(engine: Engine, authorization: str | None) -> str | None:
+    """How the bearer token of an ``Authorization`` header was issued: ``DEVICE``,
+    ``TOKEN_EXCHANGE``, or None (created through the API or the CLI)."""
     token_id = _token_id(authorization)
     if token_id is None:
-        return False
+        return None
     with engine.connect() as conn:
         grant = conn.execute(sa.select(db.token_origins.c.grant_type).where(
             db.token_origins.c.token_id == token_id)).scalar()
-    return grant == TOKEN_EXCHANGE
+    return None if grant is None else str(grant)

@@ -183,8 +183,10 @@ def _from_row(row: Any) -> TrustRule:
 
 
 def _service_accounts(conn: sa.Connection) -> set[str]:
+    """The service accounts a trust rule may name: not org admins (a workload's short-lived
+    token of an admin could make itself lasting access: users, trust rules, SCIM tokens)."""
     return set(conn.execute(sa.select(db.users.c.name).where(
-        db.users.c.is_service_account)).scalars())
+        db.users.c.is_service_account, sa.not_(db.users.c.is_admin))).scalars())
 
 
 def _insert(conn: sa.Connection, rule: TrustRule, by: str) -> TrustRule:
@@ -212,9 +214,9 @@ class TrustRules:
         change: dict[str, Any] = {"op": "trust_add", **rule.to_dict(with_id=False)}
         with audited_write(self.engine, change) as conn:
             if rule.service_account not in _service_accounts(conn):
-                raise NotFound(f"No service account is named {rule.service_account!r} "
-                               "(create it with `mlflow-share user create NAME "
-                               "--service-account`).")
+                raise NotFound(f"No service account that is not an org admin is named "
+                               f"{rule.service_account!r} (create it with `mlflow-share user "
+                               "create NAME --service-account`).")
             for existing in self._rows(conn, rule.issuer):
                 if existing.key == rule.key:
                     raise Conflict(f"Trust rule {existing.id} already says this.")
@@ -277,7 +279,8 @@ def desired_rules(entries: object, conn: sa.Connection, errors: list[str]) -> li
             errors.append(exc.message)
             continue
         if rule.service_account not in accounts:
-            errors.append(f"Trust rule for {rule.service_account!r}: no such service account.")
+            errors.append(f"Trust rule for {rule.service_account!r}: no such service account "
+                          "(or it is an org admin).")
         if rule.key in wanted:
             errors.append(f"Trust rule for {rule.service_account!r} from {rule.issuer!r} is "
                           "listed twice.")

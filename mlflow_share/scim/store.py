@@ -149,7 +149,7 @@ class ScimStore:
         s, u = db.scim_users.c, db.users.c
         query = (sa.select(s.scim_id, s.user_name, s.external_id, s.attributes, s.created_at,
                            s.updated_at, u.disabled_at)
-                 .join(db.users, u.name == s.user_name)
+                 .join(db.users, sa.and_(u.name == s.user_name, u.provisioned_by == "scim"))
                  .order_by(s.created_at, s.scim_id))
         if where is not None:
             attribute, value = where
@@ -397,7 +397,8 @@ class ScimStore:
         found: dict[str, str] = {}
         for batch in _chunks(member_ids):
             found.update((str(i), str(n)) for i, n in conn.execute(
-                sa.select(s.scim_id, s.user_name).join(db.users, db.users.c.name == s.user_name)
+                sa.select(s.scim_id, s.user_name).join(db.users, sa.and_(
+                    db.users.c.name == s.user_name, db.users.c.provisioned_by == "scim"))
                 .where(s.scim_id.in_(batch))))
         missing = [member for member in member_ids if member not in found]
         if missing:

@@ -232,6 +232,9 @@ def test_codes_work_once_for_their_client_and_fast_polls_slow_down(
     assert body["token_type"] == "Bearer" and body["user"] == "alice"
     assert 7 * 86_400 - 120 <= body["expires_in"] <= 7 * 86_400
     assert error_of(poll(server, started["device_code"])) == "invalid_grant"  # used
+    # The token lasts what its approver allowed: it cannot mint a longer-lived one.
+    minted = server.api("POST", f"{SHARE}/tokens", token=body["access_token"], json={})
+    assert minted.status_code == 403 and "device login" in minted.json()["message"]
 
     # Only the device code's SHA-256 is stored.
     engine = sa.create_engine(server.backend_uri)

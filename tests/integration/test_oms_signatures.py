@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -331,22 +332,33 @@ def test_gateway_checks_the_signature_once_per_load(signed_server: ShareServer,
         missing = _call(url, signed_server, "alice", f"{world.name}/versions/{unsigned}", body)
         assert missing.status_code == 500 and "no signature by a trusted key" in \
             missing.json()["message"]
-    # One that holds the signing key signs a version without a signature before loading it.
+    # Even one that holds the signing key does not sign what it was asked to verify (that
+    # would vouch for bytes changed in the database and storage): an admin signs it.
     with _gateway(signed_server, tmp_path, MLFLOW_SHARE_SIGNING_KEY=_pem(keys, "a")) as url:
-        signed_now = _call(url, signed_server, "alice", f"{world.name}/versions/{unsigned}",
-                           body)
-        assert signed_now.status_code == 200, signed_now.text
+        refused_too = _call(url, signed_server, "alice", f"{world.name}/versions/{unsigned}",
+                            body)
+        assert refused_too.status_code == 500 and "no signature by a trusted key" in \
+            refused_too.json()["message"]
         assert _sql(signed_server, "SELECT count(*) FROM share_model_signatures WHERE "
                                    "model_id = :m AND version = :v", m=model_id,
-                    v=int(unsigned))[0][0] == 1
+                    v=int(unsigned))[0][0] == 0
+        by_admin = signed_server.api("GET", f"{SHARE}/model-versions/signature",
+                                     auth=signed_server.admin_auth(),
+                                     params={"name": world.name, "version": unsigned})
+        assert by_admin.status_code == 200, by_admin.text
+        deadline = time.monotonic() + 60  # a refused load is retried after a short pause
+        while (signed_now := _call(url, signed_server, "alice",
+                                   f"{world.name}/versions/{unsigned}", body)).status_code != 200:
+            assert time.monotonic() < deadline, signed_now.text
+            time.sleep(0.5)
         still = _call(url, signed_server, "alice", f"{world.name}/versions/{forged}", body)
         assert still.status_code == 500 and "does not verify" in still.json()["message"]
 
 
 # -- 3. rotation, and versions registered before any key -------------------------------------
-def _fetch(server: ShareServer, uri: str, out: Path, *extra: str) -> str:
+def _fetch(server: ShareServer, uri: str, out: Path, *extra: str, admin: bool = False) -> str:
     fetched = _share("signature", uri, "-o", str(out), *extra, server=server,
-                     token=server.tokens["alice"])
+                     **({"admin": True} if admin else {"token": server.tokens["alice"]}))
     assert fetched.returncode == 0, fetched.stderr
     return str(json.loads(out.read_text())["verificationMaterial"]["publicKey"]["hint"])
 
@@ -368,8 +380,12 @@ def test_versions_before_a_key_and_across_a_rotation_keep_verifying(
 
     with running_server(home, env_extra={"MLFLOW_SHARE_SIGNING_KEY": _pem(keys, "a")}) as server:
         server.tokens = tokens
-        # v1 is signed when its signature is first fetched; its identity does not change.
-        assert _fetch(server, f"models:/oms-rotate/{v1}", tmp_path / "v1.sig") == a
+        # v1: a reader's fetch does not sign it; an org admin's does, and its identity does
+        # not change.
+        unsigned = _share("signature", f"models:/oms-rotate/{v1}", "-o",
+                          str(tmp_path / "v1.sig"), server=server, token=tokens["alice"])
+        assert unsigned.returncode == 1 and "no signature by a key" in unsigned.stderr
+        assert _fetch(server, f"models:/oms-rotate/{v1}", tmp_path / "v1.sig", admin=True) == a
         downloaded = _download(server, f"models:/oms-rotate/{v1}", tmp_path / "v1")
         assert _model_signing_verify(downloaded, tmp_path / "v1.sig",
                                      _pub(keys, "a")).returncode == 0

@@ -264,6 +264,24 @@ def test_users_are_unique_and_local_accounts_are_not_taken_over(
     again = scim.create_user(name)
     assert again["id"] != first["id"] and "groups" not in again
     assert _members(share_server, f"dup-{unique}") == {}
+    # A later account of a deleted user's name is not the identity provider's: its old id,
+    # groups and deactivation reach nothing.
+    gone = scim.create_user(f"gone-{unique}")
+    team_group = scim.ok("POST", "/Groups", {"schemas": [GROUP_SCHEMA],
+                                             "displayName": f"gone-{unique}",
+                                             "members": [{"value": gone["id"]}]}, 201)
+    share_server.admin("DELETE", "/users", json={"name": f"gone-{unique}"})
+    share_server.admin("POST", "/users", json={"name": f"gone-{unique}",
+                                               "service_account": True})
+    assert scim.find("Users", f'userName eq "gone-{unique}"')["totalResults"] == 0
+    scim_error(scim.call("PATCH", f"/Users/{gone['id']}", {"schemas": [PATCH_OP], "Operations": [
+        {"op": "replace", "path": "active", "value": False}]}), 404)
+    scim_error(scim.call("PUT", f"/Groups/{team_group['id']}", {
+        "schemas": [GROUP_SCHEMA], "displayName": f"gone-{unique}",
+        "members": [{"value": gone["id"]}]}), 400, "invalidValue")
+    assert _members(share_server, f"gone-{unique}") == {}
+    listed = {u["name"]: u for u in share_server.admin("GET", "/users").json()["users"]}
+    assert listed[f"gone-{unique}"]["disabled_at"] is None
     scim_error(scim.call("POST", "/Users", {"schemas": [USER_SCHEMA], "userName": "a b"}),
                400, "invalidValue")
     scim_error(scim.call("POST", "/Users", {"userName": f"x-{unique}"}), 400, "invalidSyntax")

@@ -203,6 +203,16 @@ def stored_token(tracking_uri: str, *, device_login: bool = False) -> str | None
             entry = _device_entry(key, None)
             data[key] = entry
             _write(path, data)
+        elif entry.get("via") == "device":
+            # A device login's token lasts what its approver allowed and is not renewed:
+            # once it has expired, the next device login asks a browser again.
+            expires = entry.get("expires_at")
+            if isinstance(expires, int) and expires <= int(time.time() * 1000):
+                if not (device_login and _may_ask_someone()):
+                    return None
+                entry = _device_entry(key, None)
+                data[key] = entry
+                _write(path, data)
         elif _due(entry, int(time.time() * 1000)):
             entry = _renew(key, entry)
             data[key] = entry
