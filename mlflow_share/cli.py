@@ -18,7 +18,7 @@ import click
 from mlflow_share import config
 from mlflow_share.commands import admin_client as _client
 from mlflow_share.commands import call_server as _run
-from mlflow_share.commands import confirm, iso_time, json_option, show, yes_option
+from mlflow_share.commands import confirm, iso_time, json_option, show, token_state, yes_option
 
 PERMISSION = click.Choice(["read", "execute", "write", "manage"])
 ROLE = click.Choice(["viewer", "engineer", "maintainer"])
@@ -362,23 +362,13 @@ def token_create(ctx: click.Context, user_name: str, expires_in: float | None,
     click.echo(issued["token"])
 
 
-def _token_state(entry: dict[str, Any]) -> str:
-    import time
-
-    if entry.get("revoked_at"):
-        return "revoked"
-    if entry.get("expires_at") and entry["expires_at"] <= time.time() * 1000:
-        return "expired"
-    return "active"
-
-
 @token.command("list")
 @click.option("--user", "user_name", default=None, help="Only this user's tokens.")
 @json_option
 @click.pass_context
 def token_list(ctx: click.Context, user_name: str | None, as_json: bool) -> None:
     """API tokens (their ids, never their values): yours, or everyone's for org admins."""
-    rows = [{**entry, "state": _token_state(entry)}
+    rows = [{**entry, "state": token_state(entry)}
             for entry in _run(_client(ctx).list_tokens, user_name)]
     show(rows, [("token id", "token_id"), ("user", "user"), ("state", "state"),
                 ("expires", lambda t: iso_time(t["expires_at"]) if t["expires_at"] else "never"),

@@ -306,6 +306,18 @@ class ShareAdminClient:
     def revoke_package(self, package_id: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/packages/{package_id}/revoke")["package"])
 
+    # -- SCIM provisioning tokens (org admins) ----------------------------------------------
+    def create_scim_token(self, description: str | None = None,
+                          expires_in_days: float | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/scim/tokens", {"description": description,
+                                                        "expires_in_days": expires_in_days}))
+
+    def list_scim_tokens(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/scim/tokens")["tokens"])
+
+    def revoke_scim_token(self, token_id: str) -> None:
+        self._call("DELETE", "/scim/tokens", {"token_id": token_id})
+
     def edit_package(self, package_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change an unpublished package (what create takes; ``None`` clears a field); it
         is validated again."""

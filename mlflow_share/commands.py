@@ -45,6 +45,17 @@ def iso_time(ms: Any) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, timezone.utc).isoformat(timespec="seconds")
 
 
+def token_state(entry: dict[str, Any]) -> str:
+    """A listed token's state: revoked, expired or active (API and SCIM tokens alike)."""
+    import time
+
+    if entry.get("revoked_at"):
+        return "revoked"
+    if entry.get("expires_at") and entry["expires_at"] <= time.time() * 1000:
+        return "expired"
+    return "active"
+
+
 def _cell(value: Any) -> str:
     if value is None or value == "":
         return "-"

@@ -3,36 +3,12 @@ tokens, administered by org admins over the server's HTTP API."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import click
 
-from mlflow_share.client import ShareAdminClient, ShareClientError
+from mlflow_share.commands import admin_client as _client
 from mlflow_share.commands import call_server as _run
-from mlflow_share.commands import confirm, iso_time, json_option, show, yes_option
-
-
-class ScimAdminClient(ShareAdminClient):
-    """``ShareAdminClient`` with the provisioning-token calls."""
-
-    def create_scim_token(self, description: str | None = None,
-                          expires_in_days: float | None = None) -> dict[str, Any]:
-        return self._call("POST", "/scim/tokens", {"description": description,
-                                                   "expires_in_days": expires_in_days})
-
-    def list_scim_tokens(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/scim/tokens")["tokens"])
-
-    def revoke_scim_token(self, token_id: str) -> None:
-        self._call("DELETE", "/scim/tokens", {"token_id": token_id})
-
-
-def _client(ctx: click.Context) -> ScimAdminClient:
-    try:
-        return ScimAdminClient((ctx.find_root().obj or {}).get("tracking_uri"))
-    except ShareClientError as exc:
-        raise click.UsageError(exc.message) from None
+from mlflow_share.commands import confirm, iso_time, json_option, show, token_state
+from mlflow_share.commands import yes_option
 
 
 @click.group("scim")
@@ -62,20 +38,12 @@ def token_create(ctx: click.Context, description: str | None, expires_in: float 
     click.echo(issued["token"])
 
 
-def _state(entry: dict[str, Any]) -> str:
-    if entry.get("revoked_at"):
-        return "revoked"
-    if entry.get("expires_at") and entry["expires_at"] <= time.time() * 1000:
-        return "expired"
-    return "active"
-
-
 @token_group.command("list")
 @json_option
 @click.pass_context
 def token_list(ctx: click.Context, as_json: bool) -> None:
     """Provisioning tokens (their ids, never their values)."""
-    rows = [{**entry, "state": _state(entry)} for entry in _run(_client(ctx).list_scim_tokens)]
+    rows = [{**entry, "state": token_state(entry)} for entry in _run(_client(ctx).list_scim_tokens)]
     show(rows, [("token id", "token_id"), ("state", "state"), ("created by", "created_by"),
                 ("created", lambda t: iso_time(t["created_at"])),
                 ("expires", lambda t: iso_time(t["expires_at"]) if t["expires_at"] else "never"),
