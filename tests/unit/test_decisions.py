@@ -84,7 +84,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     for team, suffix in (("team-a", "a"), ("team-b", "b")):
         experiment = store.create_experiment(f"exp-{suffix}")
         directory.record_owner(EXPERIMENT, experiment, team, "en")
-        run = store.create_run(experiment, "u", 0, [], f"run-{suffix}").info.run_id
+        created = store.create_run(experiment, "u", 0, [], f"run-{suffix}").info
+        run = created.run_id
+        ids[f"run_uri_{suffix}"] = created.artifact_uri
         logged = store.create_logged_model(experiment_id=experiment, source_run_id=run).model_id
         trace = f"tr-{suffix * 8}"
         store.start_trace(TraceInfo(trace_id=trace, request_time=0, state=TraceState.OK,
@@ -152,6 +154,14 @@ ROWS: list[tuple[str, str, str, dict[str, Any] | None, dict[str, Any] | None,
     ("a version's run_id", "POST", f"{API}/model-versions/create", None,
      {"name": "{model_b}", "source": "runs:/{run_b}/model", "run_id": "{run_a}"},
      {"be": 403}),
+    ("a raw source under the request's own run", "POST", f"{API}/model-versions/create", None,
+     {"name": "{model_a}", "source": "{run_uri_a}/model", "run_id": "{run_a}"},
+     {"en": 200, "be": 403, "root": 200}),
+    ("a raw source under another run than the one named", "POST",
+     f"{API}/model-versions/create", None,
+     {"name": "{model_b}", "source": "{run_uri_a}/model", "run_id": "{run_b}"}, {"be": 400}),
+    ("a raw source with no run named", "POST", f"{API}/model-versions/create", None,
+     {"name": "{model_b}", "source": "{run_uri_b}/model"}, {"be": 400, "root": 200}),
     ("a version's logged model (and its source run)", "POST", f"{API}/model-versions/create",
      None, {"name": "{model_b}", "source": "models:/{lm_a}"}, {"be": 403}),
     ("another registered version as source", "POST", f"{API}/model-versions/create", None,
